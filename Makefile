@@ -1,0 +1,39 @@
+# svfseg developer entry points. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: help install test demo lint format bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install svfseg with dev extras (idempotent)
+
+test: $(STAMP)  ## run the test suite (what CI runs)
+	$(PY) -m pytest -n 2 --dist loadfile
+
+demo: $(STAMP)  ## synthetic data -> train freeze and SVF -> compare -> plots (CPU, < 15 min)
+	$(PY) -m svfseg.demo
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check src tests benchmarks train.py eval.py
+	$(VENV)/bin/ruff format --check src tests benchmarks train.py eval.py
+
+format: $(STAMP)  ## ruff fix + format
+	$(VENV)/bin/ruff check --fix src tests benchmarks train.py eval.py
+	$(VENV)/bin/ruff format src tests benchmarks train.py eval.py
+
+bench: $(STAMP)  ## SVF step/eval/memory benchmark on ResNet-50 (CPU); figures go to docs/benchmarks.md
+	$(PY) benchmarks/bench_svf.py
+
+clean:  ## remove caches and outputs (keeps .venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache
