@@ -1,0 +1,28 @@
+"""Fine-tune strategies: which backbone parameters train, how BN behaves, and the optimizer groups.
+
+``build_strategy(name, **options).apply(model) -> param groups``; names: freeze, full, part, bn, svf.
+"""
+
+from svfseg.finetune.base import FinetuneStrategy, build_param_groups, check_param_groups
+from svfseg.finetune.bn import BNStrategy
+from svfseg.finetune.freeze import FreezeStrategy
+from svfseg.finetune.full import FullStrategy
+from svfseg.finetune.part import PartStrategy
+from svfseg.finetune.registry import STRATEGIES, build_strategy, strategy_options
+from svfseg.finetune.summary import trainable_summary
+from svfseg.finetune.svf import SVFStrategy
+
+__all__ = [
+    "STRATEGIES",
+    "BNStrategy",
+    "FinetuneStrategy",
+    "FreezeStrategy",
+    "FullStrategy",
+    "PartStrategy",
+    "SVFStrategy",
+    "build_param_groups",
+    "build_strategy",
+    "check_param_groups",
+    "strategy_options",
+    "trainable_summary",
+]
