@@ -1,0 +1,22 @@
+"""Evaluate a checkpoint on fixed episodes and write metrics.json in the run directory. Examples:
+
+python eval.py ckpt_path=outputs/train/.../checkpoints/best.ckpt
+python eval.py ckpt_path=... n_episodes=5000 seeds=[321,510,365,382,988]
+python eval.py ckpt_path=... trainer.accelerator=cpu trainer.devices=2 trainer.strategy=ddp
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> float:
+    from svfseg.tasks.evaluate import evaluate
+
+    return float(evaluate(cfg)["miou"])
+
+
+if __name__ == "__main__":
+    main()

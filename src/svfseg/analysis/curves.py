@@ -1,0 +1,77 @@
+"""mIoU of training vs validation episodes over epochs, several strategies in one plot (paper Figs 2, 3, 7).
+
+Every run logs ``val/miou`` (novel classes) and ``train_episodes/miou`` (base-class episodes) each
+validation epoch; the CSV logger writes them to ``<run>/csv/metrics.csv``. A widening gap between the two
+curves is the over-fitting the paper attributes to fine-tuning the backbone without SVF.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+VAL_KEY, TRAIN_KEY = "val/miou", "train_episodes/miou"
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Per-epoch values of one metric."""
+
+    epochs: tuple[int, ...]
+    values: tuple[float, ...]
+
+
+def read_metric_curves(metrics_csv: Path, keys: tuple[str, ...] = (VAL_KEY, TRAIN_KEY)) -> dict[str, Curve]:
+    """Read Lightning's CSVLogger file; rows without a value for a key are skipped."""
+    if not metrics_csv.is_file():
+        raise FileNotFoundError(f"{metrics_csv} not found: was the run logged with logger=csv?")
+    with metrics_csv.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    curves = {}
+    for key in keys:
+        points = sorted(
+            {int(float(r["epoch"])): float(r[key]) for r in rows if r.get(key) not in (None, "")}.items()
+        )
+        if not points:
+            raise ValueError(f"{metrics_csv} has no values for {key!r}; columns: {list(rows[0]) if rows else []}")
+        curves[key] = Curve(tuple(e for e, _ in points), tuple(v for _, v in points))
+    return curves
+
+
+def find_metrics_csv(run_dir: Path) -> Path:
+    """The CSV logger file of a run directory (``csv/metrics.csv`` or any ``metrics.csv`` below)."""
+    direct = run_dir / "csv" / "metrics.csv"
+    if direct.is_file():
+        return direct
+    found = sorted(run_dir.rglob("metrics.csv"))
+    if not found:
+        raise FileNotFoundError(f"no metrics.csv below {run_dir}")
+    return found[0]
+
+
+def plot_train_val_curves(runs: Mapping[str, Path], *, title: str = "mIoU over epochs") -> Figure:
+    """One colour per strategy; solid = validation (novel) episodes, dashed = training (base) episodes."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, run_dir) in enumerate(runs.items()):
+        curves = read_metric_curves(find_metrics_csv(Path(run_dir)))
+        colour = f"C{i}"
+        val, train = curves[VAL_KEY], curves[TRAIN_KEY]
+        ax.plot(val.epochs, [100 * v for v in val.values], color=colour, label=f"{label}: val (novel)")
+        ax.plot(
+            train.epochs, [100 * v for v in train.values], color=colour, ls="--", label=f"{label}: train (base)"
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,113 @@
+"""Validate a composed config before any data is read or any weight is loaded.
+
+Every check names the offending key(s), the value and what is allowed, so a typo in a sweep fails in a
+second rather than after hours of list building or training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+DATASETS = ("pascal", "coco", "synthetic")
+METHODS = ("baseline", "pfenet", "bam")
+BACKBONES = ("resnet50", "resnet101", "resnet50_tv", "vgg16_bn")
+STAGES = ("meta", "base")
+FOLDS = (0, 1, 2, 3)
+
+
+class ConfigError(ValueError):
+    """An invalid combination of config values; the message names the keys."""
+
+
+def _world_size(trainer: DictConfig) -> int:
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, int):
+        n = devices
+    elif isinstance(devices, str) and devices.isdigit():
+        n = int(devices)
+    elif isinstance(devices, (list, tuple)) or hasattr(devices, "__len__"):
+        n = len(devices)
+    else:  # "auto" / -1: resolved by Lightning at run time; checked again in the DataModule
+        n = 1
+    return max(n, 1) * int(trainer.get("num_nodes", 1) or 1)
+
+
+def uses_multiprocess_ddp(trainer: DictConfig) -> bool:
+    """True when Lightning would re-launch this script per rank (ddp with several devices)."""
+    strategy = str(trainer.get("strategy", "auto"))
+    return _world_size(trainer) > 1 and "ddp" in strategy and "spawn" not in strategy
+
+
+def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> None:
+    """Raise :class:`ConfigError` on the first invalid setting of a train.py config."""
+    fold, shot, stage = cfg.get("fold"), cfg.get("shot"), cfg.get("stage", "meta")
+    if not isinstance(fold, int) or fold not in FOLDS:
+        raise ConfigError(f"fold={fold!r} is invalid: choose one of {list(FOLDS)}")
+    if not isinstance(shot, int) or shot < 1:
+        raise ConfigError(f"shot={shot!r} is invalid: the number of support images must be an integer >= 1")
+    if stage not in STAGES:
+        raise ConfigError(f"stage={stage!r} is invalid: choose one of {list(STAGES)}")
+    dataset = cfg.dataset.name
+    if dataset not in DATASETS:
+        raise ConfigError(f"dataset={dataset!r} is invalid: choose one of {list(DATASETS)}")
+    if cfg.method.name not in METHODS:
+        raise ConfigError(f"method={cfg.method.name!r} is invalid: choose one of {list(METHODS)}")
+    if cfg.backbone.name not in BACKBONES:
+        raise ConfigError(f"backbone.name={cfg.backbone.name!r} is invalid: choose one of {list(BACKBONES)}")
+    if stage == "base" and cfg.method.name != "bam":
+        raise ConfigError(
+            f"stage=base trains BAM's base learner; it needs method=bam (got method={cfg.method.name})"
+        )
+    world = _world_size(cfg.trainer)
+    batch = int(cfg.dataset.batch_size)
+    if batch < 1 or batch % world:
+        raise ConfigError(
+            f"dataset.batch_size={batch} is the total batch over {world} processes "
+            f"(trainer.devices x trainer.num_nodes); it must be a positive multiple of {world}"
+        )
+    if multirun and uses_multiprocess_ddp(cfg.trainer):
+        raise ConfigError(
+            "hydra multirun (-m) cannot drive multi-process DDP (trainer.strategy="
+            f"{cfg.trainer.strategy}, trainer.devices={cfg.trainer.devices}): Lightning re-runs the script per "
+            "rank and every rank would start its own sweep. Run the sweep with trainer.devices=1, or launch "
+            "each job with torchrun (README, 'Multi-GPU')."
+        )
+    _check_finetune(cfg.finetune)
+    _check_file(cfg.backbone.get("pretrained"), "backbone.pretrained", "README section 'ImageNet weights'")
+    if cfg.method.name == "bam" and stage == "meta":
+        _check_file(
+            cfg.method.get("base_learner"),
+            "method.base_learner",
+            f"the stage-1 command: python train.py stage=base method=bam dataset={dataset} fold={fold} "
+            f"backbone={_backbone_group(cfg.backbone.name)}",
+        )
+    ckpt = cfg.get("ckpt_path")
+    if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():
+        raise ConfigError(f"ckpt_path={ckpt} does not exist (use a checkpoint file, 'last' or null)")
+
+
+def _backbone_group(name: str) -> str:
+    return {"vgg16_bn": "vgg16"}.get(name, name)
+
+
+def _check_finetune(finetune: DictConfig) -> None:
+    from svfseg.finetune import build_strategy
+
+    options: dict[str, Any] = dict(finetune)
+    name = options.pop("name", None)
+    if name is None:
+        raise ConfigError("finetune.name is missing: choose finetune=freeze|full|part|bn|svf")
+    try:
+        build_strategy(name, **options)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ConfigError(f"finetune={name}: {err}") from err
+
+
+def _check_file(path: Any, key: str, how: str) -> None:
+    if path is None:
+        return
+    if not Path(str(path)).is_file():
+        raise ConfigError(f"{key}={path} does not exist. Make it with {how}, or set {key}=null.")

@@ -1,0 +1,201 @@
+"""LightningModule that wraps any few-shot method.
+
+The module knows nothing about a particular method or fine-tune strategy: the method comes from the
+registry (``method`` / ``backbone`` specs are plain dicts, so checkpoints rebuild the model without
+Hydra), and the strategy is applied by :class:`~svfseg.lightning.callbacks.FinetuneCallback` before the
+optimizer is built. Checkpoints record the strategy, and loading one re-applies it before the weights
+are copied in, so a checkpoint trained with any strategy loads into a fresh module.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from svfseg.finetune import build_strategy
+from svfseg.lightning.optim import OptimConfig, build_optimizer, build_scheduler
+from svfseg.metrics import FewShotIoU
+from svfseg.models.base import FewShotModel, FewShotOutput
+from svfseg.models.factory import build_fewshot_model
+
+log = logging.getLogger(__name__)
+
+VAL_LOADER, TRAIN_EPISODES_LOADER = 0, 1
+
+
+class FewShotSegModule(pl.LightningModule):
+    """Training, validation and test of one few-shot method on one fold.
+
+    Args:
+        method: ``{"name": "baseline" | "pfenet" | "bam", **head options}``.
+        backbone: ``{"name": "resnet50", "pretrained": path | None, ...}`` for ``build_backbone``.
+        shot: supports per episode.
+        dataset, fold: recorded in checkpoints so that evaluating on another fold is refused.
+        num_eval_classes / num_train_classes: classes of the fold's evaluation / training split.
+        optim: :class:`OptimConfig` fields.
+        load_pretrained: read backbone / base-learner weight files (False when a checkpoint follows).
+    """
+
+    def __init__(
+        self,
+        method: dict[str, Any],
+        backbone: dict[str, Any],
+        shot: int,
+        dataset: str,
+        fold: int,
+        num_eval_classes: int,
+        num_train_classes: int,
+        optim: dict[str, Any] | None = None,
+        load_pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.optim_cfg = OptimConfig(**(optim or {}))
+        self.model: FewShotModel = build_fewshot_model(
+            method, backbone, shot=shot, dataset=dataset, fold=fold, load_pretrained=load_pretrained
+        )
+        self.val_iou = FewShotIoU(num_eval_classes)
+        self.train_episode_iou = FewShotIoU(num_train_classes)
+        self.test_iou = FewShotIoU(num_eval_classes)
+        self.finetune_spec: dict[str, Any] | None = None
+        self.param_groups: list[dict[str, Any]] | None = None
+        # The resolved run config (plain containers), saved in checkpoints so eval.py can rebuild the data.
+        self.run_config: dict[str, Any] | None = None
+        self.test_results: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ fine-tuning
+    def apply_finetune(self, spec: dict[str, Any]) -> None:
+        """Apply a fine-tune strategy once; a second, different strategy is refused."""
+        spec = copy.deepcopy(dict(spec))
+        if self.finetune_spec is not None:
+            if spec != self.finetune_spec:
+                raise ValueError(
+                    f"fine-tune strategy {self.finetune_spec} is already applied; refusing to apply {spec}. "
+                    "A checkpoint trained with one strategy must be resumed with the same finetune=... choice."
+                )
+            return
+        options = dict(spec)
+        name = options.pop("name")
+        strategy = build_strategy(name, **options)
+        self.param_groups = strategy.apply(self.model)
+        self.finetune_spec = spec
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, batch: dict[str, Tensor], with_target: bool = True) -> FewShotOutput:
+        return self.model(
+            query_img=batch["query_img"],
+            support_img=batch["support_img"],
+            support_mask=batch["support_mask"],
+            query_mask=batch["query_mask"] if with_target else None,
+            class_idx=batch.get("class_idx"),
+            query_base_label=batch.get("query_base_label") if with_target else None,
+        )
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self(batch)
+        assert out.loss is not None
+        if not torch.isfinite(out.loss):
+            episodes = batch.get("episode_idx")
+            raise FloatingPointError(
+                f"non-finite training loss {out.loss.item()} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}, episodes "
+                f"{episodes.tolist() if episodes is not None else 'unknown'}); the last good checkpoint "
+                "is kept. Lower optim.lr or check the data of these episodes."
+            )
+        batch_size = batch["query_img"].shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size)
+        for name, value in out.losses.items():
+            self.log(f"train/loss_{name}", value, batch_size=batch_size)
+        return out.loss
+
+    def _eval_update(self, metric: FewShotIoU, batch: dict[str, Tensor]) -> None:
+        logits = self(batch, with_target=False).logits
+        metric.update_from_logits(logits, batch["query_label_ori"], batch["ori_size"], batch["class_idx"])
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        metric = self.val_iou if dataloader_idx == VAL_LOADER else self.train_episode_iou
+        self._eval_update(metric, batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_update(self.test_iou, batch)
+
+    def _log_metric(self, prefix: str, metric: FewShotIoU) -> dict[str, Tensor]:
+        if int(metric.n_episodes) == 0 and not self.trainer.world_size > 1:
+            return {}
+        values = metric.compute()
+        self.log(f"{prefix}/miou", values["miou"], sync_dist=False)
+        self.log(f"{prefix}/fbiou", values["fbiou"], sync_dist=False)
+        self.log(f"{prefix}/n_episodes", values["n_episodes"].float(), sync_dist=False)
+        for k, v in enumerate(values["class_iou"]):
+            self.log(f"{prefix}/class_iou_{k}", v, sync_dist=False)
+        metric.reset()
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric("val", self.val_iou)
+        self._log_metric("train_episodes", self.train_episode_iou)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._log_metric("test", self.test_iou)
+
+    # ------------------------------------------------------------------ BN policy
+    def on_train_epoch_start(self) -> None:
+        # Lightning >= 2.2 no longer calls .train() on the whole model each epoch; do it here so that
+        # FewShotModel.train re-applies the BN policy (frozen BN stays in eval mode).
+        self.model.train()
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.param_groups is None:
+            raise RuntimeError(
+                "no fine-tune strategy was applied before the optimizer was built: add "
+                "svfseg.lightning.callbacks.FinetuneCallback to the trainer (conf/callbacks/default.yaml does)"
+            )
+        optimizer = build_optimizer(self.param_groups, self.optim_cfg)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("set trainer.max_epochs or trainer.max_steps: the lr schedule needs a length")
+        scheduler = build_scheduler(optimizer, self.optim_cfg, int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def run_identity(self) -> dict[str, Any]:
+        """What a checkpoint must agree with before its weights may be used."""
+        hp = self.hparams
+        return {
+            "method": hp["method"]["name"],
+            "backbone": hp["backbone"]["name"],
+            "dataset": hp["dataset"],
+            "fold": int(hp["fold"]),
+            "shot": int(hp["shot"]),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["svfseg"] = {
+            "finetune": self.finetune_spec,
+            "identity": self.run_identity(),
+            "config": self.run_config,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("svfseg")
+        if meta is None:
+            raise KeyError(
+                "checkpoint has no 'svfseg' section: it was not written by svfseg's FewShotSegModule"
+            )
+        identity = meta.get("identity")
+        if identity is not None and identity != self.run_identity():
+            raise ValueError(
+                f"checkpoint identity {identity} does not match this run {self.run_identity()}: "
+                "it was trained for another method, backbone, dataset, fold or shot"
+            )
+        if meta.get("finetune") is not None:
+            self.apply_finetune(meta["finetune"])
+        if self.run_config is None:
+            self.run_config = meta.get("config")

@@ -1,0 +1,115 @@
+"""eval.py's logic: rebuild a run from its checkpoint, evaluate fixed episodes per seed, write ``metrics.json``.
+
+The checkpoint carries the run's resolved config, so ``eval.py ckpt_path=...`` needs nothing else; the
+data root, episode count, seeds and batch size may be overridden. A checkpoint whose fold, shot, dataset,
+method or backbone differs from what the command asks for is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from svfseg.lightning.module import FewShotSegModule
+from svfseg.tasks.builders import build_datamodule, plain
+from svfseg.tasks.reporting import metrics_record, print_metrics
+
+log = logging.getLogger(__name__)
+
+IDENTITY_KEYS = ("fold", "shot")
+
+
+def load_checkpoint_dict(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely (weights_only) with errors that name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    if "svfseg" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(
+            f"{path} was not written by svfseg's train.py (no 'svfseg'/'state_dict' entries); "
+            "a BAM base learner (pspnet.pt) is read by method.base_learner, not by eval.py"
+        )
+    return checkpoint
+
+
+def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> DictConfig:
+    """The training run's config with this command's overrides, refusing identity mismatches."""
+    saved = checkpoint["svfseg"].get("config")
+    if saved is None:
+        raise ValueError(
+            "checkpoint has no saved run config (svfseg.config); re-save it with svfseg's train.py"
+        )
+    run = OmegaConf.create(saved)
+    for key in IDENTITY_KEYS:
+        asked = cfg.get(key)
+        if asked is not None and int(asked) != int(run[key]):
+            raise ValueError(
+                f"the checkpoint was trained for {key}={run[key]} but the command asks for {key}={asked}; "
+                f"evaluate it with {key}={run[key]} or pick the checkpoint of {key}={asked}"
+            )
+    for key, node in (("dataset", "name"), ("method", "name"), ("backbone", "name")):
+        asked = cfg.get(key)
+        if asked is not None and str(asked) != str(run[key][node]):
+            raise ValueError(
+                f"the checkpoint is a {key}={run[key][node]} run, the command asks for {key}={asked}"
+            )
+    if cfg.get("dataset_root") is not None:
+        run.dataset.root = str(cfg.dataset_root)
+    if cfg.get("n_episodes") is not None:
+        run.dataset.n_episodes = int(cfg.n_episodes)
+    if cfg.get("seeds") is not None:
+        run.dataset.eval_seeds = [int(s) for s in cfg.seeds]
+    if cfg.get("eval_batch_size") is not None:
+        run.dataset.eval_batch_size = int(cfg.eval_batch_size)
+    run.dataset.num_workers = int(cfg.get("num_workers", run.dataset.num_workers))
+    run.trainer = cfg.trainer
+    return run
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` on every seed's fixed episodes; rank 0 writes ``metrics.json``."""
+    ckpt = Path(str(cfg.ckpt_path))
+    checkpoint = load_checkpoint_dict(ckpt)
+    run = run_config_from_checkpoint(checkpoint, cfg)
+    del checkpoint
+    module = FewShotSegModule.load_from_checkpoint(
+        ckpt, map_location="cpu", weights_only=True, strict=True, load_pretrained=False
+    )
+    trainer_cfg = dict(plain(cfg.trainer))
+    trainer_cfg.pop("_target_", None)
+    trainer_cfg.update(logger=False, enable_checkpointing=False)
+    trainer = pl.Trainer(**trainer_cfg)
+    per_seed: dict[int, dict[str, Any]] = {}
+    seeds = [int(s) for s in run.dataset.eval_seeds]
+    for seed in seeds:
+        seed_cfg = run.copy()
+        seed_cfg.dataset.eval_seeds = [seed]
+        datamodule = build_datamodule(seed_cfg)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        per_seed[seed] = {
+            k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in module.test_results.items()
+        }
+    record = metrics_record(
+        per_seed,
+        cfg=run,
+        checkpoint=str(ckpt),
+        n_episodes=int(run.dataset.n_episodes),
+        seeds=seeds,
+        config=plain(run),
+    )
+    if trainer.is_global_zero:
+        out = Path(str(cfg.paths.output_dir))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(record, indent=2))
+        print_metrics(record, title=f"{ckpt.name}: {run.dataset.name} fold {run.fold}, {run.shot}-shot")
+        log.info("wrote %s", out / "metrics.json")
+    return record

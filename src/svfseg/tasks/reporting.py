@@ -1,0 +1,108 @@
+"""Metric records (``metrics.json``), console tables and logger shutdown."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+log = logging.getLogger(__name__)
+
+
+def _floats(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "miou": float(values["miou"]),
+        "fbiou": float(values["fbiou"]),
+        "class_iou": [float(v) for v in values["class_iou"]],
+        "n_episodes": int(values["n_episodes"]),
+    }
+
+
+def seeds_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean and (population) std over episode seeds, the protocol of BAM's test.py."""
+    mious = [v["miou"] for v in per_seed.values()]
+    fbious = [v["fbiou"] for v in per_seed.values()]
+    n = len(mious)
+    return {
+        "miou_mean": statistics.fmean(mious),
+        "miou_std": statistics.pstdev(mious) if n > 1 else 0.0,
+        "fbiou_mean": statistics.fmean(fbious),
+        "fbiou_std": statistics.pstdev(fbious) if n > 1 else 0.0,
+    }
+
+
+def run_meta(cfg: DictConfig) -> dict[str, Any]:
+    """What identifies a run in a sweep table (see svfseg.tables)."""
+    return {
+        "method": cfg.method.name,
+        "backbone": cfg.backbone.name,
+        "finetune": cfg.finetune.name,
+        "dataset": cfg.dataset.name,
+        "seed": int(cfg.seed),
+        "row": cfg.get("row"),
+        "table": cfg.get("table"),
+    }
+
+
+def metrics_record(
+    values: dict[str, Any] | dict[int, dict[str, Any]],
+    *,
+    cfg: DictConfig,
+    checkpoint: str | None,
+    n_episodes: int,
+    seeds: Sequence[int],
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``metrics.json`` record: headline numbers (first seed / mean), per-seed values, run identity."""
+    per_seed = values if all(isinstance(k, int) for k in values) else {int(seeds[0]): values}
+    per_seed = {int(s): _floats(v) for s, v in per_seed.items()}  # type: ignore[union-attr]
+    summary = seeds_summary(per_seed)
+    first = per_seed[int(seeds[0])]
+    return {
+        "miou": summary["miou_mean"],
+        "fbiou": summary["fbiou_mean"],
+        "class_iou": first["class_iou"] if len(per_seed) == 1 else None,
+        **summary,
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+        "n_episodes": int(n_episodes),
+        "seeds": [int(s) for s in seeds],
+        "fold": int(cfg.fold),
+        "shot": int(cfg.shot),
+        "checkpoint": checkpoint,
+        "run": run_meta(cfg),
+        "config": config,
+    }
+
+
+def print_metrics(record: dict[str, Any], *, title: str) -> None:
+    table = Table(title=title)
+    for col in ("seed", "mIoU", "FB-IoU", "episodes"):
+        table.add_column(col, justify="right")
+    for seed, v in record["per_seed"].items():
+        table.add_row(seed, f"{100 * v['miou']:.2f}", f"{100 * v['fbiou']:.2f}", str(v["n_episodes"]))
+    if len(record["per_seed"]) > 1:
+        table.add_row(
+            "mean ± std",
+            f"{100 * record['miou_mean']:.2f} ± {100 * record['miou_std']:.2f}",
+            f"{100 * record['fbiou_mean']:.2f} ± {100 * record['fbiou_std']:.2f}",
+            "",
+        )
+    Console().print(table)
+
+
+def close_loggers(loggers: Sequence[Any], *, status: str = "success") -> None:
+    """Finalize every logger, W&B included, even when the run failed (multirun needs separate W&B runs)."""
+    import wandb
+
+    for logger in loggers:
+        try:
+            logger.finalize(status)
+        except Exception as err:  # a logger failing to close must not hide the run's own error
+            log.warning("logger %s failed to finalize: %s", type(logger).__name__, err)
+    if wandb.run is not None:
+        wandb.finish(exit_code=0 if status == "success" else 1)

@@ -1,0 +1,95 @@
+"""train.py's logic: validate, build, fit, evaluate the best checkpoint, write ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from svfseg.config_checks import check_train_config
+from svfseg.tasks.builders import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_module,
+    build_trainer,
+    output_dir,
+    plain,
+)
+from svfseg.tasks.reporting import close_loggers, metrics_record, print_metrics
+
+log = logging.getLogger(__name__)
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path=last`` means this run directory's ``checkpoints/last.ckpt``."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt == "last":
+        path = output_dir(cfg) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last but {path} does not exist: resume needs the same run directory "
+                "(same method/backbone/finetune/dataset/fold/shot/seed overrides) as the interrupted run"
+            )
+        return str(path)
+    return None if ckpt is None else str(ckpt)
+
+
+def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
+    """Run one training job; returns the final test metrics (what a sweeper optimises)."""
+    check_train_config(cfg, multirun=multirun)
+    if cfg.stage == "base":
+        from svfseg.tasks.base_stage import train_base_learner
+
+        return train_base_learner(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    module.run_config = plain(cfg)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg)
+    trainer = build_trainer(cfg, callbacks, loggers)
+    status = "failed"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+        results: dict[str, Any] = {}
+        if cfg.get("test_after_fit", True) and not trainer.fast_dev_run:
+            best = _best_checkpoint(trainer)
+            test = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
+            results = metrics_record(
+                module.test_results,
+                cfg=cfg,
+                checkpoint=best,
+                n_episodes=int(cfg.dataset.n_episodes),
+                seeds=list(cfg.dataset.eval_seeds)[:1],
+            )
+            if trainer.is_global_zero:
+                path = output_dir(cfg) / "metrics.json"
+                path.write_text(json.dumps(results, indent=2))
+                print_metrics(
+                    results, title=f"test episodes of {Path(best).name if best else 'final weights'}"
+                )
+            del test
+        status = "success"
+        return results
+    finally:
+        close_loggers(loggers, status=status)
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            if cb.best_model_path:
+                return cb.best_model_path
+            if cb.last_model_path:
+                return cb.last_model_path
+    log.warning("no checkpoint callback saved a model: testing the final weights")
+    return None
+
+
+__all__ = ["plain", "resolve_ckpt_path", "train"]
