@@ -60,7 +60,9 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
         results: dict[str, Any] = {}
         if cfg.get("test_after_fit", True) and not trainer.fast_dev_run:
             best = _best_checkpoint(trainer)
-            test = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
+            # The first eval seed's fixed episodes (eval.py reports every seed).
+            loader = datamodule.eval_dataloader(int(cfg.dataset.eval_seeds[0]))
+            test = trainer.test(module, dataloaders=loader, ckpt_path=best, weights_only=True)
             results = metrics_record(
                 module.test_results,
                 cfg=cfg,

@@ -1,0 +1,241 @@
+"""Plain semantic segmentation on a fold's base classes: the data of BAM's stage 1 (PSPNet base learner).
+
+Reference (spec E.4, BAM ``BaseData``): the *full* training source list with no filtering; base class c ->
+``base.index(c) + 1``, novel classes -> 0 (background), 255 kept; augmentation scale [0.5, 2.0], rotate
++-10, blur, flip, crop 417; validation on the val source list resized to 417.
+
+Difference: the reference crop redraws while it keeps under 85 % of the pixels whose *mapped* label is 1,
+i.e. of whichever base class happens to be first in the fold, a quirk of reusing the episode crop. Here
+the stage-1 crop is a plain random crop.
+
+Batches: ``image`` (B,3,H,W) float, ``label`` (B,H,W) long in {0..n_base, 255}, ``index`` (B,); validation
+adds ``label_ori`` (B,L,L) (original resolution, 255-padded square) and ``ori_size`` (B,2) = (H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from svfseg.data.datamodule import (
+    DATASETS,
+    FOLDS,
+    MAX_IMAGE_SIZE,
+    check_choice,
+    check_int,
+    check_root,
+    check_scale,
+    check_source_lists,
+    make_loader,
+    rank_and_world,
+)
+from svfseg.data.episodes import base_label_lut
+from svfseg.data.io import read_sample
+from svfseg.data.layouts import Pair, default_source, get_layout, read_source_file
+from svfseg.data.samplers import (
+    DOMAIN_TRAIN_SAMPLE,
+    EpisodeKey,
+    EpisodeSampler,
+    ShardedEvalSampler,
+    seed_sequence,
+)
+from svfseg.data.splits import COCO_SPLITS, base_classes
+from svfseg.data.transforms import SCALE_RANGES, EvalTransform, TrainTransform, pad_square
+
+BASE_CROP = 417
+
+
+class _BaseSegSource:
+    """Reads a pair and maps its label to base-class indices."""
+
+    def __init__(
+        self, root: str | Path, pairs: Sequence[Pair], base: Sequence[int], num_classes: int, hint: str | None
+    ):
+        if not pairs:
+            raise ValueError("base-class segmentation needs at least one (image, label) pair")
+        self.root = Path(root)
+        self.pairs = tuple(pairs)
+        self.lut = base_label_lut(base)
+        self.num_classes = int(num_classes)
+        self.hint = hint
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < len(self.pairs):
+            raise IndexError(f"index {index} out of range for {len(self.pairs)} images")
+        image, label = read_sample(self.root, self.pairs[index], self.num_classes, hint=self.hint)
+        return image, self.lut[label]
+
+
+class BaseClassSegDataset(Dataset):
+    """Training split: ``dataset[(epoch, index)]`` is a pure function of ``(seed, epoch, index)``."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        pairs: Sequence[Pair],
+        base: Sequence[int],
+        transform: TrainTransform,
+        seed: int,
+        *,
+        num_classes: int,
+        hint: str | None = None,
+    ) -> None:
+        self.source = _BaseSegSource(root, pairs, base, num_classes, hint)
+        self.transform = transform
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.source.pairs)
+
+    def __getitem__(self, key: EpisodeKey | int) -> dict[str, Any]:
+        epoch, index = (0, key) if isinstance(key, (int, np.integer)) else key
+        image, label = self.source.read(int(index))
+        out = self.transform(
+            image, label, seed_sequence(self.seed, DOMAIN_TRAIN_SAMPLE, int(epoch), int(index))
+        )
+        return {"image": out.image, "label": out.mask, "index": int(index)}
+
+
+class BaseClassSegValDataset(Dataset):
+    """Validation split: deterministic resize plus the original-resolution label for metrics."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        pairs: Sequence[Pair],
+        base: Sequence[int],
+        transform: EvalTransform,
+        *,
+        num_classes: int,
+        hint: str | None = None,
+    ) -> None:
+        self.source = _BaseSegSource(root, pairs, base, num_classes, hint)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, label = self.source.read(int(index))
+        out = self.transform(image, label)
+        return {
+            "image": out.image,
+            "label": out.mask,
+            "index": int(index),
+            "label_ori": torch.from_numpy(pad_square(label)).long(),
+            "ori_size": torch.tensor(label.shape, dtype=torch.long),
+        }
+
+
+class BaseSegDataModule(pl.LightningDataModule):
+    """Stage-1 data: full source lists of a dataset, labels mapped to the fold's base classes.
+
+    ``num_seg_classes`` = base classes + background (16 Pascal, 61 COCO) is the PSPNet output width.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "pascal",
+        root: str | Path = "data/VOCdevkit/VOC2012",
+        fold: int = 0,
+        train_size: int = BASE_CROP,
+        eval_size: int = BASE_CROP,
+        batch_size: int = 3,
+        eval_batch_size: int = 6,
+        num_workers: int = 8,
+        seed: int = 321,
+        coco_split: str = "interleaved",
+        source_lists: Mapping[str, Any] | None = None,
+        scale: Sequence[float] | None = None,
+        persistent_workers: bool = False,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dataset = check_choice("dataset", dataset, DATASETS)
+        self.root = Path(root)
+        self.fold = check_int("fold", fold, low=0, high=3, allowed=f"one of {list(FOLDS)}")
+        self.train_size = check_int("train_size", train_size, low=8, high=MAX_IMAGE_SIZE)
+        self.eval_size = check_int("eval_size", eval_size, low=8, high=MAX_IMAGE_SIZE)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.eval_batch_size = check_int("eval_batch_size", eval_batch_size)
+        self.num_workers = check_int("num_workers", num_workers, low=0)
+        self.seed = check_int("seed", seed, low=0)
+        self.coco_split = check_choice("coco_split", coco_split, COCO_SPLITS)
+        self.source_lists = check_source_lists(source_lists)
+        self.scale = check_scale("scale", scale) if scale is not None else SCALE_RANGES["base"]
+        self.persistent_workers = bool(persistent_workers)
+        self.pin_memory = bool(pin_memory)
+        self.layout = get_layout(self.dataset)
+        self.base_classes = base_classes(self.layout.split_dataset, self.fold, self.coco_split)
+        self.pairs: dict[str, tuple[Pair, ...]] = {}
+
+    @property
+    def num_seg_classes(self) -> int:
+        return len(self.base_classes) + 1
+
+    def setup(self, stage: str | None = None) -> None:
+        root = check_root(self.dataset, self.root)
+        for split in ("train", "val"):
+            if split not in self.pairs:
+                given = self.source_lists.get(split)
+                source = (
+                    read_source_file(given, self.layout, root=root.resolve())
+                    if given is not None
+                    else default_source(self.layout, root.resolve(), split)
+                )
+                self.pairs[split] = source.pairs
+
+    def _pairs(self, split: str) -> tuple[Pair, ...]:
+        if split not in self.pairs:
+            raise RuntimeError(
+                f"the {split} list is not read: call datamodule.setup() before asking for loaders"
+            )
+        return self.pairs[split]
+
+    def train_dataloader(self) -> DataLoader:
+        ds = BaseClassSegDataset(
+            self.root,
+            self._pairs("train"),
+            self.base_classes,
+            TrainTransform(self.train_size, self.scale, foreground_keep=None),
+            self.seed,
+            num_classes=self.layout.num_classes,
+            hint=self.layout.hint(self.root),
+        )
+        rank, world = rank_and_world(self)
+        sampler = EpisodeSampler(len(ds), shuffle=True, seed=self.seed, rank=rank, world_size=world)
+        return make_loader(
+            ds,
+            sampler,
+            self.batch_size,
+            num_workers=self.num_workers,
+            train=True,
+            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        ds = BaseClassSegValDataset(
+            self.root,
+            self._pairs("val"),
+            self.base_classes,
+            EvalTransform(self.eval_size),
+            num_classes=self.layout.num_classes,
+            hint=self.layout.hint(self.root),
+        )
+        rank, world = rank_and_world(self)
+        return make_loader(
+            ds,
+            ShardedEvalSampler(len(ds), rank, world),
+            self.eval_batch_size,
+            num_workers=self.num_workers,
+            train=False,
+            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory,
+        )

@@ -1,0 +1,415 @@
+"""LightningDataModule for few-shot training and exact-N episode evaluation.
+
+Samplers are built here from the trainer's rank and world size, so run Lightning with
+``use_distributed_sampler=False`` (refused otherwise under DDP: Lightning would shard our shards again).
+Training order and samples depend only on ``(seed, epoch, index)``; evaluation episodes are fixed tables
+built in :meth:`setup`, hashed (``table_digests``) and sharded without padding.
+
+Loaders: ``val_dataloader`` returns ``[novel-class episodes of the first eval seed, base-class "train
+episodes"]`` (the second one feeds the train-episodes mIoU curve of the paper's Figs 2, 3, 7, and is left
+out when ``train_episodes_for_curve=0``). Validation uses only the first eval seed, as the reference
+selects its checkpoint on one fixed 1000-episode draw; ``test_dataloader`` gives one loader per eval seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from svfseg.data.collate import collate_samples
+from svfseg.data.episodes import EpisodeTable, EvalEpisodes, TrainEpisodes, build_eval_episodes
+from svfseg.data.layouts import LAYOUTS, get_layout
+from svfseg.data.lists import DEFAULT_MIN_PIXELS, FewShotList, build_list
+from svfseg.data.samplers import EpisodeSampler, ShardedEvalSampler
+from svfseg.data.splits import COCO_SPLITS, base_classes, novel_classes
+from svfseg.data.transforms import SCALE_RANGES, EvalTransform, TrainTransform
+
+log = logging.getLogger(__name__)
+
+DATASETS = tuple(LAYOUTS)
+FOLDS = (0, 1, 2, 3)
+MAX_IMAGE_SIZE = 4096
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def check_int(key: str, value: Any, *, low: int = 1, high: int | None = None, allowed: str = "") -> int:
+    """``value`` as an int in ``[low, high]``; the error names the key, the value and what is allowed."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        span = allowed or (f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}")
+        raise ValueError(f"{key}={value!r} is invalid: expected {span}")
+    return int(value)
+
+
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is invalid: choose one of {list(choices)}")
+    return value
+
+
+def check_scale(key: str, value: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} is invalid: expected [min, max], e.g. [0.9, 1.1]") from None
+    if not 0 < lo <= hi:
+        raise ValueError(f"{key}={value!r} is invalid: need 0 < min <= max, e.g. [0.9, 1.1]")
+    return lo, hi
+
+
+def check_source_lists(value: Mapping[str, Any] | None) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not set(value) <= {"train", "val"}:
+        raise ValueError(
+            f"source_lists={value!r} is invalid: expected null or a mapping with keys 'train' and/or 'val' "
+            "giving list files of 'IMAGE LABEL' lines"
+        )
+    return {k: str(v) for k, v in value.items() if v is not None}
+
+
+# ------------------------------------------------------------------------------------------ loaders
+
+
+def rank_and_world(module: pl.LightningDataModule) -> tuple[int, int]:
+    """(global rank, world size) of the attached trainer, or (0, 1) without one."""
+    trainer = getattr(module, "trainer", None)
+    if trainer is None:
+        return 0, 1
+    world = int(trainer.world_size)
+    if world > 1 and getattr(
+        getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False
+    ):
+        raise RuntimeError(
+            "svfseg shards its own episodes: create the Trainer with use_distributed_sampler=False "
+            f"(world_size={world}); Lightning's DistributedSampler would re-shard and pad them"
+        )
+    return int(trainer.global_rank), world
+
+
+def _worker_init(_: int) -> None:
+    # One OpenCV thread per worker: the loader processes already use the cores.
+    cv2.setNumThreads(1)
+
+
+def make_loader(
+    dataset: Dataset,
+    sampler: Sampler,
+    batch_size: int,
+    *,
+    num_workers: int,
+    train: bool,
+    persistent_workers: bool = False,
+    pin_memory: bool = False,
+    collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_samples,
+) -> DataLoader:
+    """A DataLoader over an explicit sampler (training drops the last partial batch, as the reference)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        drop_last=train,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+    )
+
+
+def list_digest(lst: FewShotList) -> str:
+    """sha256 of a list's content, recorded so a resume can prove it sees the same training data."""
+    return hashlib.sha256(json.dumps(lst.to_json(), sort_keys=True).encode()).hexdigest()
+
+
+def check_root(dataset: str, root: str | Path) -> Path:
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"dataset root {path} (dataset={dataset}) does not exist; create it with: "
+            f"{get_layout(dataset).hint(path)}"
+        )
+    return path
+
+
+# ------------------------------------------------------------------------------------------ module
+
+
+class FewShotDataModule(pl.LightningDataModule):
+    """Few-shot episodes of one dataset, fold and shot.
+
+    Args:
+        dataset: ``pascal`` | ``coco`` | ``synthetic`` (Pascal layout, 20 classes, lists in ``ROOT/lists``).
+        root: dataset root.
+        fold, shot: fold 0..3; supports per episode.
+        train_size: training crop side (473 Pascal, 641 COCO). eval_size: evaluation canvas side.
+        batch_size, eval_batch_size: per process.
+        seed: training sampler/episode seed. eval_seeds: one episode table per seed (first: validation).
+        n_episodes: evaluation episodes per seed (reference 1000; paper Table 11 COCO also 4000/5000).
+        train_episodes_for_curve: size of the base-class episode table for the train-episodes curve (0: none).
+        filter_novel: leakage filter on training lists. coco_split: ``interleaved`` | ``contiguous``.
+        min_pixels: pool threshold. source_lists: optional ``{"train": path, "val": path}``.
+        cache_dir: list cache folder (default ``ROOT/.svfseg_cache``).
+        with_base_label: add BAM's ``query_base_label`` to training batches.
+        scale: training scale range; default per dataset (Pascal [0.9, 1.1], COCO [0.8, 1.25]).
+        table_dir: if set, every episode table is also written there as ``<name>.json``.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "pascal",
+        root: str | Path = "data/VOCdevkit/VOC2012",
+        fold: int = 0,
+        shot: int = 1,
+        train_size: int = 473,
+        eval_size: int = 473,
+        batch_size: int = 8,
+        eval_batch_size: int = 8,
+        num_workers: int = 8,
+        seed: int = 321,
+        eval_seeds: Sequence[int] = (321,),
+        n_episodes: int = 1000,
+        train_episodes_for_curve: int = 200,
+        filter_novel: bool = True,
+        coco_split: str = "interleaved",
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        source_lists: Mapping[str, Any] | None = None,
+        cache_dir: str | Path | None = None,
+        with_base_label: bool = False,
+        scale: Sequence[float] | None = None,
+        persistent_workers: bool = False,
+        pin_memory: bool = False,
+        table_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.dataset = check_choice("dataset", dataset, DATASETS)
+        self.root = Path(root)
+        self.fold = check_int("fold", fold, low=0, high=3, allowed=f"one of {list(FOLDS)}")
+        self.shot = check_int("shot", shot)
+        self.train_size = check_int("train_size", train_size, low=8, high=MAX_IMAGE_SIZE)
+        self.eval_size = check_int("eval_size", eval_size, low=8, high=MAX_IMAGE_SIZE)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.eval_batch_size = check_int("eval_batch_size", eval_batch_size)
+        self.num_workers = check_int("num_workers", num_workers, low=0)
+        self.seed = check_int("seed", seed, low=0)
+        seeds = list(eval_seeds) if not isinstance(eval_seeds, (int, str)) else [eval_seeds]
+        if not seeds:
+            raise ValueError("eval_seeds=[] is invalid: give at least one seed, e.g. [321]")
+        self.eval_seeds = [check_int(f"eval_seeds[{i}]", s, low=0) for i, s in enumerate(seeds)]
+        if len(set(self.eval_seeds)) != len(self.eval_seeds):
+            raise ValueError(f"eval_seeds={self.eval_seeds} has repeats: each seed is one episode table")
+        self.n_episodes = check_int("n_episodes", n_episodes)
+        self.train_episodes_for_curve = check_int("train_episodes_for_curve", train_episodes_for_curve, low=0)
+        self.filter_novel = bool(filter_novel)
+        self.coco_split = check_choice("coco_split", coco_split, COCO_SPLITS)
+        self.min_pixels = check_int("min_pixels", min_pixels)
+        self.source_lists = check_source_lists(source_lists)
+        self.cache_dir = cache_dir
+        self.with_base_label = bool(with_base_label)
+        default_scale = SCALE_RANGES[self.dataset]
+        self.scale = check_scale("scale", scale) if scale is not None else default_scale
+        self.persistent_workers = bool(persistent_workers)
+        self.pin_memory = bool(pin_memory)
+        self.table_dir = Path(table_dir) if table_dir is not None else None
+
+        self.layout = get_layout(self.dataset)
+        split_ds = self.layout.split_dataset
+        self.base_classes = base_classes(split_ds, self.fold, self.coco_split)
+        self.novel_classes = novel_classes(split_ds, self.fold, self.coco_split)
+        self.train_list: FewShotList | None = None
+        self.val_list: FewShotList | None = None
+        self.val_tables: dict[int, EpisodeTable] = {}
+        self.train_curve_table: EpisodeTable | None = None
+        self.table_digests: dict[str, str] = {}
+        self._train_set: TrainEpisodes | None = None
+        self._restored: dict[str, Any] | None = None
+
+    # -------------------------------------------------------------- setup
+    @property
+    def num_classes(self) -> int:
+        return self.layout.num_classes
+
+    def _hint(self) -> str:
+        return self.layout.hint(self.root)
+
+    def _build_list(self, split: str) -> FewShotList:
+        return build_list(
+            self.dataset,
+            self.root,
+            self.fold,
+            split,
+            filter_novel=self.filter_novel,
+            coco_split=self.coco_split,
+            min_pixels=self.min_pixels,
+            source_list=self.source_lists.get(split),
+            cache_dir=self.cache_dir,
+            progress=False,
+        )
+
+    def _add_table(self, name: str, table: EpisodeTable) -> EpisodeTable:
+        self.table_digests[name] = table.digest()
+        if self.table_dir is not None:
+            table.save(self.table_dir / f"{name.replace('/', '_')}.json")
+        return table
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the lists and the evaluation episode tables (cached lists make this cheap after the first run)."""
+        check_root(self.dataset, self.root)
+        if self.val_list is None:
+            self.val_list = self._build_list("val")
+            for s in self.eval_seeds:
+                table = build_eval_episodes(self.val_list, self.novel_classes, self.shot, self.n_episodes, s)
+                self.val_tables[s] = self._add_table(f"val/seed{s}", table)
+        # Testing needs only novel-class episodes; every other stage also trains or draws the train curve.
+        if stage != "test" and self.train_list is None:
+            self.train_list = self._build_list("train")
+            self.table_digests["train_list"] = list_digest(self.train_list)
+            if self.train_episodes_for_curve > 0:
+                table = build_eval_episodes(
+                    self.train_list,
+                    self.base_classes,
+                    self.shot,
+                    self.train_episodes_for_curve,
+                    self.eval_seeds[0],
+                )
+                self.train_curve_table = self._add_table("train_episodes", table)
+        self._check_restored()
+
+    def _require(self, what: str) -> None:
+        raise RuntimeError(
+            f"{what} is not built: call datamodule.setup() (the Trainer does) before asking for loaders"
+        )
+
+    # -------------------------------------------------------------- datasets
+    def train_dataset(self) -> TrainEpisodes:
+        if self.train_list is None:
+            self._require("the training list")
+        assert self.train_list is not None
+        if self._train_set is None:
+            self._train_set = TrainEpisodes(
+                self.root,
+                self.train_list,
+                self.base_classes,
+                self.shot,
+                TrainTransform(self.train_size, self.scale),
+                self.seed,
+                num_classes=self.num_classes,
+                with_base_label=self.with_base_label,
+                hint=self._hint(),
+            )
+        return self._train_set
+
+    def eval_dataset(self, table: EpisodeTable) -> EvalEpisodes:
+        return EvalEpisodes(
+            self.root, table, EvalTransform(self.eval_size), num_classes=self.num_classes, hint=self._hint()
+        )
+
+    def val_table(self, seed: int | None = None) -> EpisodeTable:
+        """The novel-class table of ``seed`` (default: the first eval seed), built on first use."""
+        if self.val_list is None:
+            self._require("the validation list")
+        assert self.val_list is not None
+        seed = self.eval_seeds[0] if seed is None else check_int("seed", seed, low=0)
+        if seed not in self.val_tables:
+            table = build_eval_episodes(self.val_list, self.novel_classes, self.shot, self.n_episodes, seed)
+            self.val_tables[seed] = self._add_table(f"val/seed{seed}", table)
+        return self.val_tables[seed]
+
+    # -------------------------------------------------------------- loaders
+    def train_dataloader(self) -> DataLoader:
+        ds = self.train_dataset()
+        rank, world = rank_and_world(self)
+        sampler = EpisodeSampler(
+            len(ds), shuffle=True, seed=self.seed, rank=rank, world_size=world, drop_last=True
+        )
+        if len(sampler) < self.batch_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} exceeds the {len(sampler)} training queries per process "
+                f"({len(ds)} in the list, world size {world}); with drop_last no batch would be formed"
+            )
+        return make_loader(
+            ds,
+            sampler,
+            self.batch_size,
+            num_workers=self.num_workers,
+            train=True,
+            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def _eval_loader(self, table: EpisodeTable) -> DataLoader:
+        rank, world = rank_and_world(self)
+        ds = self.eval_dataset(table)
+        return make_loader(
+            ds,
+            ShardedEvalSampler(len(ds), rank, world),
+            self.eval_batch_size,
+            num_workers=self.num_workers,
+            train=False,
+            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def eval_dataloader(self, seed: int | None = None) -> DataLoader:
+        """Novel-class episodes of one eval seed (default: the first), for scripts that loop over seeds."""
+        return self._eval_loader(self.val_table(seed))
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """Fixed base-class episodes on the training list (eval transforms), for the train-episodes curve."""
+        if self.train_curve_table is None:
+            self._require("the train-episodes table (train_episodes_for_curve > 0 and setup('fit'))")
+        assert self.train_curve_table is not None
+        return self._eval_loader(self.train_curve_table)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        val = self.eval_dataloader()
+        if self.train_curve_table is None:
+            return val
+        return [val, self.train_eval_dataloader()]
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = [self.eval_dataloader(s) for s in self.eval_seeds]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    # -------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run must agree with: the seed and the list/table digests."""
+        return {"seed": self.seed, "table_digests": dict(self.table_digests)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)
+        self._check_restored()
+
+    def _check_restored(self) -> None:
+        """Refuse a resume whose training data order would differ; warn when evaluation episodes differ."""
+        if self._restored is None:
+            return
+        old_seed = self._restored.get("seed")
+        if old_seed is not None and old_seed != self.seed:
+            raise ValueError(
+                f"the checkpoint was trained with data seed={old_seed}, this run has seed={self.seed}: "
+                "resuming would change the episode order; resume with the same seed"
+            )
+        old = self._restored.get("table_digests", {})
+        for name, digest in self.table_digests.items():
+            if name in old and old[name] != digest:
+                if name == "train_list":
+                    raise ValueError(
+                        "the training list differs from the checkpoint's (different root, source list, "
+                        "min_pixels or filter_novel?): resuming would not reproduce the data order"
+                    )
+                log.warning(
+                    "episode table %s differs from the checkpoint's; evaluation episodes changed", name
+                )

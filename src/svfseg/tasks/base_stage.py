@@ -1,0 +1,172 @@
+"""BAM stage 1: train the PSPNet base learner on a fold's base classes and save it for stage 2.
+
+    python train.py stage=base method=bam dataset=pascal fold=0 backbone=resnet50
+
+Recipe (reference-spec E.4): full training list without the leakage filter, base class c -> index+1,
+novel classes -> background; SGD momentum 0.9, wd 1e-4, poly 0.9; BN trains (no fix_bn). The reference's
+``index_split`` is ``encoder_lr_mult``: Pascal runs the encoder at 1/10 of the head lr, COCO at the same lr.
+The best epoch (base-class mIoU on the val list) is written to ``method.base_learner`` with its
+dataset/fold/backbone meta, which stage 2 checks before using it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from svfseg.lightning.optim import OptimConfig, build_scheduler
+from svfseg.models.backbones import build_backbone
+from svfseg.models.pspnet import PSPNet, base_learner_num_classes, save_base_learner
+from svfseg.tasks.builders import SPLIT_DATASET, build_loggers, plain
+from svfseg.tasks.reporting import close_loggers
+
+log = logging.getLogger(__name__)
+IGNORE = 255
+
+
+class BaseLearnerModule(pl.LightningModule):
+    """PSPNet on base classes with the reference's two-speed SGD (encoder vs PPM + classifier)."""
+
+    def __init__(
+        self,
+        backbone: dict[str, Any],
+        num_classes: int,
+        lr: float,
+        encoder_lr_mult: float,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        poly_power: float = 0.9,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        spec = dict(backbone)
+        name = spec.pop("name")
+        spec["dilation"] = "uniform"  # PSPNet / BAM always use the uniform dilation patch
+        self.model = PSPNet(build_backbone(name, **spec), num_classes=num_classes)
+        self.val_iou = MulticlassJaccardIndex(num_classes=num_classes, ignore_index=IGNORE, average="none")
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        _, loss = self.model(batch["image"], batch["label"])
+        assert loss is not None
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite base-learner loss at step {self.global_step}")
+        self.log("base/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits, _ = self.model(batch["image"])
+        for i, (h, w) in enumerate(batch["ori_size"].tolist()):
+            side = max(h, w)
+            up = F.interpolate(logits[i : i + 1], size=(side, side), mode="bilinear", align_corners=True)
+            self.val_iou.update(up.argmax(1)[:, :h, :w], batch["label_ori"][i : i + 1, :h, :w])
+
+    def on_validation_epoch_end(self) -> None:
+        per_class = self.val_iou.compute()
+        # background (index 0) excluded: the reference reports mIoU over the base classes
+        self.log("base/val_miou", per_class[1:].mean(), prog_bar=True)
+        self.val_iou.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        encoder = list(self.model.backbone.parameters())
+        head = list(self.model.ppm.parameters()) + list(self.model.cls.parameters())
+        optimizer = torch.optim.SGD(
+            [
+                {"params": encoder, "lr": hp.lr * hp.encoder_lr_mult, "name": "encoder"},
+                {"params": head, "lr": hp.lr, "name": "head"},
+            ],
+            lr=hp.lr,
+            momentum=hp.momentum,
+            weight_decay=hp.weight_decay,
+        )
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("set dataset.base_stage.epochs: the poly schedule needs a length")
+        cfg = OptimConfig(lr=hp.lr, schedule="poly", poly_power=hp.poly_power)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": build_scheduler(optimizer, cfg, int(total)), "interval": "step"},
+        }
+
+
+def train_base_learner(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the base learner, then write the best epoch to ``cfg.method.base_learner``."""
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from svfseg.data.base_seg import BaseSegDataModule
+
+    pl.seed_everything(cfg.seed, workers=True)
+    stage = cfg.dataset.base_stage
+    split_dataset = SPLIT_DATASET[cfg.dataset.name]
+    coco_split = cfg.dataset.get("coco_split", "interleaved")
+    num_classes = base_learner_num_classes(split_dataset, cfg.fold, coco_split)
+    datamodule = BaseSegDataModule(
+        dataset=cfg.dataset.name,
+        root=str(cfg.dataset.root),
+        fold=cfg.fold,
+        train_size=stage.train_size,
+        eval_size=stage.eval_size,
+        batch_size=int(stage.batch_size),
+        eval_batch_size=int(stage.eval_batch_size),
+        num_workers=cfg.dataset.num_workers,
+        seed=cfg.seed,
+        coco_split=coco_split,
+        source_lists=plain(cfg.dataset.source_lists),
+        scale=tuple(stage.scale),
+    )
+    module = BaseLearnerModule(
+        backbone=plain(cfg.backbone),
+        num_classes=num_classes,
+        lr=float(stage.lr),
+        encoder_lr_mult=float(stage.encoder_lr_mult),
+    )
+    out_dir = Path(str(cfg.paths.output_dir))
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="base_best",
+        monitor="base/val_miou",
+        mode="max",
+        save_last=True,
+    )
+    loggers = build_loggers(cfg)
+    trainer_cfg = dict(plain(cfg.trainer))
+    trainer_cfg.pop("_target_", None)
+    trainer_cfg["max_epochs"] = int(stage.epochs)
+    trainer_cfg["use_distributed_sampler"] = False
+    trainer = pl.Trainer(
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        logger=loggers or False,
+        **trainer_cfg,
+    )
+    status = "failed"
+    try:
+        trainer.fit(module, datamodule=datamodule)
+        best_path = checkpoint.best_model_path or checkpoint.last_model_path
+        best = BaseLearnerModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=True)
+        target = Path(str(cfg.method.base_learner))
+        meta = {
+            "dataset": split_dataset,
+            "fold": int(cfg.fold),
+            "backbone": cfg.backbone.name,
+            "width_mult": float(cfg.backbone.get("width_mult", 1.0)),
+            "coco_split": coco_split,
+            "val_miou": float(checkpoint.best_model_score or float("nan")),
+            "epochs": int(stage.epochs),
+        }
+        if trainer.is_global_zero:
+            save_base_learner(best.model, target, meta)
+            log.info("saved the base learner to %s (base-class val mIoU %.4f)", target, meta["val_miou"])
+            print(f"base learner written to {target}")
+        status = "success"
+        return {"base_learner": str(target), "val_miou": meta["val_miou"]}
+    finally:
+        close_loggers(loggers, status=status)
