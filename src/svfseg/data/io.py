@@ -55,7 +55,8 @@ def read_image(path: str | Path, *, hint: str | None = None) -> np.ndarray:
     """An (H, W, 3) uint8 RGB image; corrupt or truncated files raise DataFileError naming the file."""
     p = Path(path)
     buf = _read_bytes(p, "image", hint)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    # Labels (and COCO's polygons) are in stored pixel order, so EXIF rotation must not be applied.
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None or _truncated_jpeg(buf):
         raise DataFileError(
             f"image {p} is corrupt or truncated (OpenCV cannot decode it completely); re-create it"

@@ -222,6 +222,16 @@ def _run_counts(
     return out
 
 
+def _cached_entry(entry: Any, stat: tuple[int, int]) -> dict[int, int] | None:
+    """The counts of a cache entry ``[mtime_ns, size, {class: pixels}]`` if it matches ``stat``."""
+    try:
+        if entry is None or (int(entry[0]), int(entry[1])) != tuple(stat):
+            return None
+        return {int(c): int(n) for c, n in entry[2].items()}
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return None  # malformed entry: read the label again
+
+
 def scan_counts(
     layout: Layout,
     root: Path,
@@ -235,19 +245,20 @@ def scan_counts(
     """Per-label class pixel counts, re-reading only labels that are new or changed since the cache.
 
     A cached entry is valid while its label file keeps its (mtime_ns, size); the file is per (dataset,
-    root, source origin), so every fold and a edited source list reuse the same scan.
+    root, source origin), so every fold and an edited source list reuse the same scan.
     """
     key = _sha({"dataset": layout.name, "root": str(root), "source": source.origin})
     path = cache_dir / f"counts-{layout.name}-{key[:16]}.json"
     cached = _load_json(path)
-    entries: dict[str, Any] = cached["labels"] if cached and cached.get("key") == key else {}
+    entries = cached.get("labels") if cached and cached.get("key") == key else None
+    entries = entries if isinstance(entries, dict) else {}
     counts: dict[str, dict[int, int]] = {}
     tasks = []
     seen: set[str] = set()
     for image, label in source.pairs:
-        entry = entries.get(label)
-        if entry is not None and tuple(entry[:2]) == tuple(stats[label]):
-            counts[label] = {int(c): int(n) for c, n in entry[2].items()}
+        hit = _cached_entry(entries.get(label), stats[label])
+        if hit is not None:
+            counts[label] = hit
         elif label not in seen:
             tasks.append((str(root), image, label, layout.num_classes, layout.hint(root)))
         seen.add(label)
@@ -467,17 +478,37 @@ def import_lists(
 
 # --------------------------------------------------------------------------------------------- CLI
 
+# Image counts of the SVF repo's Pascal lists (fss_list filtered / fsss_list_ori unfiltered, 2048 px),
+# keyed by (fold, split, filtered). Lists built from the standard sources should match them exactly.
+REFERENCE_PASCAL: dict[tuple[int, str, bool], int] = {
+    (0, "train", True): 4208,
+    (1, "train", True): 3726,
+    (2, "train", True): 2752,
+    (3, "train", True): 4510,
+    (0, "train", False): 4760,
+    (1, "train", False): 4588,
+    (2, "train", False): 4097,
+    (3, "train", False): 5108,
+    (0, "val", False): 364,
+    (1, "val", False): 445,
+    (2, "val", False): 592,
+    (3, "val", False): 336,
+}
 
-def _summary(rows: list[tuple[int, str, FewShotList]], title: str) -> None:
+
+def _summary(
+    rows: list[tuple[int, str, FewShotList]], title: str, reference: dict[tuple[int, str], int]
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("fold", "split", "images", "classes", "min pool", "max pool", "empty pools"):
+    cols = ["fold", "split", "images", "classes", "min pool", "max pool", "empty pools"]
+    for col in cols + (["reference"] if reference else []):
         table.add_column(col, justify="right")
     for fold, split, lst in rows:
         sizes = [len(lst.by_class[c]) for c in lst.classes]
-        table.add_row(
+        cells = [
             str(fold),
             split,
             str(len(lst)),
@@ -485,8 +516,14 @@ def _summary(rows: list[tuple[int, str, FewShotList]], title: str) -> None:
             str(min(sizes, default=0)),
             str(max(sizes, default=0)),
             ",".join(map(str, lst.empty_classes())) or "-",
-        )
-    Console().print(table)
+        ]
+        if reference:
+            ref = reference.get((fold, split))
+            cells.append("-" if ref is None else f"{ref} {'ok' if ref == len(lst) else 'DIFFERS'}")
+        table.add_row(*cells)
+    console = Console()
+    console.width = max(console.width, 110)  # keep rows on one line when piped (rich defaults to 80)
+    console.print(table)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -558,7 +595,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             export_lists(lst, args.out, fold, split)
             rows.append((fold, split, lst))
     mode = f"imported from {args.import_dir}" if args.import_dir else "built"
-    _summary(rows, f"{args.dataset} lists {mode} -> {args.out}")
+    reference: dict[tuple[int, str], int] = {}
+    standard = (
+        not (args.import_dir or args.train_source or args.val_source)
+        and args.min_pixels == DEFAULT_MIN_PIXELS
+    )
+    if args.dataset == "pascal" and standard:
+        reference = {
+            (f, sp): REFERENCE_PASCAL[(f, sp, sp == "train" and not args.no_filter)]
+            for f in args.folds
+            for sp in args.splits
+        }
+    _summary(rows, f"{args.dataset} lists {mode} -> {args.out}", reference)
     return 0
 
 

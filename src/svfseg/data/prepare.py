@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -236,7 +237,10 @@ def annotation_mask(ann: Mapping[str, Any], height: int, width: int) -> np.ndarr
         raise DataFileError(
             f"annotation {ann.get('id')}: segmentation of type {type(seg).__name__} is not COCO"
         )
-    m = mask_utils.decode(rle)
+    with warnings.catch_warnings():
+        # pycocotools' Cython decode trips numpy 2's __array__(copy=...) deprecation; the result is right.
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        m = mask_utils.decode(rle)
     if m.shape != (height, width):
         raise DataFileError(f"annotation {ann.get('id')}: mask is {m.shape}, image is {(height, width)}")
     return m

@@ -21,6 +21,7 @@ The output depends only on the parameters and the seed (byte-identical files on 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -35,6 +36,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from svfseg.data import io as data_io
+from svfseg.data.layouts import default_source, get_layout
 from svfseg.data.lists import pool_classes, select_pairs
 from svfseg.data.prepare import prepare_coco
 from svfseg.data.progress import progress_bar
@@ -95,7 +97,8 @@ class ClassStyle:
         return f"{self.colour} {self.texture} {self.shape}"
 
 
-def class_styles(n: int) -> list[ClassStyle]:
+@functools.lru_cache(maxsize=8)
+def class_styles(n: int) -> tuple[ClassStyle, ...]:
     """``n`` distinct styles, greedily as far apart as possible (attributes differing), balanced in use."""
     combos = [
         (s, c, t) for s in range(len(SHAPES)) for c in range(len(COLOURS)) for t in range(len(TEXTURES))
@@ -115,7 +118,7 @@ def class_styles(n: int) -> list[ClassStyle]:
         for k, v in enumerate(best):
             uses[k][v] += 1
     names = list(COLOURS)
-    return [ClassStyle(SHAPES[s], names[c], TEXTURES[t]) for s, c, t in chosen]
+    return tuple(ClassStyle(SHAPES[s], names[c], TEXTURES[t]) for s, c, t in chosen)
 
 
 def coverage_min_pixels(size: int) -> int:
@@ -169,7 +172,7 @@ def _shape_polys(shape: str, r: float) -> tuple[list[np.ndarray], list[np.ndarra
     if shape == "hexagon":
         return [_regular(6, r)], []
     if shape == "crescent":
-        return [circle], [_regular(64, 0.8 * r) + np.array([0.5 * r, 0.0])]
+        return [circle], [_regular(64, 0.75 * r) + np.array([0.6 * r, 0.0])]
     raise ValueError(f"unknown shape {shape!r}: expected one of {SHAPES}")
 
 
@@ -261,7 +264,7 @@ def _layout_objects(
     rng: np.random.Generator, classes: Sequence[int], size: int, n_cls: int, crowd: bool
 ) -> list[_Obj]:
     """Objects in drawing order: crowd members, extras, then the primary (``classes[-1]``) on top."""
-    primary_r = float(rng.uniform(0.22, 0.28)) * size
+    primary_r = float(rng.uniform(0.24, 0.30)) * size
     pcx, pcy = rng.uniform(primary_r + 1, size - primary_r - 1, 2)
     primary = _Obj(classes[-1], float(pcx), float(pcy), primary_r, float(rng.uniform(0, 2 * math.pi)))
     placed = [primary]
@@ -419,7 +422,7 @@ def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _generate_pascal(
-    root: Path, n: dict[str, int], size: int, seed: int, styles: list[ClassStyle], progress: bool
+    root: Path, n: dict[str, int], size: int, seed: int, styles: Sequence[ClassStyle], progress: bool
 ) -> None:
     (root / "JPEGImages").mkdir(parents=True)
     (root / "SegmentationClassAug").mkdir()
@@ -441,7 +444,7 @@ def _generate_pascal(
 
 
 def _generate_coco(
-    root: Path, n: dict[str, int], size: int, seed: int, styles: list[ClassStyle], progress: bool
+    root: Path, n: dict[str, int], size: int, seed: int, styles: Sequence[ClassStyle], progress: bool
 ) -> None:
     (root / "annotations").mkdir(parents=True)
     categories = [
@@ -478,21 +481,12 @@ def _generate_coco(
 # --------------------------------------------------------------------------------------------- checks + API
 
 
-def _pairs(layout: str, root: Path, split: str) -> list[tuple[str, str]]:
-    if layout == "pascal":
-        return [tuple(line.split()) for line in (root / "lists" / f"{split}.txt").read_text().splitlines()]  # type: ignore[misc]
-    labels = sorted((root / "annotations" / f"{split}2014").glob("*.png"))
-    return [(f"{split}2014/{p.stem}.jpg", f"annotations/{split}2014/{p.stem}.png") for p in labels]
-
-
 def check_coverage(layout: str, root: Path, min_pixels: int) -> dict[str, int]:
     """Smallest pool per split over all folds (and both COCO splits); raises if any pool is empty."""
-    from svfseg.data.layouts import get_layout
-
     lay = get_layout("synthetic" if layout == "pascal" else "coco")
     smallest = {"train": sys.maxsize, "val": sys.maxsize}
     for split in ("train", "val"):
-        pairs = _pairs(layout, root, split)
+        pairs = default_source(lay, root, split).pairs
         counts = {}
         for _, label in pairs:
             c, _ = data_io.label_counts(root / label, lay.num_classes)
@@ -554,7 +548,12 @@ def make_synthetic(
     root = Path(root)
     params = _meta_params(layout, n_train, n_val, size, seed)
     meta_path = root / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    meta: dict[str, Any] | None = None
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            meta = {}  # our marker, half written: regenerate
     if meta is not None and meta.get("params") == params and meta.get("complete") and not overwrite:
         return root
     if meta is None and root.is_dir() and any(root.iterdir()):
@@ -563,7 +562,8 @@ def make_synthetic(
         if (root / name).exists():
             shutil.rmtree(root / name)
     root.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)
+    # Marks the folder as ours at once, so a run interrupted here can be redone without --overwrite.
+    meta_path.write_text(json.dumps({"params": params, "complete": False}) + "\n")
     styles = class_styles(n_cls)
     counts = {"train": n_train, "val": n_val}
     if layout == "pascal":

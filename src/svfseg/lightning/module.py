@@ -16,7 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from svfseg.finetune import build_strategy
 from svfseg.lightning.optim import OptimConfig, build_optimizer, build_scheduler
@@ -62,7 +62,8 @@ class FewShotSegModule(pl.LightningModule):
         )
         self.val_iou = FewShotIoU(num_eval_classes)
         self.train_episode_iou = FewShotIoU(num_train_classes)
-        self.test_iou = FewShotIoU(num_eval_classes)
+        self.test_ious = nn.ModuleList([FewShotIoU(num_eval_classes)])
+        self.test_results_per_loader: list[dict[str, Tensor]] = []
         self.finetune_spec: dict[str, Any] | None = None
         self.param_groups: list[dict[str, Any]] | None = None
         # The resolved run config (plain containers), saved in checkpoints so eval.py can rebuild the data.
@@ -122,8 +123,16 @@ class FewShotSegModule(pl.LightningModule):
         metric = self.val_iou if dataloader_idx == VAL_LOADER else self.train_episode_iou
         self._eval_update(metric, batch)
 
+    def on_test_start(self) -> None:
+        # One metric per test loader: the DataModule gives one loader per evaluation seed.
+        loaders = self.trainer.test_dataloaders
+        n = len(loaders) if isinstance(loaders, (list, tuple)) else 1
+        self.test_ious = nn.ModuleList([FewShotIoU(self.hparams["num_eval_classes"]) for _ in range(n)]).to(
+            self.device
+        )
+
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_update(self.test_iou, batch)
+        self._eval_update(self.test_ious[dataloader_idx], batch)
 
     def _log_metric(self, prefix: str, metric: FewShotIoU) -> dict[str, Tensor]:
         if int(metric.n_episodes) == 0 and not self.trainer.world_size > 1:
@@ -142,7 +151,10 @@ class FewShotSegModule(pl.LightningModule):
         self._log_metric("train_episodes", self.train_episode_iou)
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = self._log_metric("test", self.test_iou)
+        self.test_results_per_loader = [
+            self._log_metric("test" if i == 0 else f"test_{i}", metric) for i, metric in enumerate(self.test_ious)
+        ]
+        self.test_results = self.test_results_per_loader[0]
 
     # ------------------------------------------------------------------ BN policy
     def on_train_epoch_start(self) -> None:
