@@ -15,8 +15,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 VAL_KEY, TRAIN_KEY = "val/miou", "train_episodes/miou"
 
@@ -69,6 +69,7 @@ def plot_train_val_curves(runs: Mapping[str, Path], *, title: str = "mIoU over e
             train.epochs, [100 * v for v in train.values], color=colour, ls="--", label=f"{label}: train (base)"
         )
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
