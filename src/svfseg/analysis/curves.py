@@ -12,10 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 VAL_KEY, TRAIN_KEY = "val/miou", "train_episodes/miou"
@@ -59,7 +55,8 @@ def find_metrics_csv(run_dir: Path) -> Path:
 
 def plot_train_val_curves(runs: Mapping[str, Path], *, title: str = "mIoU over epochs") -> Figure:
     """One colour per strategy; solid = validation (novel) episodes, dashed = training (base) episodes."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for i, (label, run_dir) in enumerate(runs.items()):
         curves = read_metric_curves(find_metrics_csv(Path(run_dir)))
         colour = f"C{i}"
