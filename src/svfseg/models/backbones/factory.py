@@ -22,6 +22,7 @@ def build_backbone(
     weights_format: str = "auto",
     dilation: str = "uniform",
     width_mult: float = 1.0,
+    warn_if_random: bool = True,
 ) -> Backbone:
     """Build a backbone and, when ``pretrained`` is a path, load its ImageNet weights strictly.
 
@@ -31,6 +32,7 @@ def build_backbone(
         weights_format: ``auto`` | ``pspnet`` | ``torchvision`` | ``timm`` | ``native``.
         dilation: ``uniform`` (PFENet/BAM) or ``torchvision`` layout of the dilated ResNet stages.
         width_mult: channel scale; 1.0 is the reference network.
+        warn_if_random: False when a checkpoint overwrites every weight right after (no misleading warning).
     """
     width_mult = check_width_mult(width_mult)
     if name in RESNET_BLOCKS:
@@ -39,13 +41,13 @@ def build_backbone(
         backbone = build_vgg16_bn(dilation=dilation, width_mult=width_mult)
     else:
         raise ValueError(f"backbone name={name!r} is unknown: choose one of {BACKBONE_NAMES}")
-    if pretrained is None:
+    if pretrained is None and warn_if_random:
         log.warning(
             "backbone %s has no pretrained weights (pretrained=None): it is randomly initialised, so "
             "few-shot results are meaningless without ImageNet weights. Fine for smoke tests only; set "
             "backbone.pretrained to the weight file for real runs (README, 'ImageNet weights').",
             name,
         )
-    else:
+    elif pretrained is not None:
         load_backbone_weights(backbone, pretrained, weights_format)
     return backbone

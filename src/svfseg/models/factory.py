@@ -1,0 +1,78 @@
+"""Build a few-shot method from the plain ``method`` / ``backbone`` specs of a run config.
+
+``load_pretrained=False`` builds the same architecture without reading weight files: used when a
+checkpoint supplies every tensor (eval.py, resume, analysis), so those files need not exist there.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from svfseg.models.backbones import build_backbone
+from svfseg.models.base import FewShotModel
+
+log = logging.getLogger(__name__)
+
+# The synthetic dataset follows the Pascal class structure (20 classes, 5 per fold).
+SPLIT_DATASET = {"pascal": "pascal", "coco": "coco", "synthetic": "pascal"}
+
+
+def build_fewshot_model(
+    method: dict[str, Any],
+    backbone: dict[str, Any],
+    *,
+    shot: int,
+    dataset: str,
+    fold: int,
+    coco_split: str = "interleaved",
+    load_pretrained: bool = True,
+) -> FewShotModel:
+    """The configured method on the configured backbone (BAM: on its stage-1 PSPNet backbone)."""
+    import svfseg.models.bam  # noqa: F401  (registers "bam")
+    from svfseg.models.registry import build_model
+
+    options = dict(method)
+    name = options.pop("name")
+    spec = dict(backbone)
+    bb_name = spec.pop("name")
+    pretrained = spec.pop("pretrained", None)
+    weights_format = spec.pop("weights_format", "auto")
+    width_mult = float(spec.pop("width_mult", 1.0))
+    dilation = spec.pop("dilation", "uniform")
+    if spec:
+        raise ValueError(f"unknown backbone options {sorted(spec)} for {bb_name}")
+
+    if name == "bam":
+        from svfseg.models.pspnet import PSPNet, backbone_shell, base_learner_num_classes, load_base_learner
+
+        split_dataset = SPLIT_DATASET[dataset]
+        path = options.pop("base_learner", None)
+        if load_pretrained:
+            if path is None:
+                raise ValueError("method.base_learner is null: BAM needs the stage-1 PSPNet checkpoint")
+            pspnet = load_base_learner(
+                path,
+                backbone_name=bb_name,
+                dataset=split_dataset,
+                fold=fold,
+                width_mult=width_mult,
+                coco_split=coco_split,
+            )
+        else:  # weights come from a BAM checkpoint next
+            pspnet = PSPNet(
+                backbone_shell(bb_name, width_mult),
+                num_classes=base_learner_num_classes(split_dataset, fold, coco_split),
+            )
+        return build_model("bam", pspnet.backbone, shot=shot, base_learner=pspnet, **options)
+
+    options.pop("base_learner", None)
+    bb = build_backbone(
+        bb_name,
+        pretrained=pretrained if load_pretrained else None,
+        weights_format=weights_format,
+        dilation=dilation,
+        width_mult=width_mult,
+        warn_if_random=load_pretrained,
+    )
+    return build_model(name, bb, shot=shot, **options)
