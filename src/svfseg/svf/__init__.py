@@ -1,0 +1,50 @@
+"""Singular Value Fine-tuning (SVF, Sun et al., NeurIPS 2022) for any PyTorch model.
+
+Every selected Conv2d / Linear becomes W = U diag(s) V^T (full rank, one SVD per group, float64 on CPU);
+by default only the singular values ``s`` train. Usage on any model::
+
+    model = torchvision.models.resnet50(weights="DEFAULT")
+    apply_svf(model, include=["layer2.*", "layer3.*", "layer4.*"])   # in place; returns converted names
+    mark_only_svf_trainable(model); print(svf_summary(model))         # 12,544 trainable singular values
+    train(model, [p for p in model.parameters() if p.requires_grad])  # your loop
+    torch.save(svf_state_dict(model), "svf.pt"); merge_svf(model)     # few-KB artifact; plain convs back
+
+``load_svf_state_dict(model, torch.load("svf.pt", weights_only=True))`` restores the artifact on a model
+converted from the same pretrained weights and refuses any other (:class:`SVFStateError`).
+"""
+
+from svfseg.svf.convert import (
+    apply_svf,
+    disable_svf,
+    mark_only_svf_trainable,
+    merge_svf,
+    set_svf_execution,
+    svf_layers,
+)
+from svfseg.svf.errors import SVFSelectionError, SVFStateError
+from svfseg.svf.layers import EXECUTIONS, PARAMETRIZATIONS, SUBSPACES, SVFConv2d, SVFLayer, SVFLinear
+from svfseg.svf.state import base_fingerprint, load_svf_state_dict, svf_state_dict
+from svfseg.svf.summary import SVFStageRow, SVFSummary, svf_summary
+
+__all__ = [
+    "EXECUTIONS",
+    "PARAMETRIZATIONS",
+    "SUBSPACES",
+    "SVFConv2d",
+    "SVFLayer",
+    "SVFLinear",
+    "SVFSelectionError",
+    "SVFStageRow",
+    "SVFStateError",
+    "SVFSummary",
+    "apply_svf",
+    "base_fingerprint",
+    "disable_svf",
+    "load_svf_state_dict",
+    "mark_only_svf_trainable",
+    "merge_svf",
+    "set_svf_execution",
+    "svf_layers",
+    "svf_state_dict",
+    "svf_summary",
+]

@@ -1,0 +1,11 @@
+"""Errors raised by the SVF core, kept apart so every module can import them without cycles."""
+
+from __future__ import annotations
+
+
+class SVFSelectionError(ValueError):
+    """``apply_svf`` was asked for a layer selection that cannot be honoured (no match, typo, re-conversion)."""
+
+
+class SVFStateError(RuntimeError):
+    """An SVF checkpoint or layer state does not belong to the model it is loaded into."""

@@ -1,0 +1,517 @@
+"""SVF layers: a Conv2d / Linear whose weight is held as U diag(s) V^T and run in the cheapest form.
+
+Storage (G = groups, R_g = full rank of one group's folded matrix, R = G*R_g):
+
+* ``u`` (C_out, R_g): per group a (C_out/G, R_g) block, i.e. the weight of a grouped 1x1 conv;
+* ``s`` (R,) singular values (``direct``) or ``s_delta`` (R,) with s = s0 * exp(s_delta) (``exp``);
+* ``v`` (R, C_in/G * prod(kernel)): V^T per group, i.e. the weight of a grouped conv with the original kernel;
+* buffer ``s0`` (R,): the singular values at conversion (``disable_svf`` and the ``exp`` form use it).
+
+Execution (``execution`` attribute):
+
+* ``auto``: when gradients are needed for one of this layer's SVF tensors the layer runs factorised
+  (V-conv -> scale by s -> grouped 1x1 U-conv + bias), so frozen U and V never get weight gradients;
+  with U and V frozen, convs use the fused Function of ``fused.py`` (s folded into the 1x1 weight,
+  half the extra activation memory of the composed three ops);
+  otherwise one conv with the merged weight, cached and rebuilt only when u/s/v changed (version
+  counters), so eval costs what the original network costs.
+* ``three_op``: always factorised as three autograd ops (the reference implementation).
+* ``materialize``: rebuild W = U diag(s) V^T on every call and run one conv (for benchmarking).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from svfseg.svf.decompose import Factors, decompose, weight_fingerprint
+from svfseg.svf.errors import SVFStateError
+from svfseg.svf.fused import FactorisedConv2d
+
+SUBSPACES: tuple[str, ...] = ("u", "s", "v")
+PARAMETRIZATIONS: tuple[str, ...] = ("direct", "exp")
+EXECUTIONS: tuple[str, ...] = ("auto", "three_op", "materialize")
+LAYER_STATE_VERSION = 1
+
+
+class _OptimizerSteps:
+    """Counts optimizer steps process-wide (one global post-step hook, registered on first use).
+
+    Fused optimizers (``fused=True``) update parameters without bumping their version counters, so the
+    merged-weight cache of a layer with trainable tensors also keys on this count.
+    """
+
+    count = 0
+    _handle: Any = None
+
+    @classmethod
+    def ensure_hook(cls) -> None:
+        if cls._handle is None:
+            cls._handle = register_optimizer_step_post_hook(cls._on_step)
+
+    @classmethod
+    def _on_step(cls, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        cls.count += 1
+
+
+def normalise_train(train: str | Sequence[str]) -> tuple[str, ...]:
+    """Validate a trainable-subspace selection; a str is one subspace. Returns it in u, s, v order."""
+    items = (train,) if isinstance(train, str) else tuple(train)
+    unknown = [t for t in items if t not in SUBSPACES]
+    if unknown:
+        raise ValueError(f"train={train!r}: unknown subspace(s) {unknown}; pick any of {list(SUBSPACES)}")
+    return tuple(t for t in SUBSPACES if t in items)
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    """Reject an unknown option value with the list of valid ones."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not supported; choose one of {list(choices)}")
+    return value
+
+
+class SVFLayer(nn.Module, ABC):
+    """Shared state and execution logic of :class:`SVFConv2d` and :class:`SVFLinear`."""
+
+    kind: ClassVar[str]
+    weight_shape: tuple[int, ...]
+    bias: nn.Parameter | None
+    s0: Tensor
+
+    def __init__(
+        self,
+        factors: Factors,
+        bias: Tensor | None,
+        *,
+        groups: int,
+        parametrization: str,
+        train: Sequence[str],
+        execution: str,
+        fingerprint: str,
+        svd_dtype: str,
+    ) -> None:
+        super().__init__()
+        self.parametrization = check_choice("parametrization", parametrization, PARAMETRIZATIONS)
+        self.train_subspaces = normalise_train(train)
+        self.execution = check_choice("execution", execution, EXECUTIONS)
+        self.groups = groups
+        self.group_rank = factors.u.shape[1]
+        self.rank = factors.s.numel()
+        self.fingerprint = fingerprint
+        self.svd_dtype = svd_dtype
+        self.u = nn.Parameter(factors.u, requires_grad="u" in self.train_subspaces)
+        if parametrization == "direct":
+            self.s = nn.Parameter(factors.s.clone(), requires_grad="s" in self.train_subspaces)
+        else:
+            self.s_delta = nn.Parameter(
+                torch.zeros_like(factors.s), requires_grad="s" in self.train_subspaces
+            )
+        self.v = nn.Parameter(factors.v, requires_grad="v" in self.train_subspaces)
+        if bias is None:
+            self.register_parameter("bias", None)
+        else:
+            # Frozen like every non-singular-value weight in the reference.
+            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.register_buffer("s0", factors.s.clone())
+        self._disabled = False
+        _OptimizerSteps.ensure_hook()
+        self._cache: tuple[tuple[Any, ...], Tensor, list[Tensor]] | None = None
+
+    # ----------------------------------------------------------------- tensors
+    def svf_tensors(self) -> list[tuple[str, nn.Parameter]]:
+        """The factor parameters in u, s, v order (``s_delta`` stands for s in the exp form)."""
+        s_name = "s" if self.parametrization == "direct" else "s_delta"
+        return [("u", self.u), (s_name, getattr(self, s_name)), ("v", self.v)]
+
+    def effective_s(self) -> Tensor:
+        """Singular values used by the forward (the originals while ``disable_svf`` is active)."""
+        if self._disabled:
+            return self.s0
+        if self.parametrization == "direct":
+            return self.s
+        return self.s0 * torch.exp(self.s_delta)
+
+    def _sources(self) -> list[Tensor]:
+        if self._disabled:
+            return [self.u, self.s0, self.v]
+        if self.parametrization == "direct":
+            return [self.u, self.s, self.v]
+        return [self.u, self.s0, self.s_delta, self.v]
+
+    def needs_grad(self) -> bool:
+        """True when one of the tensors the forward reads requires a gradient."""
+        return any(t.requires_grad for t in self._sources())
+
+    def merged_weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        """W = U diag(s) V^T per group, in the original weight shape; keeps the autograd graph.
+
+        ``dtype`` computes the product in another precision (``merge_svf`` uses float64) and casts back.
+        """
+        u, s, v = self.u, self.effective_s(), self.v
+        out_dtype = u.dtype
+        if dtype is not None:
+            u, s, v = u.to(dtype), s.to(dtype), v.to(dtype)
+        g, r = self.groups, self.group_rank
+        w = (u.reshape(g, -1, r) * s.reshape(g, 1, r)) @ v.reshape(g, r, -1)
+        return w.reshape(self.weight_shape).to(out_dtype)
+
+    def _cached_weight(self) -> Tensor:
+        """Merged weight, rebuilt only when a source tensor changed.
+
+        Change detection: version counter, storage, device and dtype of u / s / v; the count of optimizer
+        steps when one of them trains (fused optimizers skip version counters); the values of the small
+        singular-value tensors (edits through ``.data`` bypass version counters; comparing R numbers is
+        cheap). After editing ``u``/``v`` through ``.data`` call :meth:`clear_cache`.
+        """
+        sources = self._sources()
+        if any(t.is_inference() for t in sources):
+            # Inference tensors carry no version counter, so a cache could go stale unnoticed.
+            with torch.no_grad():
+                return self.merged_weight()
+        # Frozen layers never see an optimizer update, so only trainable ones key on the step count.
+        steps = _OptimizerSteps.count if any(t.requires_grad for t in sources) else -1
+        key = (
+            self._disabled,
+            steps,
+            *((id(t), t.data_ptr(), t._version, t.device, t.dtype) for t in sources),
+        )
+        small = [t for t in sources if t is not self.u and t is not self.v]
+        cache = self._cache
+        if cache is not None and cache[0] == key and all(map(torch.equal, cache[2], small)):
+            return cache[1]
+        # A normal (non-inference) tensor, so the cache also serves later grad-mode calls.
+        with torch.inference_mode(False), torch.no_grad():
+            weight = self.merged_weight()
+            self._cache = (key, weight, [t.detach().clone() for t in small])
+        return weight
+
+    def clear_cache(self) -> None:
+        """Drop the merged-weight cache (needed only after editing ``u``/``v`` through ``.data``)."""
+        self._cache = None
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tensor:
+        """Run factorised when SVF gradients are needed (or forced), else one dense op."""
+        if self.execution == "three_op" or (
+            self.execution == "auto" and torch.is_grad_enabled() and self.needs_grad()
+        ):
+            if self._cache is not None:
+                self._cache = None  # stale after the next optimizer step anyway; frees memory
+            return self._forward_factorised(x, self.effective_s())
+        weight = self.merged_weight() if self.execution == "materialize" else self._cached_weight()
+        return self._forward_dense(x, weight)
+
+    @abstractmethod
+    def _forward_factorised(self, x: Tensor, s: Tensor) -> Tensor:
+        """V-op -> channel scale by ``s`` -> U-op (+ bias)."""
+
+    @abstractmethod
+    def _forward_dense(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The original op with ``weight`` (and the bias)."""
+
+    @abstractmethod
+    def to_plain(self) -> nn.Module:
+        """A plain Conv2d / Linear with the merged weight (see ``merge_svf``)."""
+
+    def _plain_tensors(self) -> tuple[Tensor, Tensor | None, bool]:
+        with torch.no_grad():
+            weight = self.merged_weight(torch.float64)
+        return weight, None if self.bias is None else self.bias.detach().clone(), self.needs_grad()
+
+    # ----------------------------------------------------------------- state
+    def get_extra_state(self) -> dict[str, Any]:
+        """Conversion metadata; only str/int/list values so ``torch.load(weights_only=True)`` reads it."""
+        return {
+            "version": LAYER_STATE_VERSION,
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "parametrization": self.parametrization,
+            "train": list(self.train_subspaces),
+            "groups": self.groups,
+            "rank": self.rank,
+            "svd_dtype": self.svd_dtype,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        """Adopt the checkpoint's metadata; refuse a layer of another structure or parametrisation."""
+        if not isinstance(state, dict) or state.get("version") != LAYER_STATE_VERSION:
+            raise SVFStateError(
+                f"SVF layer extra state {state!r} is not version {LAYER_STATE_VERSION} metadata; "
+                "the checkpoint was written by another svfseg format"
+            )
+        for key in ("kind", "parametrization", "groups", "rank"):
+            if state.get(key) != getattr(self, key):
+                raise SVFStateError(
+                    f"SVF layer metadata mismatch for '{key}': checkpoint has {state.get(key)!r}, "
+                    f"this layer has {getattr(self, key)!r}; convert the model with the same settings "
+                    "before loading"
+                )
+        self.fingerprint = str(state["fingerprint"])
+        self.train_subspaces = normalise_train(state["train"])
+        self.svd_dtype = str(state["svd_dtype"])
+
+    def _common_repr(self) -> str:
+        return (
+            f"rank={self.rank}, groups={self.groups}, parametrization={self.parametrization}, "
+            f"train={list(self.train_subspaces)}, execution={self.execution}"
+        )
+
+
+def _reversed_padding(
+    padding: str | tuple[int, ...], kernel_size: tuple[int, ...], dilation: tuple[int, ...]
+) -> list[int]:
+    """F.pad amounts (last dim first) equivalent to ``padding``, as nn.Conv2d computes them."""
+    out: list[int] = []
+    for i in reversed(range(len(kernel_size))):
+        if padding == "valid":
+            out += [0, 0]
+        elif padding == "same":
+            total = dilation[i] * (kernel_size[i] - 1)
+            out += [total // 2, total - total // 2]
+        else:
+            out += [int(padding[i]), int(padding[i])]
+    return out
+
+
+class SVFConv2d(SVFLayer):
+    """A Conv2d as V-conv (original kernel, stride, padding, dilation, groups) -> s -> grouped 1x1 U-conv."""
+
+    kind: ClassVar[str] = "conv2d"
+
+    def __init__(
+        self,
+        factors: Factors,
+        bias: Tensor | None,
+        *,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int],
+        padding: str | tuple[int, int],
+        dilation: tuple[int, int],
+        groups: int,
+        padding_mode: str,
+        parametrization: str,
+        train: Sequence[str],
+        execution: str,
+        fingerprint: str,
+        svd_dtype: str,
+    ) -> None:
+        super().__init__(
+            factors,
+            bias,
+            groups=groups,
+            parametrization=parametrization,
+            train=train,
+            execution=execution,
+            fingerprint=fingerprint,
+            svd_dtype=svd_dtype,
+        )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.padding_mode = padding_mode
+        self.weight_shape = (out_channels, in_channels // groups, *kernel_size)
+        self._pad = _reversed_padding(padding, kernel_size, dilation)
+
+    @classmethod
+    def from_conv(
+        cls,
+        conv: nn.Conv2d,
+        *,
+        train: Sequence[str] = ("s",),
+        parametrization: str = "direct",
+        execution: str = "auto",
+        svd_dtype: torch.dtype = torch.float64,
+    ) -> SVFConv2d:
+        """Decompose ``conv`` (one SVD per group) into an equivalent SVF layer on the same device/dtype."""
+        weight = conv.weight
+        return cls(
+            decompose(weight, conv.groups, svd_dtype),
+            conv.bias,
+            in_channels=conv.in_channels,
+            out_channels=conv.out_channels,
+            kernel_size=tuple(conv.kernel_size),  # type: ignore[arg-type]
+            stride=tuple(conv.stride),  # type: ignore[arg-type]
+            padding=conv.padding if isinstance(conv.padding, str) else tuple(conv.padding),  # type: ignore[arg-type]
+            dilation=tuple(conv.dilation),  # type: ignore[arg-type]
+            groups=conv.groups,
+            padding_mode=conv.padding_mode,
+            parametrization=parametrization,
+            train=train,
+            execution=execution,
+            fingerprint=weight_fingerprint(cls.kind, weight, conv.bias),
+            svd_dtype=str(svd_dtype).removeprefix("torch."),
+        )
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._pad, mode=self.padding_mode)
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _forward_dense(self, x: Tensor, weight: Tensor) -> Tensor:
+        return self._conv(x, weight, self.bias)
+
+    def _use_fused(self, x: Tensor) -> bool:
+        """Fused autograd Function when only s (and bias) can train; the composed graph otherwise."""
+        return (
+            self.execution != "three_op"
+            and not (self.u.requires_grad or self.v.requires_grad)
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+
+    def _forward_factorised(self, x: Tensor, s: Tensor) -> Tensor:
+        v = self.v.reshape(self.rank, self.in_channels // self.groups, *self.kernel_size)
+        u = self.u.reshape(self.out_channels, self.group_rank, 1, 1)
+        if self._use_fused(x):
+            padding = self.padding
+            if self.padding_mode != "zeros" or isinstance(padding, str):
+                mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+                x, padding = F.pad(x, self._pad, mode=mode), (0, 0)
+            unbatched = x.dim() == 3
+            y = FactorisedConv2d.apply(
+                x.unsqueeze(0) if unbatched else x,
+                v,
+                s,
+                u,
+                self.bias,
+                self.stride,
+                padding,
+                self.dilation,
+                self.groups,
+            )
+            return y.squeeze(0) if unbatched else y
+        h = self._conv(x, v, None) * s.reshape(-1, 1, 1)
+        return F.conv2d(h, u, self.bias, 1, 0, 1, self.groups)
+
+    def to_plain(self) -> nn.Conv2d:
+        """An nn.Conv2d with W = U diag(s) V^T (computed in float64), same hyper-parameters and bias."""
+        weight, bias, weight_grad = self._plain_tensors()
+        conv = torch.nn.utils.skip_init(
+            nn.Conv2d,
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=bias is not None,
+            padding_mode=self.padding_mode,
+            device=self.u.device,
+            dtype=self.u.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            if bias is not None:
+                conv.bias.copy_(bias)
+        conv.weight.requires_grad_(weight_grad)
+        if conv.bias is not None and self.bias is not None:
+            conv.bias.requires_grad_(self.bias.requires_grad)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, padding_mode={self.padding_mode}, "
+            f"bias={self.bias is not None}, {self._common_repr()}"
+        )
+
+
+class SVFLinear(SVFLayer):
+    """A Linear as linear(x, V^T) -> scale by s -> linear(., U) + bias."""
+
+    kind: ClassVar[str] = "linear"
+
+    def __init__(
+        self,
+        factors: Factors,
+        bias: Tensor | None,
+        *,
+        in_features: int,
+        out_features: int,
+        parametrization: str,
+        train: Sequence[str],
+        execution: str,
+        fingerprint: str,
+        svd_dtype: str,
+    ) -> None:
+        super().__init__(
+            factors,
+            bias,
+            groups=1,
+            parametrization=parametrization,
+            train=train,
+            execution=execution,
+            fingerprint=fingerprint,
+            svd_dtype=svd_dtype,
+        )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight_shape = (out_features, in_features)
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        *,
+        train: Sequence[str] = ("s",),
+        parametrization: str = "direct",
+        execution: str = "auto",
+        svd_dtype: torch.dtype = torch.float64,
+    ) -> SVFLinear:
+        """Decompose ``linear`` into an equivalent SVF layer on the same device/dtype."""
+        weight = linear.weight
+        return cls(
+            decompose(weight, 1, svd_dtype),
+            linear.bias,
+            in_features=linear.in_features,
+            out_features=linear.out_features,
+            parametrization=parametrization,
+            train=train,
+            execution=execution,
+            fingerprint=weight_fingerprint(cls.kind, weight, linear.bias),
+            svd_dtype=str(svd_dtype).removeprefix("torch."),
+        )
+
+    def _forward_dense(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, weight, self.bias)
+
+    def _forward_factorised(self, x: Tensor, s: Tensor) -> Tensor:
+        return F.linear(F.linear(x, self.v) * s, self.u, self.bias)
+
+    def to_plain(self) -> nn.Linear:
+        """An nn.Linear with W = U diag(s) V^T (computed in float64) and the same bias."""
+        weight, bias, weight_grad = self._plain_tensors()
+        linear = torch.nn.utils.skip_init(
+            nn.Linear,
+            self.in_features,
+            self.out_features,
+            bias=bias is not None,
+            device=self.u.device,
+            dtype=self.u.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias)
+        linear.weight.requires_grad_(weight_grad)
+        if linear.bias is not None and self.bias is not None:
+            linear.bias.requires_grad_(self.bias.requires_grad)
+        return linear
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, {self._common_repr()}"
+        )
