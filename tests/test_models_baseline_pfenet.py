@@ -1,42 +1,60 @@
-"""Shared components, the baseline and PFENet: reference parameter counts, shapes, gradients, k-shot."""
+"""The baseline and PFENet: reference parameter counts, shapes, losses, gradients, k-shot averaging."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from svfseg.models.backbones import build_backbone
-from svfseg.models.components import ASPP, extract_features, masked_average_pool, prior_mask
-from svfseg.models.registry import build_model, registered_models
+from svfseg.models.baseline import BaselineASPP
+from svfseg.models.pfenet import PFENet, bin_size, check_bins
+from svfseg.models.registry import build_model, register_model, registered_models
 
 SMALL = {"reduce_dim": 32}
 REL_BINS = {"bins": (1.0, 0.5, 0.25, 0.125)}
 
 
 @pytest.fixture(scope="module")
-def tiny_backbones():
+def full_backbones() -> dict[str, nn.Module]:
+    return {name: build_backbone(name, warn_if_random=False) for name in ("resnet50", "vgg16_bn")}
+
+
+@pytest.fixture(scope="module")
+def tiny_backbones() -> dict[str, nn.Module]:
     return {
         name: build_backbone(name, width_mult=0.125, warn_if_random=False)
         for name in ("resnet50", "vgg16_bn")
     }
 
 
-def _episode(b: int, k: int, size: int = 65):
-    g = torch.Generator().manual_seed(1)
+def _episode(b: int, k: int, size: int = 65, seed: int = 1) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
     q = torch.randn(b, 3, size, size, generator=g)
     s = torch.randn(b, k, 3, size, size, generator=g)
     sm = torch.randint(0, 2, (b, k, size, size), generator=g)
     sm[..., :3, :] = 255
     qm = torch.randint(0, 2, (b, size, size), generator=g)
+    qm[:, -3:] = 255
     return q, s, sm, qm
 
 
-def test_registry_lists_every_method() -> None:
+def _head_count(model: nn.Module) -> int:
+    return sum(p.numel() for _, p in model.head_named_parameters())
+
+
+# ----------------------------------------------------------------------------- registry
+def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
     assert set(registered_models()) >= {"baseline", "pfenet", "bam"}
     with pytest.raises(ValueError, match="method='fem' is unknown"):
-        build_model("fem", torch.nn.Identity(), shot=1)
+        build_model("fem", nn.Identity(), shot=1)
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("pfenet")(BaselineASPP)
+    assert register_model("baseline")(BaselineASPP) is BaselineASPP  # re-registering the same is a no-op
 
 
+# ----------------------------------------------------------------------------- parameter counts
 @pytest.mark.parametrize(
     ("backbone", "method", "expected"),
     [
@@ -46,60 +64,41 @@ def test_registry_lists_every_method() -> None:
         ("vgg16_bn", "pfenet", 10_423_818),
     ],
 )
-def test_head_parameter_counts_match_the_reference(backbone: str, method: str, expected: int) -> None:
-    model = build_model(method, build_backbone(backbone, warn_if_random=False), shot=1)
-    assert sum(p.numel() for _, p in model.head_named_parameters()) == expected
+@pytest.mark.parametrize("shot", [1, 5])
+def test_head_parameter_counts_match_the_reference(full_backbones, backbone, method, expected, shot) -> None:
+    model = build_model(method, full_backbones[backbone], shot=shot)
+    assert _head_count(model) == expected
+    # down_query (never optimised by the reference baseline) is part of the head here
+    names = {n for n, _ in model.head_named_parameters()}
+    assert "down_query.0.weight" in names
+    assert model.down_query[0].weight.numel() == 256 * (1536 if backbone == "resnet50" else 768)
 
 
-def test_masked_average_pool_golden_value() -> None:
-    feat = torch.arange(8.0).view(1, 2, 2, 2)
-    mask = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
-    # channel 0: (0 + 2) / (2 + 0.0005); channel 1: (4 + 6) / 2.0005
-    expected = torch.tensor([2 / 2.0005, 10 / 2.0005]).view(1, 2, 1, 1)
-    torch.testing.assert_close(masked_average_pool(feat, mask), expected)
+def test_pfenet_head_breakdown(full_backbones) -> None:
+    model = PFENet(full_backbones["resnet50"])
+    d = 256
+    sizes = {
+        "down": 2 * 1536 * d,
+        "init_merge": 4 * 513 * d,
+        "alpha_conv": 3 * 512 * d,
+        "beta_conv": 4 * 2 * d * d * 9,
+        "inner_cls": 4 * (d * d * 9 + 2 * d + 2),
+        "res1": 4 * d * d,
+        "res2": 2 * d * d * 9,
+        "cls": d * d * 9 + 2 * d + 2,
+    }
+    got = {
+        "down": _count(model.down_query) + _count(model.down_supp),
+        **{k: _count(getattr(model, k)) for k in sizes if k != "down"},
+    }
+    assert got == sizes and sum(sizes.values()) == 10_817_034
 
 
-def test_prior_mask_matches_a_naive_loop() -> None:
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(2, 5, 3, 4, generator=g)
-    s = torch.randn(2, 5, 3, 4, generator=g) * (torch.rand(2, 1, 3, 4, generator=g) > 0.4)
-    out = prior_mask(q, s)
-    for n in range(2):
-        qv, sv = q[n].flatten(1).T, s[n].flatten(1).T  # (hw, C)
-        sims = torch.empty(qv.shape[0])
-        for i in range(qv.shape[0]):
-            best = -float("inf")
-            for j in range(sv.shape[0]):
-                cos = float(qv[i] @ sv[j]) / (float(qv[i].norm() * sv[j].norm()) + 1e-7)
-                best = max(best, cos)
-            sims[i] = best
-        sims = (sims - sims.min()) / (sims.max() - sims.min() + 1e-7)
-        torch.testing.assert_close(out[n, 0].flatten(), sims, rtol=1e-5, atol=1e-6)
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
-def test_aspp_has_five_branches_of_256() -> None:
-    aspp = ASPP(256, 256)
-    assert aspp(torch.randn(1, 256, 9, 9)).shape == (1, 1280, 9, 9)
-    assert sum(p.numel() for p in aspp.parameters()) == 2 * (256 * 256 + 256) + 3 * (256 * 256 * 9 + 256)
-
-
-def test_features_use_the_masked_support_layer3(tiny_backbones) -> None:
-    bb = tiny_backbones["resnet50"].eval()
-    q, s, sm, _ = _episode(1, 2)
-    with torch.no_grad():
-        f = extract_features(bb, q, s, sm)
-        mid3 = bb.layer3(bb.layer2(bb.layer1(bb.layer0(s[0, 1:2]))))
-        fg = torch.nn.functional.interpolate(
-            (sm[0, 1:2] == 1).float().unsqueeze(1), size=mid3.shape[-2:], mode="bilinear", align_corners=True
-        )
-        high = bb.layer4(mid3 * fg) * fg
-    # batched vs single-image convs differ only by float rounding, relative to the activation scale
-    torch.testing.assert_close(
-        f.support_high_masked[0, 1:2], high, rtol=1e-4, atol=1e-5 * float(high.abs().max())
-    )
-    assert f.query_mid.shape[1] == bb.channels["layer2"] + bb.channels["layer3"]
-
-
+# ----------------------------------------------------------------------------- forward and gradients
 @pytest.mark.parametrize("backbone", ["resnet50", "vgg16_bn"])
 @pytest.mark.parametrize("method", ["baseline", "pfenet"])
 @pytest.mark.parametrize("shot", [1, 5])
@@ -117,26 +116,65 @@ def test_shapes_losses_and_every_head_parameter_learns(tiny_backbones, backbone,
     assert all(p.grad is None for p in model.backbone.parameters())  # frozen by default: no_grad backbone
 
 
-def test_identical_supports_give_the_one_shot_output(tiny_backbones) -> None:
+def test_full_width_resnet50_forward(full_backbones) -> None:
+    model = BaselineASPP(full_backbones["resnet50"], shot=1).eval()
+    q, s, sm, qm = _episode(1, 1)
+    with torch.no_grad():
+        out = model(q, s, sm, qm)
+    assert out.logits.shape == (1, 2, 65, 65) and torch.isfinite(out.logits).all()
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, qm, ignore_index=255))
+
+
+def test_pfenet_absolute_bins_and_weighted_aux_loss(tiny_backbones) -> None:
+    model = PFENet(tiny_backbones["vgg16_bn"], reduce_dim=16, bins=(12, 6, 3, 1), aux_weight=0.5).eval()
+    q, s, sm, qm = _episode(1, 2)
+    with torch.no_grad():
+        out = model(q, s, sm, qm)
+    assert out.logits.shape == (1, 2, 65, 65)
+    torch.testing.assert_close(out.losses["main"], F.cross_entropy(out.logits, qm, ignore_index=255))
+    torch.testing.assert_close(out.loss, out.losses["main"] + 0.5 * out.losses["aux"])
+
+
+def test_pfenet_bin_rules() -> None:
+    assert [bin_size(b, 9) for b in (1.0, 0.5, 0.25, 0.125)] == [9, 4, 2, 1]  # relative, at least 1
+    assert [bin_size(b, 9) for b in (60, 30, 15, 8)] == [60, 30, 15, 8]
+    assert bin_size(1, 17) == 17  # the reference's rule: a bin <= 1 is relative
+    for bad in ((), (60, 0), (2.5,), (True,), ("8",)):
+        with pytest.raises(ValueError, match="bin"):
+            check_bins(bad)
+
+
+def test_backbone_trains_when_the_strategy_says_so() -> None:
+    bb = build_backbone("resnet50", width_mult=0.125, warn_if_random=False)
+    model = build_model("pfenet", bb, shot=2, **SMALL, **REL_BINS)
+    model.backbone_trainable = True
+    q, s, sm, qm = _episode(1, 2)
+    model(q, s, sm, qm).loss.backward()
+    for stage in ("layer0", "layer2", "layer4"):
+        grads = [p.grad for p in getattr(model.backbone, stage).parameters()]
+        assert all(g is not None for g in grads), stage
+
+
+# ----------------------------------------------------------------------------- k-shot
+@pytest.mark.parametrize("method", ["baseline", "pfenet"])
+def test_identical_supports_give_the_one_shot_output(tiny_backbones, method) -> None:
+    opts = {**SMALL, **(REL_BINS if method == "pfenet" else {})}
     bb = tiny_backbones["resnet50"]
-    one = build_model("baseline", bb, shot=1, **SMALL).eval()
-    five = build_model("baseline", bb, shot=5, **SMALL).eval()
+    one = build_model(method, bb, shot=1, **opts).eval()
+    five = build_model(method, bb, shot=5, **opts).eval()
     five.load_state_dict(one.state_dict())
     q, s, sm, _ = _episode(1, 1)
     with torch.no_grad():
         a = one(q, s, sm).logits
         b = five(q, s.expand(1, 5, -1, -1, -1), sm.expand(1, 5, -1, -1)).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # a sum over shots (reference baseline) fails
+
+
+def test_shot_order_does_not_matter(tiny_backbones) -> None:
+    model = build_model("baseline", tiny_backbones["vgg16_bn"], shot=3, **SMALL).eval()
+    q, s, sm, _ = _episode(1, 3)
+    order = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        a = model(q, s, sm).logits
+        b = model(q, s[:, order], sm[:, order]).logits
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_backbone_trainable_switch_controls_autograd(tiny_backbones) -> None:
-    model = build_model("baseline", tiny_backbones["resnet50"], shot=1, **SMALL)
-    q, s, sm, _ = _episode(1, 1)
-    with model.backbone_grad():
-        assert not torch.is_grad_enabled()
-        f = extract_features(model.backbone, q, s, sm)
-    assert f.query_high.grad_fn is None
-    model.backbone_trainable = True
-    with model.backbone_grad():
-        f = extract_features(model.backbone, q, s, sm)
-    assert f.query_high.grad_fn is not None

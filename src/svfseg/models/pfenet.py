@@ -1,8 +1,8 @@
 """PFENet (Tian et al., TPAMI 2020): prior mask + Feature Enrichment Module (reference-spec E.3).
 
-Bins: integers are absolute pooled sizes ([60, 30, 15, 8] as the reference hard-codes for every dataset);
-floats are relative to the query feature size (``int(size * r)``, at least 1), as PFENet's COCO configs
-and small test inputs need. Prototypes and priors are averaged over shots.
+Bins follow the reference's rule: a bin > 1 is an absolute pooled size ([60, 30, 15, 8], which the SVF
+repo hard-codes for every dataset); a bin <= 1 is relative to the query feature size (``int(size * r)``,
+at least 1), as in PFENet's COCO configs (``[1.0, 0.5, 0.25, 0.125]``) and for small test inputs.
 """
 
 from __future__ import annotations
@@ -14,19 +14,54 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from svfseg.models.base import FewShotModel, FewShotOutput
-from svfseg.models.baseline import mid_channels, prototypes_and_priors
-from svfseg.models.components import classifier, conv_relu, cross_entropy, reduction_block, resize
+from svfseg.models.components import (
+    classifier,
+    conv_relu,
+    cross_entropy,
+    episode_cues,
+    mid_channels,
+    reduction_block,
+    resize,
+)
 from svfseg.models.registry import register_model
+
+Bin = int | float
+
+
+def check_bins(bins: Sequence[Bin]) -> tuple[Bin, ...]:
+    """Bins as a tuple, by the reference's rule: b <= 1 is relative, b > 1 an absolute (integral) size."""
+    out = tuple(bins)
+    if not out:
+        raise ValueError("PFENet bins must not be empty (reference: [60, 30, 15, 8])")
+    for b in out:
+        number = isinstance(b, (int, float)) and not isinstance(b, bool)
+        if not number or b <= 0 or (b > 1 and b != int(b)):
+            raise ValueError(
+                f"PFENet bin {b!r} is invalid: use integers > 1 (absolute sizes, e.g. [60, 30, 15, 8]) or "
+                "numbers in (0, 1] (relative to the feature size, e.g. [1.0, 0.5, 0.25, 0.125])"
+            )
+    return out
+
+
+def bin_size(bin_: Bin, feat_size: int) -> int:
+    """Pooled side of one bin for a query feature of side ``feat_size`` (relative bins: at least 1)."""
+    if bin_ <= 1:
+        return max(1, int(feat_size * bin_))
+    return int(bin_)
 
 
 @register_model("pfenet")
 class PFENet(FewShotModel):
     """Reduction + prior as the baseline; FEM over pyramid bins with inter-scale merging; aux losses.
 
+    k-shot prototypes and priors are averaged over shots, as in PFENet. The loss is the main CE plus
+    ``aux_weight`` times the mean CE of the per-bin ``inner_cls`` outputs.
+
     Args:
-        backbone: a Backbone. shot: supports per episode.
-        reduce_dim: head width (256). bins: pyramid sizes (ints absolute, floats relative).
+        backbone: a Backbone. shot: supports per episode it is trained for (any K works at run time).
+        reduce_dim: head width (256). bins: pyramid sizes (> 1 absolute, <= 1 relative).
         aux_weight: weight of the mean auxiliary loss of the bins (1.0).
+        dropout: Dropout2d rate after the query/support reduction (0.5).
     """
 
     def __init__(
@@ -35,20 +70,18 @@ class PFENet(FewShotModel):
         *,
         shot: int = 1,
         reduce_dim: int = 256,
-        bins: Sequence[int | float] = (60, 30, 15, 8),
+        bins: Sequence[Bin] = (60, 30, 15, 8),
         aux_weight: float = 1.0,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        if not bins:
-            raise ValueError("PFENet bins must not be empty (reference: [60, 30, 15, 8])")
         self.backbone = backbone
         self.shot = int(shot)
-        self.bins = tuple(bins)
+        self.bins = check_bins(bins)
         self.aux_weight = float(aux_weight)
-        d = reduce_dim
-        self.down_query = reduction_block(mid_channels(backbone), d, dropout=0.5)
-        self.down_supp = reduction_block(mid_channels(backbone), d, dropout=0.5)
-        n = len(self.bins)
+        d, n = reduce_dim, len(self.bins)
+        self.down_query = reduction_block(mid_channels(backbone), d, dropout=dropout)
+        self.down_supp = reduction_block(mid_channels(backbone), d, dropout=dropout)
         self.init_merge = nn.ModuleList([conv_relu(2 * d + 1, d) for _ in range(n)])
         self.alpha_conv = nn.ModuleList([conv_relu(2 * d, d) for _ in range(n - 1)])
         self.beta_conv = nn.ModuleList(
@@ -59,10 +92,25 @@ class PFENet(FewShotModel):
         self.res2 = nn.Sequential(conv_relu(d, d, 3), conv_relu(d, d, 3))
         self.cls = classifier(d)
 
-    def bin_size(self, bin_: int | float, feat_size: int) -> int:
-        if isinstance(bin_, float):
-            return max(1, int(feat_size * bin_))
-        return int(bin_)
+    def enrich(self, query_feat: Tensor, proto: Tensor, prior: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """FEM: per-bin merge, top-down alpha merge from the previous bin, beta residual, aux classifier.
+
+        Returns the concatenated pyramid at query feature size and the per-bin aux logits.
+        """
+        size = query_feat.shape[-2:]
+        pyramid: list[Tensor] = []
+        aux_logits: list[Tensor] = []
+        for i, bin_ in enumerate(self.bins):
+            b = bin_size(bin_, size[0])
+            q = F.adaptive_avg_pool2d(query_feat, b)
+            merged = self.init_merge[i](torch.cat([q, proto.expand_as(q), resize(prior, (b, b))], dim=1))
+            if pyramid:
+                previous = resize(pyramid[-1], (b, b))
+                merged = self.alpha_conv[i - 1](torch.cat([merged, previous], dim=1)) + merged
+            merged = self.beta_conv[i](merged) + merged
+            aux_logits.append(self.inner_cls[i](merged))
+            pyramid.append(resize(merged, size))
+        return torch.cat(pyramid, dim=1), aux_logits
 
     def forward(
         self,
@@ -73,21 +121,10 @@ class PFENet(FewShotModel):
         class_idx: Tensor | None = None,
         query_base_label: Tensor | None = None,
     ) -> FewShotOutput:
-        query_feat, proto, prior = prototypes_and_priors(self, query_img, support_img, support_mask)
-        size = query_feat.shape[-2:]
-        pyramid, aux_logits = [], []
-        previous: Tensor | None = None
-        for i, bin_ in enumerate(self.bins):
-            b = self.bin_size(bin_, size[0])
-            q = F.adaptive_avg_pool2d(query_feat, b)
-            merged = self.init_merge[i](torch.cat([q, proto.expand_as(q), resize(prior, (b, b))], dim=1))
-            if previous is not None:
-                merged = self.alpha_conv[i - 1](torch.cat([merged, resize(previous, (b, b))], dim=1)) + merged
-            merged = self.beta_conv[i](merged) + merged
-            aux_logits.append(self.inner_cls[i](merged))
-            previous = resize(merged, size)
-            pyramid.append(previous)
-        x = self.res1(torch.cat(pyramid, dim=1))
+        cues = episode_cues(self, query_img, support_img, support_mask)
+        proto, prior = cues.prototypes.mean(dim=1), cues.priors.mean(dim=1)
+        pyramid, aux_logits = self.enrich(cues.query_feat, proto, prior)
+        x = self.res1(pyramid)
         x = self.res2(x) + x
         logits = resize(self.cls(x), query_img.shape[-2:])
         if query_mask is None:

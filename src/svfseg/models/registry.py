@@ -26,6 +26,7 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 
 def registered_models() -> tuple[str, ...]:
+    """Every method name ``build_model`` accepts (built-in methods are imported first)."""
     _import_builtin()
     return tuple(sorted(_REGISTRY))
 

@@ -1,0 +1,305 @@
+"""BAM (Lang et al., CVPR 2022): a meta learner on novel classes ensembled with a frozen base learner.
+
+Reference spec E.4. Two backbones exist on purpose: ``self.backbone`` is the meta branch's copy of the
+stage-1 PSPNet backbone (fine-tune strategies such as SVF convert and train only this one), while the
+base learner keeps its own untouched, frozen copy, so its base-class predictions stay those of stage 1
+whatever the strategy does to the meta branch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from svfseg.models.backbones import Backbone
+from svfseg.models.base import FewShotModel, FewShotOutput
+from svfseg.models.components import (
+    ASPP,
+    classifier,
+    conv_relu,
+    cross_entropy,
+    extract_features,
+    masked_average_pool,
+    prior_mask,
+    reduction_block,
+    resize,
+)
+from svfseg.models.pspnet import PSPNet, load_base_learner
+from svfseg.models.registry import register_model
+
+log = logging.getLogger(__name__)
+
+GRAM_EPS = 1e-7
+
+
+# ----------------------------------------------------------------------------- Gram adjustment
+
+
+def normalized_gram(feat: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C, C) with G_ij = <f_i, f_j> / (|f_i| |f_j| + 1e-7), computed in float32.
+
+    Sums over thousands of pixels overflow float16, so autocast is switched off here.
+    """
+    with torch.autocast(device_type=feat.device.type, enabled=False):
+        f = feat.flatten(2).float()
+        norm = f.norm(dim=2, keepdim=True)
+        return torch.bmm(f, f.transpose(1, 2)) / (torch.bmm(norm, norm.transpose(1, 2)) + GRAM_EPS)
+
+
+def gram_distance(query_low: Tensor, support_low: Tensor) -> Tensor:
+    """BAM's scene-difference estimate, (B,): ||G_q - G_s||_F / ||1_{CxC}||_F = ||G_q - G_s||_F / C."""
+    diff = normalized_gram(query_low) - normalized_gram(support_low)
+    return diff.flatten(1).norm(dim=1) / query_low.shape[1]
+
+
+class ShotReweighter(nn.Module):
+    """K-shot weights from the per-shot Gram estimates (BAM's ``kshot_rw``).
+
+    The estimates are sorted ascending so the two small 1x1 convs see them in a canonical order, mapped
+    shot -> hidden -> shot, put back in the supports' order and softmaxed over shots.
+    """
+
+    def __init__(self, shot: int, hidden: int = 2) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(shot, hidden, kernel_size=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, shot, kernel_size=1),
+        )
+
+    def forward(self, est: Tensor) -> Tensor:
+        """(B, K) estimates -> (B, K) weights summing to 1 over shots."""
+        ordered, order = est.sort(dim=1)
+        scores = self.net(ordered[:, :, None, None]).flatten(1)
+        scores = scores.gather(1, order.argsort(dim=1))
+        return scores.softmax(dim=1)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _merge_conv() -> nn.Conv2d:
+    """1x1 conv 2 -> 1 without bias, initialised to pass its first input through ([1, 0])."""
+    conv = nn.Conv2d(2, 1, kernel_size=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+    return conv
+
+
+class BAM(FewShotModel):
+    """BAM on top of a trained stage-1 :class:`PSPNet` (its backbone, PPM and classifier).
+
+    Args:
+        base_learner: the stage-1 PSPNet; it is frozen here and always runs in eval mode under no_grad.
+        shot: supports per episode (K > 1 adds the learned shot reweighting).
+        reduce_dim: width of the meta learner (256 in the reference).
+        aux_meta_weight: weight of CE on the meta learner's own output.
+        aux_base_weight: weight of CE of the base learner on ``query_base_label`` (no gradient; logged).
+        kshot_hidden: hidden width of the shot reweighting (``kshot_trans_dim``, 2 in the reference).
+    """
+
+    def __init__(
+        self,
+        base_learner: PSPNet,
+        *,
+        shot: int = 1,
+        reduce_dim: int = 256,
+        aux_meta_weight: float = 1.0,
+        aux_base_weight: float = 1.0,
+        kshot_hidden: int = 2,
+    ) -> None:
+        super().__init__()
+        if not isinstance(base_learner, PSPNet):
+            raise TypeError(
+                f"BAM needs the stage-1 PSPNet as base_learner, got {type(base_learner).__name__}; "
+                "load it with svfseg.models.pspnet.load_base_learner"
+            )
+        if shot < 1:
+            raise ValueError(f"shot must be >= 1, got {shot}")
+        self.shot = int(shot)
+        self.aux_meta_weight = float(aux_meta_weight)
+        self.aux_base_weight = float(aux_base_weight)
+        self.num_base_classes = base_learner.num_classes - 1
+        self.backbone = copy.deepcopy(base_learner.backbone)
+        self.base_learner = base_learner
+        self.base_learner.requires_grad_(False)
+        self.base_learner.eval()
+
+        ch = self.backbone.channels
+        mid = ch["layer2"] + ch["layer3"]
+        self.down_query = reduction_block(mid, reduce_dim, dropout=0.5)
+        self.down_supp = reduction_block(mid, reduce_dim, dropout=0.5)
+        self.init_merge = conv_relu(2 * reduce_dim + 1, reduce_dim)
+        self.ASPP_meta = ASPP(reduce_dim, reduce_dim)
+        self.res1_meta = conv_relu(self.ASPP_meta.out_channels, reduce_dim)
+        self.res2_meta = nn.Sequential(
+            conv_relu(reduce_dim, reduce_dim, 3), conv_relu(reduce_dim, reduce_dim, 3)
+        )
+        self.cls_meta = classifier(reduce_dim)
+        self.gram_merge = _merge_conv()
+        self.cls_merge = _merge_conv()
+        self.kshot_rw = ShotReweighter(self.shot, kshot_hidden) if self.shot > 1 else None
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.base_learner]
+
+    # ------------------------------------------------------------------ pieces
+    def shot_weights(self, est: Tensor) -> Tensor:
+        """(B, K) Gram estimates -> (B, K) weights over shots; all ones for 1-shot."""
+        if self.kshot_rw is None:
+            return torch.ones_like(est)
+        return self.kshot_rw(est)
+
+    def base_map(self, base_prob: Tensor, class_idx: Tensor | None) -> Tensor:
+        """(B, 1, h, w) summed base-class probability; in training without the episode's own class.
+
+        In training the episode class is a base class, so the base learner is expected to fire on it;
+        counting it as background evidence would teach the ensemble to suppress the target.
+        """
+        weights = torch.ones(base_prob.shape[:2], dtype=base_prob.dtype, device=base_prob.device)
+        weights[:, 0] = 0.0
+        if self.training:
+            if class_idx is None:
+                raise ValueError(
+                    "BAM in training mode needs class_idx (batch['class_idx'], the episode class's index "
+                    "among the fold's base classes) to drop that class from the base map"
+                )
+            class_idx = class_idx.to(device=base_prob.device, dtype=torch.long).view(-1)
+            bad = (class_idx < 0) | (class_idx >= self.num_base_classes)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"class_idx values {class_idx[bad].tolist()} are outside [0, {self.num_base_classes}): in "
+                    "training class_idx must index the fold's base classes"
+                )
+            weights[torch.arange(weights.shape[0], device=weights.device), class_idx + 1] = 0.0
+        return torch.einsum("bc,bchw->bhw", weights, base_prob).unsqueeze(1)
+
+    def ensemble(self, meta_out: Tensor, base_out: Tensor, est: Tensor, class_idx: Tensor | None) -> Tensor:
+        """Final (B, 2, h, w) scores: Gram-adjusted meta probabilities, bg merged with the base map."""
+        p = meta_out.softmax(dim=1)
+        q = base_out.softmax(dim=1)
+        est_map = est.view(-1, 1, 1, 1).to(p.dtype).expand_as(p[:, :1])
+        bg = self.gram_merge(torch.cat([p[:, :1], est_map], dim=1))
+        fg = self.gram_merge(torch.cat([p[:, 1:], est_map], dim=1))
+        merged_bg = self.cls_merge(torch.cat([bg, self.base_map(q, class_idx)], dim=1))
+        return torch.cat([merged_bg, fg], dim=1)
+
+    def base_logits(self, query_img: Tensor) -> Tensor:
+        """Base-learner scores at feature resolution, from its own frozen backbone."""
+        self.base_learner.eval()
+        with torch.no_grad():
+            return self.base_learner.head(self.base_learner.backbone(query_img)["layer4"])
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        query_img: Tensor,
+        support_img: Tensor,
+        support_mask: Tensor,
+        query_mask: Tensor | None = None,
+        class_idx: Tensor | None = None,
+        query_base_label: Tensor | None = None,
+    ) -> FewShotOutput:
+        b, k = support_img.shape[:2]
+        if k != self.shot:
+            raise ValueError(f"BAM was built for shot={self.shot} but the batch has {k} supports per episode")
+        with self.backbone_grad():
+            feats = extract_features(self.backbone, query_img, support_img, support_mask)
+        query_feat = self.down_query(feats.query_mid)
+        supp_feat = self.down_supp(feats.support_mid.flatten(0, 1))
+        protos = masked_average_pool(supp_feat, feats.support_mask_mid.flatten(0, 1)).view(b, k, -1, 1, 1)
+        query_high = feats.query_high.repeat_interleave(k, dim=0)
+        priors = prior_mask(query_high, feats.support_high_masked.flatten(0, 1))
+        priors = resize(priors, query_feat.shape[-2:]).view(b, k, 1, *query_feat.shape[-2:])
+        # The reference computes the Gram matrix on layer2 after it is resized to layer3 (a no-op for
+        # ResNet; 60 -> 30 for VGG).
+        size3 = feats.query_mid.shape[-2:]
+        est = gram_distance(
+            resize(feats.query_low, size3).repeat_interleave(k, dim=0),
+            resize(feats.support_low.flatten(0, 1), size3),
+        ).view(b, k)
+
+        w = self.shot_weights(est)
+        est = (w * est).sum(dim=1)
+        prior = (w.view(b, k, 1, 1, 1) * priors).sum(dim=1)
+        proto = (w.view(b, k, 1, 1, 1) * protos).sum(dim=1)
+
+        merge = torch.cat([query_feat, proto.expand_as(query_feat), prior], dim=1)
+        x = self.ASPP_meta(self.init_merge(merge))
+        x = self.res1_meta(x)
+        x = self.res2_meta(x) + x
+        meta_out = self.cls_meta(x)
+
+        base_out = self.base_logits(query_img)
+        base_out = resize(base_out, meta_out.shape[-2:])
+        final = self.ensemble(meta_out, base_out, est, class_idx)
+
+        size = query_img.shape[-2:]
+        final = resize(final, size)
+        if query_mask is None:
+            return FewShotOutput(logits=final)
+        losses = {"main": cross_entropy(final, query_mask), "aux_meta": cross_entropy(meta_out, query_mask)}
+        loss = losses["main"] + self.aux_meta_weight * losses["aux_meta"]
+        if query_base_label is not None:  # no gradient: logged for parity with the reference's total loss
+            losses["aux_base"] = cross_entropy(base_out, query_base_label)
+            loss = loss + self.aux_base_weight * losses["aux_base"]
+        return FewShotOutput(logits=final, loss=loss, losses=losses)
+
+
+@register_model("bam")
+def build_bam(
+    backbone: Backbone,
+    *,
+    shot: int,
+    base_learner: PSPNet | str | Path,
+    dataset: str | None = None,
+    fold: int | None = None,
+    coco_split: str = "interleaved",
+    **options: Any,
+) -> BAM:
+    """Registry factory: BAM from a loaded stage-1 PSPNet or from the path of its checkpoint.
+
+    The meta branch always starts from the base learner's backbone (stage-1 weights, spec B.3);
+    ``backbone`` only names the architecture, which must match the base learner's. A path needs
+    ``dataset`` and ``fold`` so the checkpoint can be checked against them.
+
+    Args:
+        options: :class:`BAM` keywords (``reduce_dim``, ``aux_meta_weight``, ``aux_base_weight``,
+            ``kshot_hidden``).
+    """
+    arch = (getattr(backbone, "name", None), getattr(backbone, "width_mult", None))
+    if isinstance(base_learner, (str, Path)):
+        if dataset is None or fold is None:
+            raise ValueError(
+                "build_model('bam', ..., base_learner=<path>) also needs dataset=... and fold=... to check "
+                f"the checkpoint {base_learner} against the run"
+            )
+        base_learner = load_base_learner(
+            base_learner,
+            backbone_name=str(arch[0]),
+            dataset=dataset,
+            fold=fold,
+            width_mult=float(arch[1] or 1.0),
+            coco_split=coco_split,
+        )
+    elif not isinstance(base_learner, PSPNet):
+        raise TypeError(
+            f"base_learner must be a PSPNet or the path of its checkpoint, got {type(base_learner).__name__}"
+        )
+    psp_arch = (base_learner.backbone.name, base_learner.backbone.width_mult)
+    if arch != psp_arch:
+        raise ValueError(
+            f"backbone {arch[0]} (width_mult={arch[1]}) does not match the base learner's backbone "
+            f"{psp_arch[0]} (width_mult={psp_arch[1]}): BAM's meta branch is a copy of the base learner's "
+            "backbone, so the run's backbone setting must name the same architecture"
+        )
+    if backbone is not base_learner.backbone:
+        log.info(
+            "BAM: the meta branch copies the base learner's %s backbone; the given one is not used", arch[0]
+        )
+    return BAM(base_learner, shot=shot, **options)
