@@ -9,6 +9,11 @@ Loaders: ``val_dataloader`` returns ``[novel-class episodes of the first eval se
 episodes"]`` (the second one feeds the train-episodes mIoU curve of the paper's Figs 2, 3, 7, and is left
 out when ``train_episodes_for_curve=0``). Validation uses only the first eval seed, as the reference
 selects its checkpoint on one fixed 1000-episode draw; ``test_dataloader`` gives one loader per eval seed.
+
+Resume: ``state_dict`` records the training position (epoch, all-rank positions consumed) read from the
+trainer's batch progress when a checkpoint is written; a resumed run's sampler starts that epoch after
+those positions, so a run killed mid-epoch continues with exactly the episodes it had not yet seen. The
+training loader (:class:`ResumableEpisodeLoader`) carries the same position for Lightning's loop state.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from svfseg.data.collate import collate_samples
@@ -99,11 +105,6 @@ def rank_and_world(module: pl.LightningDataModule) -> tuple[int, int]:
     return int(trainer.global_rank), world
 
 
-def _worker_init(_: int) -> None:
-    # One OpenCV thread per worker: the loader processes already use the cores.
-    cv2.setNumThreads(1)
-
-
 def make_loader(
     dataset: Dataset,
     sampler: Sampler,
@@ -125,8 +126,67 @@ def make_loader(
         drop_last=train,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
     )
+
+
+class ResumableEpisodeLoader(DataLoader):
+    """The training loader: a DataLoader that saves and restores the training position (mid-epoch resume).
+
+    Lightning counts only a loader with ``state_dict`` / ``load_state_dict`` as resumable mid-epoch (it
+    warns that results are unreliable otherwise), saves its state with the fit loop and loads it when the
+    loader is built after the loops were restored. In Lightning 2.6 the loader is built earlier, while
+    ``configure_optimizers`` asks for ``estimated_stepping_batches``, so the position that takes effect
+    is the copy in :meth:`FewShotDataModule.state_dict`, restored before any loader exists. Both paths
+    call :func:`start_sampler_at`, which is idempotent. ``position`` reads ``{"epoch", "consumed"}`` from
+    the trainer's batch progress.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        sampler: EpisodeSampler,
+        batch_size: int,
+        *,
+        position: Callable[[], dict[str, int] | None],
+        num_workers: int,
+        persistent_workers: bool = False,
+        pin_memory: bool = False,
+        collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_samples,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            drop_last=True,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
+        )
+        self._position = position
+
+    def state_dict(self) -> dict[str, Any]:
+        position = self._position()
+        return {} if position is None else {"train_position": dict(position)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        start = state_dict.get("train_position")
+        if start is not None:
+            assert isinstance(self.sampler, EpisodeSampler)
+            start_sampler_at(self.sampler, start)
+
+
+def start_sampler_at(sampler: EpisodeSampler, position: Mapping[str, int]) -> None:
+    """Make ``sampler`` start epoch ``position["epoch"]`` after its first ``position["consumed"]`` positions.
+
+    Idempotent. Also sets the sampler's epoch: loader workers draw their first indices as soon as the
+    iterator exists, which may precede Lightning's ``set_epoch``.
+    """
+    epoch, consumed = int(position["epoch"]), int(position["consumed"])
+    sampler.set_epoch(epoch)
+    sampler.set_start(epoch, consumed)
+    if consumed:
+        log.info("resuming epoch %d after its first %d training episodes (all ranks)", epoch, consumed)
 
 
 def list_digest(lst: FewShotList) -> str:
@@ -339,12 +399,15 @@ class FewShotDataModule(pl.LightningDataModule):
                 f"batch_size={self.batch_size} exceeds the {len(sampler)} training queries per process "
                 f"({len(ds)} in the list, world size {world}); with drop_last no batch would be formed"
             )
-        return make_loader(
+        start = (self._restored or {}).get("train_position")
+        if start is not None:
+            start_sampler_at(sampler, start)
+        return ResumableEpisodeLoader(
             ds,
             sampler,
             self.batch_size,
+            position=self.train_position,
             num_workers=self.num_workers,
-            train=True,
             persistent_workers=self.persistent_workers,
             pin_memory=self.pin_memory,
         )
@@ -385,8 +448,32 @@ class FewShotDataModule(pl.LightningDataModule):
 
     # -------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run must agree with: the seed and the list/table digests."""
-        return {"seed": self.seed, "table_digests": dict(self.table_digests)}
+        """What a resumed run must agree with (seed, list/table digests) and where training stands."""
+        state: dict[str, Any] = {"seed": self.seed, "table_digests": dict(self.table_digests)}
+        position = self.train_position()
+        if position is not None:
+            state["train_position"] = position
+        return state
+
+    def train_position(self) -> dict[str, int] | None:
+        """``{"epoch", "consumed"}``: the next training sample is at all-rank position ``consumed`` of ``epoch``.
+
+        Read from the fitting trainer's batch progress at checkpoint time (batches done in the current
+        epoch); a finished epoch points at the start of the next one. None outside ``fit``.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return None
+        per_epoch = trainer.num_training_batches
+        if not per_epoch or not math.isfinite(per_epoch):
+            return None
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        epoch = int(trainer.current_epoch)
+        if done >= per_epoch:
+            epoch, done = epoch + 1, 0
+        _, world = rank_and_world(self)
+        # Training batches are full (drop_last), so this many all-rank positions were consumed.
+        return {"epoch": epoch, "consumed": done * self.batch_size * world}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = dict(state_dict)
