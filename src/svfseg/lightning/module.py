@@ -152,7 +152,8 @@ class FewShotSegModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_results_per_loader = [
-            self._log_metric("test" if i == 0 else f"test_{i}", metric) for i, metric in enumerate(self.test_ious)
+            self._log_metric("test" if i == 0 else f"test_{i}", metric)
+            for i, metric in enumerate(self.test_ious)
         ]
         self.test_results = self.test_results_per_loader[0]
 

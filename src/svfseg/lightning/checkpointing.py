@@ -1,0 +1,141 @@
+"""Resumable training: ``last.ckpt`` every N steps and every epoch, finite weights only, per-batch seeds.
+
+Why not a second ``ModelCheckpoint(save_last=True)``: two of them writing ``last.ckpt`` clash (each one's
+version counter turns the other's file into ``last-v1.ckpt``), a step saver must not monitor
+``val/miou`` (it does not exist mid-epoch), and since Lightning 2.6 a monitored ``ModelCheckpoint``
+writes ``last.ckpt`` only in epochs where the best improved. So the ``best`` saver keeps
+``save_last=False`` and :class:`LastCheckpoint` alone owns ``last.ckpt``.
+
+A resume from ``last.ckpt`` is exact mid-epoch: Lightning restores the loops, optimizer and lr schedule,
+:class:`~svfseg.data.datamodule.FewShotDataModule` restores the sampler position, and :class:`StepSeed`
+makes each batch's dropout masks a function of (seed, epoch, batch, rank) instead of the global RNG
+history (which a restarted process does not share).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Checkpoint
+from torch import Tensor
+
+from svfseg.data.samplers import step_seed
+
+log = logging.getLogger(__name__)
+
+
+def first_non_finite(state_dict: dict[str, Any]) -> str | None:
+    """Name of the first floating tensor holding a NaN or inf, or None."""
+    for name, value in state_dict.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes ``<dirpath>/<filename>.ckpt`` every ``every_n_train_steps`` optimizer steps and after every epoch.
+
+    The epoch save happens in ``on_train_epoch_end``, i.e. after the epoch's validation, so a resume
+    neither repeats nor skips it. The step save is skipped on an epoch's last batch: a run killed during
+    that epoch's validation then resumes from the previous step save and validates again, instead of
+    Lightning moving on to the next epoch without validating. Writes are atomic (Lightning writes a
+    temporary file and renames it), so a kill mid-write keeps the previous file.
+
+    Every checkpoint of the run (``best.ckpt`` too) passes :meth:`on_save_checkpoint`, which refuses
+    non-finite weights: the file on disk stays the last good state.
+
+    Args:
+        dirpath: folder of the checkpoint.
+        every_n_train_steps: step interval (>= 1), or 0 / None for epoch saves only.
+        filename: file name without ``.ckpt``; ``train.py ckpt_path=last`` reads ``last``.
+    """
+
+    def __init__(
+        self, dirpath: str | Path, every_n_train_steps: int | None = 500, filename: str = "last"
+    ) -> None:
+        super().__init__()
+        steps = 0 if every_n_train_steps is None else every_n_train_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(
+                f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps!r} is invalid: "
+                "expected an integer >= 1, or 0 / null to save last.ckpt only at epoch ends"
+            )
+        if not filename or "/" in filename:
+            raise ValueError(f"callbacks.last_checkpoint.filename={filename!r} must be a plain file name")
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = steps
+        self.filename = filename
+        self.last_model_path = ""
+        self._last_saved_step = -1
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / f"{self.filename}.ckpt"
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Write the checkpoint (every rank calls this; Lightning writes on rank 0 only)."""
+        if trainer.sanity_checking or bool(trainer.fast_dev_run):
+            return
+        trainer.save_checkpoint(self.path)
+        self.last_model_path = str(self.path)
+        self._last_saved_step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        n = self.every_n_train_steps
+        step = trainer.global_step
+        if n < 1 or step == 0 or step % n != 0 or step == self._last_saved_step:
+            return  # also: accumulating batches keep global_step, saved once
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # the epoch save follows right after validation
+        self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        bad = first_non_finite(checkpoint.get("state_dict", {}))
+        if bad is not None:
+            raise FloatingPointError(
+                f"refusing to write a checkpoint at global step {trainer.global_step} (epoch "
+                f"{trainer.current_epoch}): weight {bad!r} is NaN or inf. The files in {self.dirpath} "
+                "keep the last good state; lower optim.lr or check the data of the last steps."
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_model_path": self.last_model_path}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_model_path = str(state_dict.get("last_model_path", ""))
+
+
+class StepSeed(pl.Callback):
+    """Seeds torch before each training batch from ``(seed, epoch, batch index, rank)``.
+
+    Dropout then draws the same masks in a resumed run as in an uninterrupted one (the global RNG state of
+    a fresh process differs: model building and loader iterators consume it), and different masks on
+    each rank under DDP. Evaluation is unaffected (no dropout in eval mode).
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(
+                f"callbacks.step_seed.seed={seed!r} must be an integer >= 0 (default: ${{seed}})"
+            )
+        self.seed = seed
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
+
+
+__all__ = ["LastCheckpoint", "StepSeed", "first_non_finite"]
