@@ -13,3 +13,15 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_pascal(tmp_path_factory: pytest.TempPathFactory):
+    """A small synthetic Pascal-layout dataset shared by the end-to-end tests: (root, min_pixels)."""
+    from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
+
+    size = 96
+    root = make_synthetic(
+        "pascal", tmp_path_factory.mktemp("synthetic") / "pascal", n_train=120, n_val=60, size=size
+    )
+    return root, coverage_min_pixels(size)

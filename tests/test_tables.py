@@ -11,7 +11,13 @@ from svfseg.tables import build_table, load_runs, main
 def _write(root: Path, name: str, row: str, fold: int, shot: int, miou: float, table: str = "table1") -> None:
     d = root / name
     d.mkdir(parents=True)
-    record = {"miou": miou, "fbiou": miou + 0.1, "fold": fold, "shot": shot, "run": {"row": row, "table": table}}
+    record = {
+        "miou": miou,
+        "fbiou": miou + 0.1,
+        "fold": fold,
+        "shot": shot,
+        "run": {"row": row, "table": table},
+    }
     (d / "metrics.json").write_text(json.dumps(record))
 
 
@@ -48,7 +54,7 @@ def test_duplicates_and_empty_dirs_are_errors(tmp_path: Path) -> None:
         build_table(load_runs(tmp_path))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+    with pytest.raises(FileNotFoundError, match=r"no metrics\.json"):
         load_runs(empty)
 
 

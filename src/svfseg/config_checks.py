@@ -76,14 +76,19 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> None:
             "each job with torchrun (README, 'Multi-GPU')."
         )
     _check_finetune(cfg.finetune)
+    _check_method_options(cfg.method)
     _check_file(cfg.backbone.get("pretrained"), "backbone.pretrained", "README section 'ImageNet weights'")
     if cfg.method.name == "bam" and stage == "meta":
-        _check_file(
-            cfg.method.get("base_learner"),
-            "method.base_learner",
+        stage1 = (
             f"the stage-1 command: python train.py stage=base method=bam dataset={dataset} fold={fold} "
-            f"backbone={_backbone_group(cfg.backbone.name)}",
+            f"backbone={_backbone_group(cfg.backbone.name)}"
         )
+        if cfg.method.get("base_learner") is None:
+            raise ConfigError(
+                f"method.base_learner is null: BAM's meta stage needs the stage-1 base learner. Make it with "
+                f"{stage1}, then set method.base_learner to the written file."
+            )
+        _check_file(cfg.method.base_learner, "method.base_learner", stage1, nullable=False)
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist (use a checkpoint file, 'last' or null)")
@@ -106,8 +111,34 @@ def _check_finetune(finetune: DictConfig) -> None:
         raise ConfigError(f"finetune={name}: {err}") from err
 
 
-def _check_file(path: Any, key: str, how: str) -> None:
+def _method_class(name: str) -> type:
+    from svfseg.models.bam import BAM
+    from svfseg.models.baseline import BaselineASPP
+    from svfseg.models.pfenet import PFENet
+
+    return {"baseline": BaselineASPP, "pfenet": PFENet, "bam": BAM}[name]
+
+
+def _check_method_options(method: DictConfig) -> None:
+    """Unknown method keys (e.g. a misspelt loss weight) fail here, not when the model is built."""
+    import inspect
+
+    cls = _method_class(str(method.name))
+    params = inspect.signature(cls.__init__).parameters
+    allowed = {p for p in params if p not in ("self", "backbone", "base_learner", "shot")}
+    if cls.__name__ == "BAM":
+        allowed.add("base_learner")  # the stage-1 file, read by the model factory
+    unknown = sorted(set(method) - {"name"} - allowed)
+    if unknown:
+        keys = ", ".join(f"method.{k}" for k in unknown)
+        raise ConfigError(
+            f"{keys}: not an option of method={method.name} ({cls.__name__}); allowed: {sorted(allowed)}"
+        )
+
+
+def _check_file(path: Any, key: str, how: str, *, nullable: bool = True) -> None:
     if path is None:
         return
     if not Path(str(path)).is_file():
-        raise ConfigError(f"{key}={path} does not exist. Make it with {how}, or set {key}=null.")
+        fallback = f", or set {key}=null" if nullable else ""
+        raise ConfigError(f"{key}={path} does not exist. Make it with {how}{fallback}.")

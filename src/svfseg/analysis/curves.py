@@ -37,7 +37,9 @@ def read_metric_curves(metrics_csv: Path, keys: tuple[str, ...] = (VAL_KEY, TRAI
             {int(float(r["epoch"])): float(r[key]) for r in rows if r.get(key) not in (None, "")}.items()
         )
         if not points:
-            raise ValueError(f"{metrics_csv} has no values for {key!r}; columns: {list(rows[0]) if rows else []}")
+            raise ValueError(
+                f"{metrics_csv} has no values for {key!r}; columns: {list(rows[0]) if rows else []}"
+            )
         curves[key] = Curve(tuple(e for e, _ in points), tuple(v for _, v in points))
     return curves
 
@@ -63,7 +65,11 @@ def plot_train_val_curves(runs: Mapping[str, Path], *, title: str = "mIoU over e
         val, train = curves[VAL_KEY], curves[TRAIN_KEY]
         ax.plot(val.epochs, [100 * v for v in val.values], color=colour, label=f"{label}: val (novel)")
         ax.plot(
-            train.epochs, [100 * v for v in train.values], color=colour, ls="--", label=f"{label}: train (base)"
+            train.epochs,
+            [100 * v for v in train.values],
+            color=colour,
+            ls="--",
+            label=f"{label}: train (base)",
         )
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)

@@ -13,11 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 from svfseg.data.splits import base_classes, novel_classes
 from svfseg.lightning.callbacks import FinetuneCallback
 from svfseg.lightning.module import FewShotSegModule
+from svfseg.models.factory import SPLIT_DATASET
 
 log = logging.getLogger(__name__)
-
-# The synthetic dataset uses the Pascal class structure (20 classes, 5 per fold).
-SPLIT_DATASET = {"pascal": "pascal", "coco": "coco", "synthetic": "pascal"}
 
 
 def fold_classes(cfg: DictConfig) -> tuple[list[int], list[int]]:

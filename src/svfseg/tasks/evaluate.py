@@ -15,6 +15,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import RichProgressBar
 
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.tasks.builders import build_datamodule, plain
@@ -87,7 +88,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer_cfg = dict(plain(cfg.trainer))
     trainer_cfg.pop("_target_", None)
     trainer_cfg.update(logger=False, enable_checkpointing=False)
-    trainer = pl.Trainer(**trainer_cfg)
+    show_progress = trainer_cfg.get("enable_progress_bar", True)
+    trainer = pl.Trainer(callbacks=[RichProgressBar()] if show_progress else [], **trainer_cfg)
     per_seed: dict[int, dict[str, Any]] = {}
     seeds = [int(s) for s in run.dataset.eval_seeds]
     for seed in seeds:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig
+from pytorch_lightning.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
@@ -96,13 +97,28 @@ def print_metrics(record: dict[str, Any], *, title: str) -> None:
 
 
 def close_loggers(loggers: Sequence[Any], *, status: str = "success") -> None:
-    """Finalize every logger, W&B included, even when the run failed (multirun needs separate W&B runs)."""
-    import wandb
+    """Finalize every logger and finish the W&B run, even when the run failed.
 
+    Lightning's ``WandbLogger.finalize`` does nothing on failure and never ends the run, so without this a
+    failed job leaves its W&B run open (and a multirun's next job would log into it). The exit code
+    marks the W&B run as failed when ``status != "success"``.
+    """
+    exit_code = 0 if status == "success" else 1
     for logger in loggers:
         try:
             logger.finalize(status)
         except Exception as err:  # a logger failing to close must not hide the run's own error
             log.warning("logger %s failed to finalize: %s", type(logger).__name__, err)
+        run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
+        if run is not None:
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as err:
+                log.warning("could not finish the W&B run of %s: %s", type(logger).__name__, err)
+            logger._experiment = None  # type: ignore[attr-defined]
+    try:
+        import wandb
+    except ImportError:
+        return
     if wandb.run is not None:
-        wandb.finish(exit_code=0 if status == "success" else 1)
+        wandb.finish(exit_code=exit_code)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from svfseg.config_checks import check_train_config
+from svfseg.lightning.wandb_logging import redact_secrets
 from svfseg.tasks.builders import (
     build_callbacks,
     build_datamodule,
@@ -50,7 +51,8 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
-    module.run_config = plain(cfg)
+    # Saved in every checkpoint: credential-like values (e.g. a key typed into a config) are redacted.
+    module.run_config = redact_secrets(plain(cfg))
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, callbacks, loggers)

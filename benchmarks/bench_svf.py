@@ -1,0 +1,445 @@
+"""SVF layer benchmark on the dilated deep-stem ResNet-50 (CPU): training step, eval forward, peak memory.
+
+    python benchmarks/bench_svf.py [--size 321] [--batch 2] [--repeats 5] [--write docs/benchmarks.md]
+
+Variants (all BN layers in eval mode, as the project trains; random init, pretrained=None):
+
+* ``freeze``: the original backbone under ``no_grad`` (also the eval baseline ``original``);
+* ``full``: full fine-tune, every parameter trains (forward + backward);
+* ``svf``: this project's SVF: all five stages converted, ``s`` trains in layer2-4, ``execution=auto``
+  (layer2-4 factorised because s needs gradients, via the fused Function of ``svf/fused.py``; layer0-1
+  converted but frozen, so they run one cached merged conv and need no backward at all);
+* ``svf_ref``: the reference style: the same conversion with ``execution=three_op`` in every layer;
+* ``svf_mat``: the same conversion with ``execution=materialize`` (W = U diag(s) V^T rebuilt every call);
+* eval: ``svf`` under ``no_grad`` (one cached merged conv per layer) and ``svf_ref`` under ``no_grad``.
+
+A training step is forward + backward of ``sum(layer4 output)``; gradients are dropped (set to None)
+outside the timed region. Timing runs every variant in one process and interleaves them in a fresh
+random (seeded) order each round, so machine noise and after-effects of the previous step hit all
+variants alike; medians are reported. The timing process
+keeps freed heap memory (glibc ``mallopt``: fixed 32 MiB mmap threshold, no trimming), as a caching
+allocator would: with glibc's defaults, on this VM, re-faulting freshly mapped pages every step made
+the measured step times depend on what else lived in the process (``--allocator default`` to see it).
+
+Peak memory: each variant runs in a fresh subprocess with glibc's mmap threshold fixed at 64 KiB
+(``MALLOC_MMAP_THRESHOLD_``), so every tensor buffer is its own mapping and freeing it returns the pages
+at once: resident memory then tracks live tensor bytes. Right before a measured step the kernel's peak
+counter is reset (``echo 5 > /proc/self/clear_refs``); the step's peak is ``VmHWM - VmRSS(before)``:
+activations kept for backward, gradients and temporaries, excluding the model itself. A calibration run
+allocates a known 256 MiB tensor the same way and must read back 256 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import datetime as dt
+import gc
+import json
+import logging
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from svfseg.models.backbones import build_backbone
+from svfseg.svf import apply_svf, mark_only_svf_trainable, set_svf_execution, svf_summary
+
+SECTION = "## SVF layer: training step, eval and memory (ResNet-50)"
+TRAIN_VARIANTS = ("freeze", "full", "svf", "svf_ref", "svf_mat")
+EVAL_VARIANTS = ("original", "svf_eval", "svf_ref_eval")
+LABELS = {
+    "freeze": "freeze (no_grad forward)",
+    "full": "full fine-tune",
+    "svf": "SVF, this project (auto)",
+    "svf_ref": "SVF, reference style (three_op)",
+    "svf_mat": "SVF, re-materialise W each call",
+    "original": "original network",
+    "svf_eval": "SVF merged (auto, cached W)",
+    "svf_ref_eval": "SVF reference style (three_op)",
+}
+# Analytic step cost in units of one dense forward F (cost-model.md: MACs per stage at 473 px, 3-op
+# ratios per stage, full FT = 3F, 3-op SVF = forward + data gradient with no U/V weight gradients).
+DENSE = {"layer0": 6.31, "layer1": 3.31, "layer2": 4.71, "layer3": 25.48, "layer4": 53.79}
+THREE_OP = {"layer0": 7.50, "layer1": 4.06, "layer2": 5.83, "layer3": 30.67, "layer4": 66.06}
+REMATERIALISE = 10.87  # GMAC per step for all 55 convs
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONUNBUFFERED": "1"}
+
+
+def analytic_ratios() -> dict[str, float]:
+    """Expected step cost / full fine-tune step, from the MAC counts in docs cost-model.md."""
+    f = sum(DENSE.values())
+    trained = ("layer2", "layer3", "layer4")
+    full = 3 * f
+    svf = DENSE["layer0"] + DENSE["layer1"] + 2 * sum(THREE_OP[s] for s in trained)
+    ref = THREE_OP["layer0"] + THREE_OP["layer1"] + 2 * sum(THREE_OP[s] for s in trained)
+    dense_trained = sum(DENSE[s] for s in trained)
+    mat = f + REMATERIALISE + 2 * dense_trained + 2 * REMATERIALISE
+    return {"freeze": f / full, "full": 1.0, "svf": svf / full, "svf_ref": ref / full, "svf_mat": mat / full}
+
+
+# ------------------------------------------------------------------------------------------ models
+def _backbone() -> nn.Module:
+    torch.manual_seed(0)
+    logging.getLogger("svfseg.models.backbones.factory").setLevel(logging.ERROR)
+    return build_backbone("resnet50", pretrained=None).eval()
+
+
+def _svf_backbone(execution: str) -> nn.Module:
+    model = _backbone()
+    apply_svf(model, include=["layer0.*", "layer1.*"], train=(), execution=execution)
+    apply_svf(model, include=["layer2.*", "layer3.*", "layer4.*"], train=("s",), execution=execution)
+    mark_only_svf_trainable(model)
+    return model
+
+
+def build_models(variants: tuple[str, ...]) -> dict[str, nn.Module]:
+    """One model per variant; SVF variants share one conversion (deep copies, execution switched)."""
+    models: dict[str, nn.Module] = {}
+    svf_base: nn.Module | None = None
+    for v in variants:
+        if v in ("freeze", "original", "full"):
+            model = _backbone()
+            model.requires_grad_(v == "full")
+        else:
+            if svf_base is None:
+                svf_base = _svf_backbone("auto")
+            model = copy.deepcopy(svf_base)
+            execution = {"svf_ref": "three_op", "svf_ref_eval": "three_op", "svf_mat": "materialize"}
+            set_svf_execution(model, execution.get(v, "auto"))
+        models[v] = model
+    return models
+
+
+def step_fn(variant: str, model: nn.Module, x: Tensor) -> Callable[[], None]:
+    """The timed unit of a variant: a no_grad forward, or forward + backward of sum(layer4)."""
+    if variant in ("freeze", "original", "svf_eval", "svf_ref_eval"):
+
+        def forward() -> None:
+            with torch.no_grad():
+                model(x)
+
+        return forward
+
+    def train_step() -> None:
+        model(x)["layer4"].sum().backward()
+
+    return train_step
+
+
+def _clear_grads(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.grad = None
+
+
+def _input(size: int, batch: int) -> Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+# ------------------------------------------------------------------------------------------ timing
+def retain_freed_memory() -> None:
+    """glibc: serve steady-state steps from already-mapped heap pages (see the module docstring)."""
+    if platform.libc_ver()[0] != "glibc":
+        raise RuntimeError("--allocator retain needs glibc (mallopt); use --allocator default elsewhere")
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    for option, value in (
+        (m_mmap_threshold, 32 * 2**20),
+        (m_trim_threshold, 2**31 - 1),
+        (m_top_pad, 256 * 2**20),
+    ):
+        if libc.mallopt(option, value) != 1:
+            raise RuntimeError(f"mallopt({option}, {value}) failed")
+
+
+def time_variants(size: int, batch: int, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Interleaved timings (seconds) of every variant, warm-up rounds dropped."""
+    variants = (*TRAIN_VARIANTS, "svf_eval", "svf_ref_eval")
+    models = build_models(variants)
+    x = _input(size, batch)
+    steps = {v: step_fn(v, m, x) for v, m in models.items()}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    rng = random.Random(0)
+    for r in range(warmup + repeats):
+        order = list(variants)
+        rng.shuffle(order)  # a fresh order each round: no variant always follows the same neighbour
+        for v in order:
+            gc.collect()
+            t0 = time.perf_counter()
+            steps[v]()
+            elapsed = time.perf_counter() - t0
+            _clear_grads(models[v])
+            if r >= warmup:
+                times[v].append(elapsed)
+        print(
+            f"  round {r + 1}/{warmup + repeats}: "
+            + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in order if times[v]),
+            flush=True,
+        )
+    times["original"] = times["freeze"]
+    return times
+
+
+def merge_cost(size: int, batch: int, repeats: int) -> float:
+    """Median extra time of the first eval forward after s changed (the cached W is rebuilt once)."""
+    model = build_models(("svf_eval",))["svf_eval"]
+    x = _input(size, batch)
+    forward = step_fn("svf_eval", model, x)
+    forward()
+    extra = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        forward()
+        steady = time.perf_counter() - t0
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.0)  # an in-place update, as an optimizer step does
+        t0 = time.perf_counter()
+        forward()
+        extra.append(time.perf_counter() - t0 - steady)
+    return statistics.median(extra)
+
+
+def cache_overhead(repeats: int = 30) -> float:
+    """Median per-forward bookkeeping cost (ms) of the cached merged path: both nets at a tiny 33 px input."""
+    models = build_models(("original", "svf_eval"))
+    x = _input(33, 1)
+    steps = {v: step_fn(v, m, x) for v, m in models.items()}
+    times: dict[str, list[float]] = {v: [] for v in steps}
+    for _ in range(repeats + 1):
+        for v, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[v].append(time.perf_counter() - t0)
+    med = {v: statistics.median(ts[1:]) for v, ts in times.items()}
+    return 1e3 * (med["svf_eval"] - med["original"])
+
+
+# ------------------------------------------------------------------------------------------ memory
+def _proc_status() -> dict[str, float]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":")
+                out[key] = int(value.split()[0]) / 1024  # MiB
+    return out
+
+
+def _measure_peak(fn: Callable[[], None], after: Callable[[], None]) -> float:
+    gc.collect()
+    before = _proc_status()["VmRSS"]
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    fn()
+    peak = _proc_status()["VmHWM"]
+    after()
+    return peak - before
+
+
+def saved_for_backward(fn: Callable[[], None], model: nn.Module) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves during ``fn`` (an RSS-free cross-check)."""
+    params = {t.untyped_storage().data_ptr() for t in model.state_dict().values() if isinstance(t, Tensor)}
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def memory_worker(variant: str, size: int, batch: int) -> dict[str, float]:
+    """Runs in a fresh subprocess: peak step memory (MiB) of one variant, max of two measured steps."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]:
+        raise RuntimeError(
+            "the memory worker needs MALLOC_MMAP_THRESHOLD_=65536 in its environment (RSS must track live "
+            "tensors); run the benchmark without --memory-worker, it starts the workers itself"
+        )
+    if variant == "calibration":
+        size_mib = 256
+
+        def alloc() -> None:
+            t = torch.empty(size_mib * 2**20 // 4)
+            t.fill_(1.0)
+
+        return {
+            "peak_mib": max(_measure_peak(alloc, lambda: None) for _ in range(2)),
+            "expected_mib": size_mib,
+        }
+    model = build_models((variant,))[variant]
+    x = _input(size, batch)
+    fn = step_fn(variant, model, x)
+    saved = saved_for_backward(fn, model)  # also the warm-up: lazy allocations, merged-weight caches
+    _clear_grads(model)
+    peaks = [_measure_peak(fn, lambda: _clear_grads(model)) for _ in range(2)]
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, Tensor))
+    cache = sum(
+        m._cache[1].numel() * m._cache[1].element_size()
+        for m in model.modules()
+        if getattr(m, "_cache", None) is not None
+    )
+    return {
+        "peak_mib": max(peaks),
+        "saved_mib": saved / 2**20,
+        "state_mib": state / 2**20,
+        "cache_mib": cache / 2**20,
+    }
+
+
+def measure_memory(variants: tuple[str, ...], size: int, batch: int) -> dict[str, dict[str, float]]:
+    """Each variant in a fresh interpreter (see the module docstring for the method)."""
+    env = {**os.environ, **WORKER_ENV}
+    results = {}
+    for v in ("calibration", *variants):
+        cmd = [sys.executable, __file__, "--memory-worker", v, "--size", str(size), "--batch", str(batch)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"memory worker for {v!r} failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
+        results[v] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  memory {v}: {results[v]}", flush=True)
+    return results
+
+
+# ------------------------------------------------------------------------------------------ report
+def render(
+    args: argparse.Namespace,
+    times: dict[str, list[float]],
+    memory: dict[str, dict[str, float]],
+    merge_s: float,
+    overhead_ms: float,
+) -> str:
+    med = {v: statistics.median(ts) for v, ts in times.items()}
+    best = {v: min(ts) for v, ts in times.items()}
+    expect = analytic_ratios()
+    full_t, full_m, ref_m = med["full"], memory["full"]["peak_mib"], memory["svf_ref"]["peak_mib"]
+    summary = svf_summary(_svf_backbone("auto"))
+    threads = torch.get_num_threads()
+    lines = [
+        SECTION,
+        "",
+        f"Command: `nice -n 5 .venv/bin/python benchmarks/bench_svf.py --size {args.size} --batch {args.batch} "
+        f"--repeats {args.repeats} --allocator {args.allocator} --write docs/benchmarks.md`  ",
+        f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
+        f"{threads} torch threads, torch {torch.__version__}, shared with other jobs; "
+        f"date {dt.date.today().isoformat()}.  ",
+        f'Model: `build_backbone("resnet50", pretrained=None)` (deep stem, dilated, output stride 8), BN in eval '
+        f"mode, input {args.batch}x3x{args.size}x{args.size}. SVF converts all five stages at full rank "
+        f"({summary.total.singular_values:,} singular values); s trains in layer2-4 "
+        f"({summary.total.trainable:,}); layer0-1 are converted but frozen.",
+        "",
+        "Training step = forward + backward of `sum(layer4)`; median (and minimum) of "
+        f"{args.repeats} interleaved repeats (after {args.warmup} warm-up round); ratios use medians. Peak memory = the step's peak "
+        "resident memory above the resident model (fresh process per variant; see the script docstring).",
+        "",
+        "| variant | step time, median (min) s | x full FT | expected x full FT (MACs) | peak step memory (MiB) | x full FT "
+        "| x reference SVF | saved for backward (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for v in TRAIN_VARIANTS:
+        m = memory[v]["peak_mib"]
+        lines.append(
+            f"| {LABELS[v]} | {med[v]:.2f} ({best[v]:.2f}) | {med[v] / full_t:.2f} | {expect[v]:.2f} | {m:,.0f} | "
+            f"{m / full_m:.2f} | {m / ref_m:.2f} | {memory[v]['saved_mib']:,.0f} |"
+        )
+    orig_t = med["original"]
+    lines += [
+        "",
+        "| eval (no_grad forward) | time, median (min) s | x original | peak forward memory (MiB) | model state + cached W (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for v in EVAL_VARIANTS:
+        mem = memory[v]
+        resident = mem["state_mib"] + mem["cache_mib"]
+        lines.append(
+            f"| {LABELS[v]} | {med[v]:.3f} ({best[v]:.3f}) | {med[v] / orig_t:.3f} | {mem['peak_mib']:,.0f} | {resident:,.0f} |"
+        )
+    cal = memory["calibration"]
+    lines += [
+        "",
+        f"* Rebuilding the cached merged weights after an optimizer step (first eval forward after a change): "
+        f"+{merge_s:.2f} s once, then eval runs at the merged speed. The cache check itself (version counters, "
+        f"s values) costs {overhead_ms:.1f} ms per forward for the 55 layers (measured at 33 px, where convs are "
+        f"cheap): {100 * overhead_ms / 1e3 / orig_t:.2f}% of the eval forward above, so eval ratios within a "
+        "few percent of 1 are machine noise.",
+        f"* Memory calibration: a {cal['expected_mib']:.0f} MiB tensor reads back as {cal['peak_mib']:.1f} MiB.",
+        "* Expected ratios come from the MAC counts in `/work/shared/docs/cost-model.md` (3-op factor 1.19-1.24 "
+        "per stage, full FT = 3F, SVF = forward + data gradient only, no U/V weight gradients; under SVF layer0-1 "
+        "need no backward). They ignore BN/ReLU and the lower CPU efficiency of the thin 1x1 U-convs.",
+        "* Memory: the cost model expects the 3-op form to keep about 1.34x the dense activations of the trained "
+        "stages (V^T x and its s-scaled copy per conv). This project's training path (`svf/fused.py`) folds s into "
+        "the 1x1 U weight and keeps only V^T x, and frozen layer0-1 keep nothing; full fine-tune also keeps "
+        "layer0-1 activations and allocates the 23.5 M weight gradients. 'Saved for backward' sums the distinct "
+        "non-parameter storages autograd keeps (saved-tensor hooks), a cross-check that does not depend on RSS.",
+        "* Eval: the cached merged weight costs one extra copy of the conv weights while SVF layers are kept "
+        "(`merge_svf` returns to the original footprint for export).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace (or append) this benchmark's section of ``path``, leaving other sections untouched."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(SECTION) + r".*?(?=^## |\Z)", re.S | re.M)
+    new = (
+        pattern.sub(lambda _: text + "\n", old)
+        if pattern.search(old)
+        else old.rstrip("\n") + "\n\n" + text + "\n"
+    )
+    path.write_text(new.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=321, help="input height = width (default 321)")
+    parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="measured rounds per variant (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default 1)")
+    parser.add_argument(
+        "--allocator",
+        choices=("retain", "default"),
+        default="retain",
+        help="timing process: keep freed heap memory (default) or glibc's defaults",
+    )
+    parser.add_argument("--write", type=Path, default=None, help="update this Markdown file's SVF section")
+    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args.memory_worker, args.size, args.batch)))
+        return
+    print(
+        f"timing {args.repeats} interleaved rounds at {args.batch}x3x{args.size}x{args.size} ...", flush=True
+    )
+    times = time_variants(args.size, args.batch, args.repeats, args.warmup)
+    merge_s = merge_cost(args.size, args.batch, max(3, args.repeats // 2))
+    overhead_ms = cache_overhead()
+    print("measuring peak memory (one subprocess per variant) ...", flush=True)
+    memory = measure_memory((*TRAIN_VARIANTS, *EVAL_VARIANTS), args.size, args.batch)
+    text = render(args, times, memory, merge_s, overhead_ms)
+    print()
+    print(text)
+    if args.write is not None:
+        write_section(args.write, text)
+        print(f"updated {args.write}")
+
+
+if __name__ == "__main__":
+    main()
