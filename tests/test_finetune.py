@@ -116,6 +116,7 @@ def test_options_are_normalised() -> None:
         "execution": "auto",
         "svd_dtype": "float64",
         "backbone_lr_mult": 0.1,
+        "checkpointing": False,
     }
     assert build_strategy("part", stages="layer4").stages == ("layer4",)
     assert set(STRATEGIES) == {"freeze", "full", "part", "bn", "svf"}

@@ -6,6 +6,9 @@ rest is shared so that every strategy obeys the same invariants:
 * the backbone and ``model.frozen_modules()`` are frozen, then exactly the selection is unfrozen;
 * ``model.backbone_trainable`` is True iff something in the backbone trains (else it runs under no_grad);
 * ``model.frozen_bn`` follows the strategy (True except for ``bn``) and is applied at once;
+* ``checkpointing``: ``model.checkpointed_stages`` lists the stages that backward passes through (from
+  the first stage with a trainable parameter on); their activations are recomputed in backward instead
+  of kept (``torch.utils.checkpoint``), trading about one more forward of those stages for memory;
 * groups: ``head`` (lr_mult 1.0) and one ``backbone.<stage>`` group per stage with trainable parameters
   (lr_mult ``backbone_lr_mult``); frozen parameters are in no group, none is in two groups, and every
   trainable parameter of the model is in one (checked, because a silent miss never trains).
@@ -20,7 +23,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, parse_lr_mult
+from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, parse_flag, parse_lr_mult
 from svfseg.models.base import FewShotModel
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,13 @@ def backbone_stages(model: nn.Module) -> tuple[str, ...]:
             "with svfseg.models.backbones.build_backbone"
         )
     return stages
+
+
+def backward_stages(model: nn.Module) -> tuple[str, ...]:
+    """Stages that backward passes through: from the first one holding a trainable parameter to the last."""
+    stages = backbone_stages(model)
+    trains = [any(p.requires_grad for p in getattr(model.backbone, s).parameters()) for s in stages]
+    return stages[trains.index(True) :] if any(trains) else ()
 
 
 def build_param_groups(model: FewShotModel, backbone_lr_mult: float) -> list[ParamGroup]:
@@ -91,17 +101,21 @@ class FinetuneStrategy(ABC):
     Args:
         backbone_lr_mult: lr multiplier of the backbone groups (head: 1.0). Default 0.1, as in the
             reference SVF code (LR/10 for layer2-4).
+        checkpointing: activation checkpointing of the backbone stages that backward passes through.
     """
 
     name: ClassVar[str]
     frozen_bn: ClassVar[bool] = True  # BN layers of the backbone stay in eval mode during training
 
-    def __init__(self, *, backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT) -> None:
+    def __init__(
+        self, *, backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT, checkpointing: bool = False
+    ) -> None:
         self.backbone_lr_mult = parse_lr_mult(backbone_lr_mult)
+        self.checkpointing = parse_flag(checkpointing, "checkpointing")
 
     def options(self) -> dict[str, Any]:
         """The validated options, for logs and run records."""
-        return {"backbone_lr_mult": self.backbone_lr_mult}
+        return {"backbone_lr_mult": self.backbone_lr_mult, "checkpointing": self.checkpointing}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -125,6 +139,7 @@ class FinetuneStrategy(ABC):
         selected = self.select(model)
         _set_requires_grad((p for _, p in selected), True)
         model.backbone_trainable = bool(selected)
+        model.checkpointed_stages = backward_stages(model) if self.checkpointing else ()
         model.frozen_bn = self.frozen_bn
         model.train(model.training)  # re-applies the BN policy now, not only at the next .train()
         groups = build_param_groups(model, self.backbone_lr_mult)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from svfseg.finetune.base import FinetuneStrategy, NamedParams
-from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT
+from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, parse_flag
 from svfseg.finetune.selection import bn_affine
 from svfseg.models.backbones.base import STAGE_NAMES
 from svfseg.models.base import FewShotModel
@@ -23,7 +23,15 @@ class BNStrategy(FinetuneStrategy):
     name = "bn"
     frozen_bn: ClassVar[bool] = False
 
-    def __init__(self, *, backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT) -> None:
+    def __init__(
+        self, *, backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT, checkpointing: bool = False
+    ) -> None:
+        if parse_flag(checkpointing, "checkpointing"):
+            raise ValueError(
+                "finetune=bn does not support checkpointing=true: BN runs in train mode, so recomputing a "
+                "stage in backward would update its running statistics a second time; set "
+                "finetune.checkpointing=false"
+            )
         super().__init__(backbone_lr_mult=backbone_lr_mult)
 
     def select(self, model: FewShotModel) -> NamedParams:

@@ -18,10 +18,24 @@ class FullStrategy(PartStrategy):
 
     name = "full"
 
-    def __init__(self, *, train_bn: bool = False, backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT) -> None:
+    def __init__(
+        self,
+        *,
+        train_bn: bool = False,
+        backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT,
+        checkpointing: bool = False,
+    ) -> None:
         super().__init__(
-            stages=STAGE_NAMES, conv_type="all", train_bn=train_bn, backbone_lr_mult=backbone_lr_mult
+            stages=STAGE_NAMES,
+            conv_type="all",
+            train_bn=train_bn,
+            backbone_lr_mult=backbone_lr_mult,
+            checkpointing=checkpointing,
         )
 
     def options(self) -> dict[str, Any]:
-        return {"train_bn": self.train_bn, "backbone_lr_mult": self.backbone_lr_mult}
+        return {
+            "train_bn": self.train_bn,
+            "backbone_lr_mult": self.backbone_lr_mult,
+            "checkpointing": self.checkpointing,
+        }

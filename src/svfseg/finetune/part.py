@@ -26,6 +26,7 @@ class PartStrategy(FinetuneStrategy):
             Off by default: the paper ablates BN separately (Table 4) and freezes it for SVF, so the
             conv-weight strategies differ from SVF only in which conv parameters train.
         backbone_lr_mult: lr multiplier of the backbone groups.
+        checkpointing: activation checkpointing of the stages backward passes through.
     """
 
     name = "part"
@@ -37,8 +38,9 @@ class PartStrategy(FinetuneStrategy):
         conv_type: str = "all",
         train_bn: bool = False,
         backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT,
+        checkpointing: bool = False,
     ) -> None:
-        super().__init__(backbone_lr_mult=backbone_lr_mult)
+        super().__init__(backbone_lr_mult=backbone_lr_mult, checkpointing=checkpointing)
         self.stages = parse_stages(stages, "stages")
         self.conv_type = parse_choice(conv_type, "conv_type", CONV_TYPES)
         self.train_bn = parse_flag(train_bn, "train_bn")

@@ -80,7 +80,7 @@ class LastCheckpoint(Checkpoint):
         """Write the checkpoint (every rank calls this; Lightning writes on rank 0 only)."""
         if trainer.sanity_checking or bool(trainer.fast_dev_run):
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full training state, for resume
         self.last_model_path = str(self.path)
         self._last_saved_step = trainer.global_step
 

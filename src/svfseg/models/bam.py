@@ -209,7 +209,9 @@ class BAM(FewShotModel):
         if k != self.shot:
             raise ValueError(f"BAM was built for shot={self.shot} but the batch has {k} supports per episode")
         with self.backbone_grad():
-            feats = extract_features(self.backbone, query_img, support_img, support_mask)
+            feats = extract_features(
+                self.backbone, query_img, support_img, support_mask, self.checkpointed_stages
+            )
         query_feat = self.down_query(feats.query_mid)
         supp_feat = self.down_supp(feats.support_mid.flatten(0, 1))
         protos = masked_average_pool(supp_feat, feats.support_mask_mid.flatten(0, 1)).view(b, k, -1, 1, 1)

@@ -60,6 +60,8 @@ class FewShotModel(nn.Module):
         self.backbone_trainable: bool = False
         # True: backbone BN layers stay in eval mode (running stats never move) across .train() calls.
         self.frozen_bn: bool = True
+        # Set by the strategy's ``checkpointing`` option: stages whose activations backward recomputes.
+        self.checkpointed_stages: tuple[str, ...] = ()
 
     def frozen_modules(self) -> list[nn.Module]:
         """Modules outside the backbone that never train and always run in eval mode."""

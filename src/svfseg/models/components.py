@@ -11,11 +11,13 @@ All K supports of a batch go through the backbone together with the queries (B +
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from svfseg.models.base import FewShotModel
 
@@ -53,14 +55,33 @@ class Features:
     support_low: Tensor  # (B, K, C2, h2, w2)
 
 
+def run_stage(backbone: nn.Module, name: str, x: Tensor, checkpointed: Collection[str] = ()) -> Tensor:
+    """``backbone.<name>(x)``, with activation checkpointing when ``name`` is listed and autograd records.
+
+    Non-reentrant checkpointing recomputes the stage in backward; the recomputation gives the same values
+    because backbone BN is in eval mode and the backbone has no dropout. (With BN in train mode the
+    recomputation would update the running statistics a second time, so ``finetune=bn`` refuses it.)
+    """
+    stage = getattr(backbone, name)
+    if name in checkpointed and torch.is_grad_enabled():
+        return checkpoint(stage, x, use_reentrant=False)
+    return stage(x)
+
+
 def extract_features(
-    backbone: nn.Module, query_img: Tensor, support_img: Tensor, support_mask: Tensor
+    backbone: nn.Module,
+    query_img: Tensor,
+    support_img: Tensor,
+    support_mask: Tensor,
+    checkpointed: Collection[str] = (),
 ) -> Features:
     """Run the backbone the PFENet way on queries and supports together.
 
     Args:
         query_img: (B, 3, H, W); support_img: (B, K, 3, H, W); support_mask: (B, K, H, W) in {0, 1, 255}
             (255 counts as background, as in the references).
+
+    ``checkpointed``: stages run with activation checkpointing (``model.checkpointed_stages``).
 
     Call it inside ``model.backbone_grad()`` so a frozen backbone runs without autograd. Batching the
     queries with the supports gives the same features as the references' separate calls when BN is in
@@ -69,14 +90,17 @@ def extract_features(
     """
     b, k = support_img.shape[:2]
     images = torch.cat([query_img, support_img.flatten(0, 1)], dim=0)
-    low = backbone.layer2(backbone.layer1(backbone.layer0(images)))
-    mid3 = backbone.layer3(low)
+    x = images
+    for name in ("layer0", "layer1", "layer2"):
+        x = run_stage(backbone, name, x, checkpointed)
+    low = x
+    mid3 = run_stage(backbone, "layer3", low, checkpointed)
     size3 = mid3.shape[-2:]
     mid = torch.cat([mid3, resize(low, size3)], dim=1)
 
     fg = (support_mask.flatten(0, 1) == 1).unsqueeze(1).to(mid3.dtype)
     mask3 = resize(fg, size3)
-    high = backbone.layer4(torch.cat([mid3[:b], mid3[b:] * mask3], dim=0))
+    high = run_stage(backbone, "layer4", torch.cat([mid3[:b], mid3[b:] * mask3], dim=0), checkpointed)
     s_high = high[b:] * resize(fg, high.shape[-2:])
     return Features(
         query_mid=mid[:b],
@@ -175,7 +199,9 @@ def episode_cues(
     """
     b, k = support_img.shape[:2]
     with model.backbone_grad():
-        feats = extract_features(model.backbone, query_img, support_img, support_mask)
+        feats = extract_features(
+            model.backbone, query_img, support_img, support_mask, model.checkpointed_stages
+        )
     query_feat = model.down_query(feats.query_mid)
     supp_feat = model.down_supp(feats.support_mid.flatten(0, 1))
     protos = masked_average_pool(supp_feat, feats.support_mask_mid.flatten(0, 1))

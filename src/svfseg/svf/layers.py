@@ -152,14 +152,17 @@ class SVFLayer(nn.Module, ABC):
         """W = U diag(s) V^T per group, in the original weight shape; keeps the autograd graph.
 
         ``dtype`` computes the product in another precision (``merge_svf`` uses float64) and casts back.
+        Autocast is off here: under ``bf16-mixed`` the merged weight stays in the factors' precision
+        (float32) and only the conv that consumes it is autocast, as for a plain Conv2d weight.
         """
-        u, s, v = self.u, self.effective_s(), self.v
-        out_dtype = u.dtype
-        if dtype is not None:
-            u, s, v = u.to(dtype), s.to(dtype), v.to(dtype)
-        g, r = self.groups, self.group_rank
-        w = (u.reshape(g, -1, r) * s.reshape(g, 1, r)) @ v.reshape(g, r, -1)
-        return w.reshape(self.weight_shape).to(out_dtype)
+        with torch.autocast(self.u.device.type, enabled=False):
+            u, s, v = self.u, self.effective_s(), self.v
+            out_dtype = u.dtype
+            if dtype is not None:
+                u, s, v = u.to(dtype), s.to(dtype), v.to(dtype)
+            g, r = self.groups, self.group_rank
+            w = (u.reshape(g, -1, r) * s.reshape(g, 1, r)) @ v.reshape(g, r, -1)
+            return w.reshape(self.weight_shape).to(out_dtype)
 
     def _cached_weight(self) -> Tensor:
         """Merged weight, rebuilt only when a source tensor changed.

@@ -58,7 +58,7 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
     trainer = build_trainer(cfg, callbacks, loggers)
     status = "failed"
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg), weights_only=True)
         results: dict[str, Any] = {}
         if cfg.get("test_after_fit", True) and not trainer.fast_dev_run:
             best = _best_checkpoint(trainer)
