@@ -6,6 +6,7 @@ second rather than after hours of list building or training.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,26 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist (use a checkpoint file, 'last' or null)")
+    check_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+
+
+def check_writable_dir(path: Any, key: str) -> None:
+    """Refuse an output folder that cannot be created or written, before any work (and create nothing).
+
+    The folder need not exist yet: its nearest existing ancestor must be a writable directory.
+    """
+    target = Path(str(path)).expanduser().absolute()
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    how = f"set {key} (or hydra.run.dir) to a writable folder"
+    if not probe.is_dir():
+        raise ConfigError(f"{key}={target} cannot be created: {probe} is a file, not a folder; {how}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == target else f"cannot be created: {probe} is not writable"
+        raise ConfigError(f"{key}={target} {what}; {how}")
 
 
 def _backbone_group(name: str) -> str:

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import RichProgressBar
 
+from svfseg.config_checks import check_writable_dir
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.tasks.builders import build_datamodule, plain
 from svfseg.tasks.reporting import metrics_record, print_metrics
@@ -57,11 +58,12 @@ def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> D
                 f"the checkpoint was trained for {key}={run[key]} but the command asks for {key}={asked}; "
                 f"evaluate it with {key}={run[key]} or pick the checkpoint of {key}={asked}"
             )
-    for key, node in (("dataset", "name"), ("method", "name"), ("backbone", "name")):
-        asked = cfg.get(key)
-        if asked is not None and str(asked) != str(run[key][node]):
+    for key in ("dataset", "method", "backbone"):
+        asked = cfg.get(f"{key}_name")
+        if asked is not None and str(asked) != str(run[key]["name"]):
             raise ValueError(
-                f"the checkpoint is a {key}={run[key][node]} run, the command asks for {key}={asked}"
+                f"the checkpoint is a {key}={run[key]['name']} run, the command asks for "
+                f"{key}_name={asked}; evaluate the checkpoint of a {asked} run instead"
             )
     if cfg.get("dataset_root") is not None:
         run.dataset.root = str(cfg.dataset_root)
@@ -79,6 +81,7 @@ def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> D
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on every seed's fixed episodes; rank 0 writes ``metrics.json``."""
     ckpt = Path(str(cfg.ckpt_path))
+    check_writable_dir(cfg.paths.output_dir, "paths.output_dir")
     checkpoint = load_checkpoint_dict(ckpt)
     run = run_config_from_checkpoint(checkpoint, cfg)
     del checkpoint

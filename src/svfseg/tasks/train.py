@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from svfseg.config_checks import check_train_config
+from svfseg.config_checks import ConfigError, check_train_config
 from svfseg.lightning.wandb_logging import redact_secrets
 from svfseg.tasks.builders import (
     build_callbacks,
@@ -41,6 +41,33 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return None if ckpt is None else str(ckpt)
 
 
+def check_resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from; one of another method, backbone, dataset, fold or shot is refused
+    here, before any list is built or any file written (Lightning would only find out after the setup)."""
+    path = resolve_ckpt_path(cfg)
+    if path is None:
+        return None
+    from svfseg.tasks.evaluate import load_checkpoint_dict
+
+    saved = load_checkpoint_dict(Path(path))["svfseg"].get("identity") or {}
+    wanted = {
+        "method": cfg.method.name,
+        "backbone": cfg.backbone.name,
+        "dataset": cfg.dataset.name,
+        "fold": int(cfg.fold),
+        "shot": int(cfg.shot),
+    }
+    differ = [k for k in wanted if k in saved and saved[k] != wanted[k]]
+    if differ:
+        was = ", ".join(f"{k}={saved[k]}" for k in differ)
+        now = ", ".join(f"{k}={wanted[k]}" for k in differ)
+        raise ConfigError(
+            f"ckpt_path={path} was trained for {was} but this run is {now}; resume with the interrupted "
+            "run's settings, or start a new run with ckpt_path=null"
+        )
+    return path
+
+
 def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
     """Run one training job; returns the final test metrics (what a sweeper optimises)."""
     check_train_config(cfg, multirun=multirun)
@@ -48,6 +75,7 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
         from svfseg.tasks.base_stage import train_base_learner
 
         return train_base_learner(cfg)
+    ckpt_path = check_resume_checkpoint(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
@@ -58,7 +86,7 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
     trainer = build_trainer(cfg, callbacks, loggers)
     status = "failed"
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg), weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         results: dict[str, Any] = {}
         if cfg.get("test_after_fit", True) and not trainer.fast_dev_run:
             best = _best_checkpoint(trainer)
