@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import datetime as dt
 import gc
 import json
@@ -41,7 +40,6 @@ import logging
 import os
 import platform
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -50,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from benchlib import WORKER_ENV, measure_peak, saved_for_backward, write_section
 from torch import Tensor, nn
 
 from svfseg.models.backbones import build_backbone
@@ -73,7 +72,6 @@ LABELS = {
 DENSE = {"layer0": 6.31, "layer1": 3.31, "layer2": 4.71, "layer3": 25.48, "layer4": 53.79}
 THREE_OP = {"layer0": 7.50, "layer1": 4.06, "layer2": 5.83, "layer3": 30.67, "layer4": 66.06}
 REMATERIALISE = 10.87  # GMAC per step for all 55 convs
-WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONUNBUFFERED": "1"}
 
 
 def analytic_ratios() -> dict[str, float]:
@@ -147,21 +145,6 @@ def _input(size: int, batch: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------ timing
-def retain_freed_memory() -> None:
-    """glibc: serve steady-state steps from already-mapped heap pages (see the module docstring)."""
-    if platform.libc_ver()[0] != "glibc":
-        raise RuntimeError("--allocator retain needs glibc (mallopt); use --allocator default elsewhere")
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    for option, value in (
-        (m_mmap_threshold, 32 * 2**20),
-        (m_trim_threshold, 2**31 - 1),
-        (m_top_pad, 256 * 2**20),
-    ):
-        if libc.mallopt(option, value) != 1:
-            raise RuntimeError(f"mallopt({option}, {value}) failed")
-
-
 def time_variants(size: int, batch: int, repeats: int, warmup: int) -> dict[str, list[float]]:
     """Interleaved timings (seconds) of every variant, warm-up rounds dropped."""
     variants = (*TRAIN_VARIANTS, "svf_eval", "svf_ref_eval")
@@ -227,43 +210,6 @@ def cache_overhead(repeats: int = 30) -> float:
 
 
 # ------------------------------------------------------------------------------------------ memory
-def _proc_status() -> dict[str, float]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) / 1024  # MiB
-    return out
-
-
-def _measure_peak(fn: Callable[[], None], after: Callable[[], None]) -> float:
-    gc.collect()
-    before = _proc_status()["VmRSS"]
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    fn()
-    peak = _proc_status()["VmHWM"]
-    after()
-    return peak - before
-
-
-def saved_for_backward(fn: Callable[[], None], model: nn.Module) -> int:
-    """Bytes of the distinct non-parameter storages autograd saves during ``fn`` (an RSS-free cross-check)."""
-    params = {t.untyped_storage().data_ptr() for t in model.state_dict().values() if isinstance(t, Tensor)}
-    storages: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
-
-
 def memory_worker(variant: str, size: int, batch: int) -> dict[str, float]:
     """Runs in a fresh subprocess: peak step memory (MiB) of one variant, max of two measured steps."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]:
@@ -279,7 +225,7 @@ def memory_worker(variant: str, size: int, batch: int) -> dict[str, float]:
             t.fill_(1.0)
 
         return {
-            "peak_mib": max(_measure_peak(alloc, lambda: None) for _ in range(2)),
+            "peak_mib": max(measure_peak(alloc, lambda: None) for _ in range(2)),
             "expected_mib": size_mib,
         }
     model = build_models((variant,))[variant]
@@ -287,7 +233,7 @@ def memory_worker(variant: str, size: int, batch: int) -> dict[str, float]:
     fn = step_fn(variant, model, x)
     saved = saved_for_backward(fn, model)  # also the warm-up: lazy allocations, merged-weight caches
     _clear_grads(model)
-    peaks = [_measure_peak(fn, lambda: _clear_grads(model)) for _ in range(2)]
+    peaks = [measure_peak(fn, lambda: _clear_grads(model)) for _ in range(2)]
     state = sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, Tensor))
     cache = sum(
         m._cache[1].numel() * m._cache[1].element_size()
@@ -395,18 +341,6 @@ def render(
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this benchmark's section of ``path``, leaving other sections untouched."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(SECTION) + r".*?(?=^## |\Z)", re.S | re.M)
-    new = (
-        pattern.sub(lambda _: text + "\n", old)
-        if pattern.search(old)
-        else old.rstrip("\n") + "\n\n" + text + "\n"
-    )
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=321, help="input height = width (default 321)")
@@ -437,7 +371,7 @@ def main() -> None:
     print()
     print(text)
     if args.write is not None:
-        write_section(args.write, text)
+        write_section(args.write, SECTION, text)
         print(f"updated {args.write}")
 
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,15 @@ def demo_overrides(data_root: Path, out_dir: Path, finetune: str, epochs: int) -
     ]
 
 
-def run_demo(out: Path, epochs: int, data_root: Path) -> dict[str, Any]:
+def run_demo(
+    out: Path,
+    epochs: int,
+    data_root: Path,
+    *,
+    synthetic: dict[str, Any] | None = None,
+    extra_overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The four demo steps; ``synthetic`` (make_synthetic options) and ``extra_overrides`` shrink it for tests."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
@@ -67,11 +76,11 @@ def run_demo(out: Path, epochs: int, data_root: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{conf_dir} not found: run the demo from a source checkout (make demo)")
     console = Console()
     console.print(f"[bold]1/4[/] synthetic dataset at {data_root}")
-    make_synthetic("pascal", data_root, progress=True)
+    make_synthetic("pascal", data_root, progress=True, **(synthetic or {}))
     results: dict[str, Any] = {}
     for finetune in ("freeze", "svf"):
         run_dir = out / finetune
-        overrides = demo_overrides(data_root, run_dir, finetune, epochs)
+        overrides = [*demo_overrides(data_root, run_dir, finetune, epochs), *extra_overrides]
         console.print(f"[bold]2/4[/] training finetune={finetune}: python train.py {' '.join(overrides)}")
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
@@ -131,7 +140,7 @@ def write_plots(out: Path, results: dict[str, Any], data_root: Path) -> None:
     first_val = (data_root / "lists" / "val.txt").read_text().split()[0]
     image = image_from_dataset(data_root, first_val)
     shown, tensor = prepare_image(image, 193)
-    cues = cue_maps(backbone, dict(backbone.named_modules())[names[-1]], tensor, 3, 3)
+    cues = cue_maps(backbone, names[-1], tensor, n_grown=3, n_shrunk=3)
     fig = overlay_cues(shown, cues.maps, cues.titles)
     fig.savefig(out / "cues_layer3_last_3x3.png", dpi=120)
 

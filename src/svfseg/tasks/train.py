@@ -99,6 +99,7 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
                 checkpoint=best,
                 n_episodes=int(cfg.dataset.n_episodes),
                 seeds=list(cfg.dataset.eval_seeds)[:1],
+                config=module.run_config,  # resolved and redacted, as in eval.py's record
             )
             if trainer.is_global_zero:
                 path = output_dir(cfg) / "metrics.json"

@@ -1,0 +1,366 @@
+"""Whole-pipeline throughput on CPU: training steps, evaluation episodes, the data loader, the class index.
+
+    python benchmarks/bench_pipeline.py [--size 473] [--repeats 3] [--write docs/benchmarks.md]
+    python benchmarks/bench_pipeline.py --only index --index-labels 80000
+
+Parts (``--only`` picks some; all by default):
+
+* ``step``: one training step of the full-width baseline (PFENet with ASPP, ResNet-50 deep stem, random
+  init) on one episode (1 query + k supports) at ``--size`` px, for ``finetune=freeze``, ``full``,
+  ``svf`` and ``svf`` with ``checkpointing=true``, 1- and 5-shot: forward, loss, backward and the SGD
+  step of the strategy's param groups. All variants live in one process and run interleaved in a fresh
+  seeded order each round, so machine noise hits them alike; medians are reported.
+* ``memory``: the peak memory of one such step (5-shot; 1-shot too with ``--memory-shots 1 5``), each
+  variant in a fresh subprocess (``benchlib``: VmHWM above the resident model, glibc mmap threshold at
+  64 KiB so RSS tracks live tensors), plus the bytes autograd keeps for backward.
+* ``eval``: evaluation episodes per second of the SVF model (merged cached weights, batch 1, no_grad).
+* ``loader``: training episodes per second out of the real ``FewShotDataModule`` loader (JPEG/PNG
+  decoding, the reference augmentation, crop to ``--size``) with 0, 1 and 2 workers, 1- and 5-shot, on a
+  synthetic Pascal-layout dataset of 500 px images made in a temporary folder.
+* ``index``: the time to build the COCO-20i training list (class index over every label, >= 2048-pixel
+  rule, leakage filter) for ``--index-labels`` synthetic COCO-layout labels at ``--index-label-size``
+  px, with 2 worker processes: first run (reads every label) and second run (cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from benchlib import WORKER_ENV, measure_peak, retain_freed_memory, write_section
+from torch import nn
+
+from svfseg.finetune import build_strategy
+from svfseg.lightning.optim import OptimConfig, build_optimizer
+from svfseg.models.backbones import build_backbone
+from svfseg.models.registry import build_model
+
+SECTION = "## Pipeline: training steps, evaluation, data loading, class index (CPU)"
+STEP_VARIANTS: dict[str, dict[str, Any]] = {
+    "freeze": {"name": "freeze"},
+    "full": {"name": "full"},
+    "svf": {"name": "svf"},
+    "svf_ckpt": {"name": "svf", "checkpointing": True},
+}
+LABELS = {
+    "freeze": "freeze",
+    "full": "full fine-tune",
+    "svf": "SVF",
+    "svf_ckpt": "SVF + activation checkpointing",
+}
+PARTS = ("step", "memory", "eval", "loader", "index")
+
+
+# ------------------------------------------------------------------------------------------ models
+def build_variant(variant: str, shot: int, base: nn.Module | None = None) -> tuple[nn.Module, Any]:
+    """The baseline with the variant's strategy applied, and its SGD optimizer."""
+    logging.getLogger("svfseg.models.backbones.factory").setLevel(logging.ERROR)
+    if base is None:
+        torch.manual_seed(0)
+        base = build_model("baseline", build_backbone("resnet50", pretrained=None), shot=shot)
+    model = copy.deepcopy(base)
+    spec = dict(STEP_VARIANTS[variant])
+    groups = build_strategy(spec.pop("name"), **spec).apply(model)
+    model.train()
+    return model, build_optimizer(groups, OptimConfig())
+
+
+def episode(shot: int, size: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 3, size, size, generator=g)
+    s = torch.randn(1, shot, 3, size, size, generator=g)
+    sm = (torch.rand(1, shot, size, size, generator=g) > 0.6).long()
+    qm = (torch.rand(1, size, size, generator=g) > 0.6).long()
+    return q, s, sm, qm
+
+
+def train_step(model: nn.Module, optimizer: Any, batch: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(*batch).loss.backward()
+        optimizer.step()
+
+    return step
+
+
+# ------------------------------------------------------------------------------------------ parts
+def time_steps(size: int, shots: tuple[int, ...], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Median-ready step times per ``<variant>@<shot>``, interleaved rounds in one process."""
+    retain_freed_memory()
+    units: dict[str, Callable[[], None]] = {}
+    for shot in shots:
+        torch.manual_seed(0)
+        base = build_model("baseline", build_backbone("resnet50", pretrained=None), shot=shot)
+        batch = episode(shot, size)
+        for v in STEP_VARIANTS:
+            model, opt = build_variant(v, shot, base)
+            units[f"{v}@{shot}"] = train_step(model, opt, batch)
+    times: dict[str, list[float]] = {k: [] for k in units}
+    rng = random.Random(0)
+    for r in range(warmup + repeats):
+        order = list(units)
+        rng.shuffle(order)
+        for key in order:
+            t0 = time.perf_counter()
+            units[key]()
+            dt_s = time.perf_counter() - t0
+            if r >= warmup:
+                times[key].append(dt_s)
+        print(f"  round {r + 1}/{warmup + repeats}: " + ", ".join(f"{k} {times[k][-1]:.1f}s" for k in order
+                                                                 if times[k]), flush=True)  # fmt: skip
+    return times
+
+
+def memory_worker(variant: str, shot: int, size: int) -> dict[str, float]:
+    """In a fresh subprocess: peak memory of one training step above the resident model (MiB)."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]:
+        raise RuntimeError("run without --memory-worker: the benchmark starts its memory workers itself")
+    model, opt = build_variant(variant, shot)
+    step = train_step(model, opt, episode(shot, size))
+    step()  # warm-up: optimizer state (momentum buffers), lazy allocations
+    peaks = [measure_peak(step, lambda: None) for _ in range(2)]
+    return {"peak_mib": max(peaks)}
+
+
+def measure_memory(size: int, shots: tuple[int, ...]) -> dict[str, float]:
+    env = {**os.environ, **WORKER_ENV}
+    out = {}
+    for shot in shots:
+        for v in STEP_VARIANTS:
+            cmd = [sys.executable, __file__, "--memory-worker", v, "--shot", str(shot), "--size", str(size)]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory worker {v}@{shot} failed:\n{proc.stderr[-3000:]}")
+            out[f"{v}@{shot}"] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
+            print(f"  memory {v}@{shot}: {out[f'{v}@{shot}']:.0f} MiB", flush=True)
+    return out
+
+
+def eval_rate(size: int, shots: tuple[int, ...], n: int) -> dict[int, float]:
+    """Episodes per second of the SVF-converted baseline in eval mode (merged cached weights)."""
+    rates = {}
+    for shot in shots:
+        model, _ = build_variant("svf", shot)
+        model.eval()
+        batch = episode(shot, size)[:3]
+        with torch.no_grad():
+            model(*batch)  # builds the merged-weight caches
+            t0 = time.perf_counter()
+            for _ in range(n):
+                model(*batch)
+            rates[shot] = n / (time.perf_counter() - t0)
+        print(f"  eval {shot}-shot: {rates[shot]:.2f} episodes/s", flush=True)
+    return rates
+
+
+def loader_rate(size: int, shots: tuple[int, ...], workers: tuple[int, ...], n: int, tmp: Path) -> dict:
+    from svfseg.data.datamodule import FewShotDataModule
+    from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
+
+    image_size = 500
+    root = make_synthetic("pascal", tmp / "pascal", n_train=240, n_val=160, size=image_size)
+    rates: dict[str, float] = {}
+    for shot in shots:
+        for w in workers:
+            dm = FewShotDataModule(
+                dataset="synthetic",
+                root=root,
+                shot=shot,
+                train_size=size,
+                eval_size=size,
+                batch_size=1,
+                num_workers=w,
+                min_pixels=coverage_min_pixels(image_size),
+                n_episodes=20,
+                train_episodes_for_curve=0,
+            )
+            dm.setup("fit")
+            it = iter(dm.train_dataloader())
+            for _ in range(3):  # worker start-up and first batches out of the timing
+                next(it)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                next(it)
+            rates[f"{shot}@{w}"] = n / (time.perf_counter() - t0)
+            del it
+            print(f"  loader {shot}-shot, {w} workers: {rates[f'{shot}@{w}']:.1f} episodes/s", flush=True)
+    return rates
+
+
+def make_coco_labels(root: Path, n: int, size: int, seed: int = 0) -> None:
+    """``n`` COCO-layout train labels (1-3 rectangles of classes 1..80) and one shared tiny JPEG per image.
+
+    Labels are distinct PNGs; images are hard links to one valid JPEG (the class index reads labels only,
+    and checks that each image exists).
+    """
+    rng = np.random.default_rng(seed)
+    labels, images = root / "annotations" / "train2014", root / "train2014"
+    labels.mkdir(parents=True)
+    images.mkdir(parents=True)
+    jpeg = root / "shared.jpg"
+    cv2.imwrite(str(jpeg), np.full((size, size, 3), 127, np.uint8))
+    for i in range(n):
+        lab = np.zeros((size, size), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            c = int(rng.integers(1, 81))
+            y, x = rng.integers(0, size // 2, 2)
+            h, w = rng.integers(size // 8, size // 2, 2)
+            lab[y : y + h, x : x + w] = c
+        stem = f"COCO_train2014_{i:012d}"
+        cv2.imwrite(str(labels / f"{stem}.png"), lab)
+        os.link(jpeg, images / f"{stem}.jpg")
+
+
+def index_time(n: int, size: int, tmp: Path) -> dict[str, float]:
+    from svfseg.data.lists import build_list
+
+    root = tmp / "coco"
+    t0 = time.perf_counter()
+    make_coco_labels(root, n, size)
+    made = time.perf_counter() - t0
+    print(f"  wrote {n} labels of {size}px in {made:.0f}s", flush=True)
+    min_pixels = max(1, 2048 * size * size // (480 * 640))  # the 2048-of-480x640 rule, scaled
+    out = {"labels": float(n), "size": float(size), "min_pixels": float(min_pixels)}
+    for run in ("first", "cached"):
+        t0 = time.perf_counter()
+        lst = build_list("coco", root, 0, "train", min_pixels=min_pixels, workers=2, progress=False)
+        out[run] = time.perf_counter() - t0
+        print(f"  class index ({run}): {out[run]:.1f}s, {len(lst.pairs)} training pairs", flush=True)
+    out["pairs"] = float(len(lst.pairs))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ report
+def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
+    cmd = " ".join(sys.argv[1:]) or "(defaults)"
+    lines = [
+        SECTION,
+        "",
+        f"Command: `.venv/bin/python benchmarks/bench_pipeline.py {cmd}`  ",
+        f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; date {dt.date.today()}.  ",
+        "Model: full-width baseline (PFENet + ASPP head, ResNet-50 deep stem, dilated, random init), one "
+        f"episode per step at {args.size} px; SGD over the strategy's param groups (lr 0.015, momentum "
+        "0.9, wd 1e-4).",
+        "",
+    ]
+    if "step" in res or "memory" in res:
+        times, mem = res.get("step", {}), res.get("memory", {})
+        lines += [
+            "| variant | shot | step time, median (min) s | x full FT | peak step memory (MiB) | x full FT |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for shot in args.shots:
+            for v in STEP_VARIANTS:
+                k, f = f"{v}@{shot}", f"full@{shot}"
+                t = times.get(k)
+                tcell = f"{statistics.median(t):.1f} ({min(t):.1f})" if t else "-"
+                tx = f"{statistics.median(t) / statistics.median(times[f]):.2f}" if t and f in times else "-"
+                m = mem.get(k)
+                mcell, mx = (f"{m:.0f}", f"{m / mem[f]:.2f}") if m is not None and f in mem else ("-", "-")
+                lines.append(f"| {LABELS[v]} | {shot} | {tcell} | {tx} | {mcell} | {mx} |")
+        for shot in args.memory_shots:
+            a, b = mem.get(f"svf_ckpt@{shot}"), mem.get(f"svf@{shot}")
+            if a is not None and b:
+                lines += ["", f"Activation checkpointing under SVF, {shot}-shot at {args.size} px: peak step "
+                          f"memory {a:.0f} MiB vs {b:.0f} MiB without, **{a / b:.2f}x**."]  # fmt: skip
+        lines.append("")
+    if "eval" in res:
+        cells = ", ".join(f"{shot}-shot **{r:.2f}** episodes/s" for shot, r in res["eval"].items())
+        lines += [
+            f"Evaluation (SVF model, merged cached weights, batch 1, no_grad, {args.size} px): {cells}.",
+            "",
+        ]
+    if "loader" in res:
+        lines += [
+            f"Data loader (`FewShotDataModule` training loader, 500 px JPEGs, crop {args.size}, batch 1), "
+            "episodes/s:",
+            "",
+            "| shot | " + " | ".join(f"{w} workers" for w in args.workers) + " |",
+            "| ---: | " + " | ".join("---:" for _ in args.workers) + " |",
+        ]
+        for shot in args.shots:
+            row = " | ".join(f"{res['loader'][f'{shot}@{w}']:.1f}" for w in args.workers)
+            lines.append(f"| {shot} | {row} |")
+        lines.append("")
+    if "index" in res:
+        ix = res["index"]
+        lines += [
+            f"Class index for COCO-20i fold 0 train: {int(ix['labels']):,} synthetic COCO-layout labels of "
+            f"{int(ix['size'])} px (threshold scaled to {int(ix['min_pixels'])} px), 2 worker processes: "
+            f"first build **{ix['first']:.1f} s**, cached **{ix['cached']:.2f} s** "
+            f"({int(ix['pairs']):,} training pairs after the leakage filter).",
+            "",
+        ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=473)
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--memory-shots", type=int, nargs="+", default=[5])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--loader-episodes", type=int, default=60)
+    parser.add_argument("--index-labels", type=int, default=80_000)
+    parser.add_argument("--index-label-size", type=int, default=64)
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--write", type=Path, default=None, help="update this Markdown file's section")
+    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--shot", type=int, default=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args.memory_worker, args.shot, args.size)))
+        return
+    res: dict[str, Any] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="svfseg-bench-"))
+    try:
+        if "index" in args.only:
+            print("class index ...", flush=True)
+            res["index"] = index_time(args.index_labels, args.index_label_size, tmp)
+        if "loader" in args.only:
+            print("data loader ...", flush=True)
+            res["loader"] = loader_rate(args.size, tuple(args.shots), tuple(args.workers),
+                                        args.loader_episodes, tmp)  # fmt: skip
+        if "memory" in args.only:
+            print("peak memory (one subprocess per variant) ...", flush=True)
+            res["memory"] = measure_memory(args.size, tuple(args.memory_shots))
+        if "eval" in args.only:
+            print("evaluation ...", flush=True)
+            res["eval"] = eval_rate(args.size, tuple(args.shots), args.eval_episodes)
+        if "step" in args.only:
+            print(f"training steps, {args.repeats} interleaved rounds ...", flush=True)
+            res["step"] = time_steps(args.size, tuple(args.shots), args.repeats, args.warmup)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = render(args, res)
+    print()
+    print(text)
+    if args.write is not None:
+        write_section(args.write, SECTION, text)
+        print(f"updated {args.write}")
+
+
+if __name__ == "__main__":
+    main()
