@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test demo lint format bench clean
+.PHONY: help install test demo lint format bench bench-pipeline clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ format: $(STAMP)  ## ruff fix + format
 
 bench: $(STAMP)  ## SVF step/eval/memory benchmark on ResNet-50 (CPU); figures go to docs/benchmarks.md
 	$(PY) benchmarks/bench_svf.py
+
+bench-pipeline: $(STAMP)  ## training steps 1/5-shot, checkpointing memory, eval, loader, class index (CPU, ~25 min)
+	$(PY) benchmarks/bench_pipeline.py --write docs/benchmarks.md
 
 clean:  ## remove caches and outputs (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

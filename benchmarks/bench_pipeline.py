@@ -208,16 +208,18 @@ def loader_rate(size: int, shots: tuple[int, ...], workers: tuple[int, ...], n: 
 def make_coco_labels(root: Path, n: int, size: int, seed: int = 0) -> None:
     """``n`` COCO-layout train labels (1-3 rectangles of classes 1..80) and one shared tiny JPEG per image.
 
-    Labels are distinct PNGs; images are hard links to one valid JPEG (the class index reads labels only,
+    Labels are distinct PNGs; images are hard links to a few valid JPEGs (the class index reads labels only,
     and checks that each image exists).
     """
     rng = np.random.default_rng(seed)
     labels, images = root / "annotations" / "train2014", root / "train2014"
     labels.mkdir(parents=True)
     images.mkdir(parents=True)
-    jpeg = root / "shared.jpg"
-    cv2.imwrite(str(jpeg), np.full((size, size, 3), 127, np.uint8))
+    grey = np.full((size, size, 3), 127, np.uint8)
     for i in range(n):
+        jpeg = root / f"shared{i // 50_000}.jpg"  # ext4 allows 65,000 links per file
+        if i % 50_000 == 0:
+            cv2.imwrite(str(jpeg), grey)
         lab = np.zeros((size, size), np.uint8)
         for _ in range(int(rng.integers(1, 4))):
             c = int(rng.integers(1, 81))
@@ -310,7 +312,25 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
             f"({int(ix['pairs']):,} training pairs after the leakage filter).",
             "",
         ]
+    lines += NOTES
     return "\n".join(lines).rstrip() + "\n"
+
+
+NOTES = [
+    "* Step times include the head (ASPP, prior, classifier), the loss and the SGD step, which cost the "
+    "same in every variant, so the SVF/full ratio is closer to 1 than the backbone-only ratio in the "
+    "section above. Under SVF, nothing in layer0-1 needs a gradient (no graph is recorded there) and layer2-4 run factorised; full fine-tuning "
+    "also back-propagates through layer0-1 and computes every weight gradient.",
+    "* Activation checkpointing recomputes layer2-4 in backward (about one more forward of those stages), "
+    "in exchange for not keeping their activations: the memory ratio is the number to read, the time "
+    "ratio is its price.",
+    "* Peak step memory is measured in a fresh process per variant (see `benchmarks/benchlib.py`); the "
+    "freeze row keeps no activations for backward.",
+    "* The cached class index still stats every label (its (mtime, size) keys the cache, so an edited "
+    "label is re-read) and parses the cached counts; the first build reads and counts every PNG.",
+    "* A data loader with 1 worker moves decoding off the main process but adds inter-process transfer; "
+    "with 2 CPU cores, 2 workers is the most this machine can use.",
+]
 
 
 def main() -> None:

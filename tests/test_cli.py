@@ -14,57 +14,21 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli_helpers import REPO, run_cli, tiny_overrides
+
 FOLDS = (0, 1, 2, 3)
 ROWS = {"freeze": "baseline† (ResNet-50)", "svf": "baseline† + SVF (ResNet-50)"}
 RECIPES = {"freeze": ("poly", 0.15), "svf": ("cosine", 0.015)}
 # A printed metrics row of svfseg.tasks.reporting.print_metrics: seed | mIoU | FB-IoU | episodes
 PRINTED_ROW = re.compile(r"[│|]\s*321\s*[│|]\s*([\d.]+)\s*[│|]\s*([\d.]+)\s*[│|]\s*(\d+)\s*[│|]")
-
-
-def _run(args: list[str], cwd: Path, *, timeout: int = 150, ok: bool = True) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "WANDB_MODE": "offline",
-        "COLUMNS": "120",
-        "TERM": "dumb",
-        "PYTHONIOENCODING": "utf-8",
-    }
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    if ok and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited with {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"
-            f"--- stderr\n{proc.stderr[-5000:]}"
-        )
-    return proc
-
-
-def _tiny(synthetic_pascal) -> list[str]:
-    root, min_pixels = synthetic_pascal
-    return [
-        "dataset=synthetic",
-        "debug=tiny",
-        f"dataset.root={root}",
-        f"dataset.min_pixels={min_pixels}",
-        "~callbacks.progress_bar",
-        "trainer.enable_model_summary=false",
-        "trainer.max_epochs=1",
-    ]
 
 
 def _printed(stdout: str) -> tuple[float, float, int]:
@@ -79,13 +43,13 @@ def _printed(stdout: str) -> tuple[float, float, int]:
 def sweep(synthetic_pascal, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Table 1's baseline rows on the four folds; two training steps so that the rows differ."""
     work = tmp_path_factory.mktemp("sweep")
-    _run(
+    run_cli(
         [
             str(REPO / "train.py"),
             "-m",
             "experiment=table1/resnet50_baseline_freeze,table1/resnet50_baseline_svf",
             "fold=0,1,2,3",
-            *_tiny(synthetic_pascal),
+            *tiny_overrides(synthetic_pascal),
             "trainer.limit_train_batches=2",
             f"hydra.sweep.dir={work / 'sweep'}",
         ],
@@ -119,7 +83,7 @@ def test_multirun_sweep_gathers_into_the_paper_table(sweep: Path) -> None:
 
     for metric in ("miou", "fbiou"):
         out = sweep / f"table_{metric}"
-        proc = _run(
+        proc = run_cli(
             [
                 "-m",
                 "svfseg.tables",
@@ -165,23 +129,23 @@ def test_multirun_sweep_gathers_into_the_paper_table(sweep: Path) -> None:
 def bam_runs(synthetic_pascal, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     work = tmp_path_factory.mktemp("bam")
     learner = work / "weights" / "pspnet.pt"
-    stage1 = _run(
+    stage1 = run_cli(
         [
             str(REPO / "train.py"),
             "stage=base",
             "method=bam",
-            *_tiny(synthetic_pascal),
+            *tiny_overrides(synthetic_pascal),
             "dataset.base_stage.epochs=1",
             f"method.base_learner={learner}",
             f"hydra.run.dir={work / 'base'}",
         ],
         work,
     )
-    stage2 = _run(
+    stage2 = run_cli(
         [
             str(REPO / "train.py"),
             "method=bam",
-            *_tiny(synthetic_pascal),
+            *tiny_overrides(synthetic_pascal),
             f"method.base_learner={learner}",
             f"hydra.run.dir={work / 'meta'}",
         ],
@@ -211,11 +175,11 @@ def test_bam_stage2_reads_the_stage1_base_learner_by_path(bam_runs: dict) -> Non
 @pytest.mark.slow
 def test_bam_without_its_base_learner_names_the_stage1_command(synthetic_pascal, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "pspnet.pt"
-    proc = _run(
+    proc = run_cli(
         [
             str(REPO / "train.py"),
             "method=bam",
-            *_tiny(synthetic_pascal),
+            *tiny_overrides(synthetic_pascal),
             f"method.base_learner={missing}",
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
@@ -239,7 +203,7 @@ def test_eval_cli_prints_and_writes_what_train_printed(bam_runs: dict) -> None:
         round(100 * trained["fbiou"], 2),
         trained["n_episodes"],
     )
-    proc = _run(
+    proc = run_cli(
         [
             str(REPO / "eval.py"),
             f"ckpt_path={trained['checkpoint']}",
@@ -259,12 +223,12 @@ def test_eval_cli_prints_and_writes_what_train_printed(bam_runs: dict) -> None:
 
 # ----------------------------------------------------------------------------------------- validation
 def test_a_sweep_with_an_invalid_fold_fails_before_any_work(synthetic_pascal, tmp_path: Path) -> None:
-    proc = _run(
+    proc = run_cli(
         [
             str(REPO / "train.py"),
             "-m",
             "fold=4",
-            *_tiny(synthetic_pascal),
+            *tiny_overrides(synthetic_pascal),
             f"hydra.sweep.dir={tmp_path / 'sweep'}",
         ],
         tmp_path,

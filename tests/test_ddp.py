@@ -13,9 +13,6 @@ these run ``train.py`` / ``eval.py`` as subprocesses in a temporary working dire
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +21,8 @@ import pytorch_lightning as pl
 import torch
 
 from svfseg.svf import svf_layers
+from tests.cli_helpers import REPO, run_cli, tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
 N_EPISODES = 25  # odd: 13 + 12 episodes on two ranks, and not a multiple of the eval batch (4)
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
 
@@ -45,45 +42,19 @@ class DumpSingularValues(pl.Callback):
         torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")
 
 
-def _run(args: list[str], cwd: Path, *, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "COLUMNS": "120", "TERM": "dumb"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited with {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"
-            f"--- stderr\n{proc.stderr[-6000:]}"
-        )
-    return proc
-
-
-def _tiny(synthetic_pascal) -> list[str]:
-    root, min_pixels = synthetic_pascal
-    return [
-        "dataset=synthetic",
-        "debug=tiny",
-        f"dataset.root={root}",
-        f"dataset.min_pixels={min_pixels}",
-        "~callbacks.progress_bar",
-        "trainer.enable_model_summary=false",
-        "trainer.max_epochs=1",
-    ]
-
-
 @pytest.fixture(scope="module")
 def svf_checkpoint(synthetic_pascal, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("ddp_ckpt")
-    _run(
+    run_cli(
         [
             str(REPO / "train.py"),
-            *_tiny(synthetic_pascal),
+            *tiny_overrides(synthetic_pascal),
             "finetune=svf",
             "test_after_fit=false",
             f"hydra.run.dir={work / 'run'}",
         ],
         work,
+        timeout=300,
     )
     ckpt = work / "run" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
@@ -91,7 +62,7 @@ def svf_checkpoint(synthetic_pascal, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def _eval(ckpt: Path, out: Path, extra: list[str]) -> dict[str, Any]:
-    _run(
+    run_cli(
         [
             str(REPO / "eval.py"),
             f"ckpt_path={ckpt}",
@@ -103,6 +74,7 @@ def _eval(ckpt: Path, out: Path, extra: list[str]) -> dict[str, Any]:
             *extra,
         ],
         out.parent,
+        timeout=300,
     )
     return json.loads((out / "metrics.json").read_text())
 
@@ -129,10 +101,10 @@ def test_two_process_svf_training_keeps_the_singular_values_identical_across_ran
 ) -> None:
     dump = tmp_path / "sv"
     run = tmp_path / "run"
-    _run(
+    run_cli(
         [
             str(REPO / "train.py"),
-            *_tiny(synthetic_pascal),
+            *tiny_overrides(synthetic_pascal),
             *DDP,
             "finetune=svf",
             "dataset.batch_size=4",  # the total over both processes: 2 per rank
@@ -142,6 +114,7 @@ def test_two_process_svf_training_keeps_the_singular_values_identical_across_ran
             f"+callbacks.dump.dirpath={dump}",
         ],
         tmp_path,
+        timeout=300,
     )
     ranks = [torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) > 0
