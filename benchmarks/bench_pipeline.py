@@ -3,16 +3,17 @@
     python benchmarks/bench_pipeline.py [--size 473] [--repeats 3] [--write docs/benchmarks.md]
     python benchmarks/bench_pipeline.py --only index --index-labels 80000
 
-Parts (``--only`` picks some; all by default):
+Parts (``--only`` picks some; all by default). Each writes its own section of ``--write``, so a part
+re-run alone replaces only its figures:
 
 * ``step``: one training step of the full-width baseline (PFENet with ASPP, ResNet-50 deep stem, random
   init) on one episode (1 query + k supports) at ``--size`` px, for ``finetune=freeze``, ``full``,
   ``svf`` and ``svf`` with ``checkpointing=true``, 1- and 5-shot: forward, loss, backward and the SGD
   step of the strategy's param groups. All variants live in one process and run interleaved in a fresh
   seeded order each round, so machine noise hits them alike; medians are reported.
-* ``memory``: the peak memory of one such step (5-shot; 1-shot too with ``--memory-shots 1 5``), each
+* ``step`` also measures the peak memory of one such step (5-shot; 1-shot too with ``--memory-shots 1 5``), each
   variant in a fresh subprocess (``benchlib``: VmHWM above the resident model, glibc mmap threshold at
-  64 KiB so RSS tracks live tensors), plus the bytes autograd keeps for backward.
+  64 KiB so RSS tracks live tensors).
 * ``eval``: evaluation episodes per second of the SVF model (merged cached weights, batch 1, no_grad).
 * ``loader``: training episodes per second out of the real ``FewShotDataModule`` loader (JPEG/PNG
   decoding, the reference augmentation, crop to ``--size``) with 0, 1 and 2 workers, 1- and 5-shot, on a
@@ -53,7 +54,6 @@ from svfseg.lightning.optim import OptimConfig, build_optimizer
 from svfseg.models.backbones import build_backbone
 from svfseg.models.registry import build_model
 
-SECTION = "## Pipeline: training steps, evaluation, data loading, class index (CPU)"
 STEP_VARIANTS: dict[str, dict[str, Any]] = {
     "freeze": {"name": "freeze"},
     "full": {"name": "full"},
@@ -66,7 +66,7 @@ LABELS = {
     "svf": "SVF",
     "svf_ckpt": "SVF + activation checkpointing",
 }
-PARTS = ("step", "memory", "eval", "loader", "index")
+PARTS = ("step", "eval", "loader", "index")  # "step" also measures the peak memory
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -251,85 +251,118 @@ def index_time(n: int, size: int, tmp: Path) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ report
-def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
-    cmd = " ".join(sys.argv[1:]) or "(defaults)"
-    lines = [
-        SECTION,
+SECTIONS = {
+    "step": "## Pipeline (CPU): training step time and memory",
+    "eval": "## Pipeline (CPU): evaluation episodes per second",
+    "loader": "## Pipeline (CPU): data loader episodes per second",
+    "index": "## Pipeline (CPU): class index build time",
+}
+
+
+def header(part: str, args: argparse.Namespace) -> list[str]:
+    """Heading, the command that reproduces this part alone, the machine."""
+    others = [a for a in sys.argv[1:] if a not in PARTS and a not in ("--only", "--write", str(args.write))]
+    cmd = " ".join(["--only", part, *others, *(["--write", str(args.write)] if args.write else [])])
+    return [
+        SECTIONS[part],
         "",
         f"Command: `.venv/bin/python benchmarks/bench_pipeline.py {cmd}`  ",
         f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; date {dt.date.today()}.  ",
-        "Model: full-width baseline (PFENet + ASPP head, ResNet-50 deep stem, dilated, random init), one "
-        f"episode per step at {args.size} px; SGD over the strategy's param groups (lr 0.015, momentum "
-        "0.9, wd 1e-4).",
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; date {dt.date.today()}.",
         "",
     ]
-    if "step" in res or "memory" in res:
-        times, mem = res.get("step", {}), res.get("memory", {})
-        lines += [
-            "| variant | shot | step time, median (min) s | x full FT | peak step memory (MiB) | x full FT |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for shot in args.shots:
-            for v in STEP_VARIANTS:
-                k, f = f"{v}@{shot}", f"full@{shot}"
-                t = times.get(k)
-                tcell = f"{statistics.median(t):.1f} ({min(t):.1f})" if t else "-"
-                tx = f"{statistics.median(t) / statistics.median(times[f]):.2f}" if t and f in times else "-"
-                m = mem.get(k)
-                mcell, mx = (f"{m:.0f}", f"{m / mem[f]:.2f}") if m is not None and f in mem else ("-", "-")
-                lines.append(f"| {LABELS[v]} | {shot} | {tcell} | {tx} | {mcell} | {mx} |")
-        for shot in args.memory_shots:
-            a, b = mem.get(f"svf_ckpt@{shot}"), mem.get(f"svf@{shot}")
-            if a is not None and b:
-                lines += ["", f"Activation checkpointing under SVF, {shot}-shot at {args.size} px: peak step "
-                          f"memory {a:.0f} MiB vs {b:.0f} MiB without, **{a / b:.2f}x**."]  # fmt: skip
-        lines.append("")
-    if "eval" in res:
-        cells = ", ".join(f"{shot}-shot **{r:.2f}** episodes/s" for shot, r in res["eval"].items())
-        lines += [
-            f"Evaluation (SVF model, merged cached weights, batch 1, no_grad, {args.size} px): {cells}.",
-            "",
-        ]
-    if "loader" in res:
-        lines += [
-            f"Data loader (`FewShotDataModule` training loader, 500 px JPEGs, crop {args.size}, batch 1), "
-            "episodes/s:",
-            "",
-            "| shot | " + " | ".join(f"{w} workers" for w in args.workers) + " |",
-            "| ---: | " + " | ".join("---:" for _ in args.workers) + " |",
-        ]
-        for shot in args.shots:
-            row = " | ".join(f"{res['loader'][f'{shot}@{w}']:.1f}" for w in args.workers)
-            lines.append(f"| {shot} | {row} |")
-        lines.append("")
-    if "index" in res:
-        ix = res["index"]
-        lines += [
-            f"Class index for COCO-20i fold 0 train: {int(ix['labels']):,} synthetic COCO-layout labels of "
-            f"{int(ix['size'])} px (threshold scaled to {int(ix['min_pixels'])} px), 2 worker processes: "
-            f"first build **{ix['first']:.1f} s**, cached **{ix['cached']:.2f} s** "
-            f"({int(ix['pairs']):,} training pairs after the leakage filter).",
-            "",
-        ]
-    lines += NOTES
-    return "\n".join(lines).rstrip() + "\n"
 
 
-NOTES = [
+def render_step(args: argparse.Namespace, times: dict[str, list[float]], mem: dict[str, float]) -> list[str]:
+    lines = [
+        "Full-width baseline (PFENet + ASPP head, ResNet-50 deep stem, dilated, random init), one episode "
+        f"(1 query + k supports) per step at {args.size} px: forward, loss, backward, SGD step over the "
+        f"strategy's param groups (lr 0.015, momentum 0.9, wd 1e-4). Median (min) of {args.repeats} "
+        f"interleaved rounds after {args.warmup} warm-up; peak memory at "
+        f"{', '.join(map(str, args.memory_shots))}-shot.",
+        "",
+        "| variant | shot | step time, median (min) s | x full FT | peak step memory (MiB) | x full FT |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for shot in args.shots:
+        for v in STEP_VARIANTS:
+            k, f = f"{v}@{shot}", f"full@{shot}"
+            t = times.get(k)
+            tcell = f"{statistics.median(t):.1f} ({min(t):.1f})" if t else "-"
+            tx = f"{statistics.median(t) / statistics.median(times[f]):.2f}" if t and f in times else "-"
+            m = mem.get(k)
+            mcell, mx = (f"{m:.0f}", f"{m / mem[f]:.2f}") if m is not None and f in mem else ("-", "-")
+            lines.append(f"| {LABELS[v]} | {shot} | {tcell} | {tx} | {mcell} | {mx} |")
+    for shot in args.memory_shots:
+        a, b = mem.get(f"svf_ckpt@{shot}"), mem.get(f"svf@{shot}")
+        if a is not None and b:
+            lines += ["", f"Activation checkpointing under SVF, {shot}-shot at {args.size} px: peak step "
+                      f"memory {a:.0f} MiB vs {b:.0f} MiB without, **{a / b:.2f}x**."]  # fmt: skip
+    return [*lines, "", *STEP_NOTES]
+
+
+def render_eval(args: argparse.Namespace, rates: dict[int, float]) -> list[str]:
+    cells = ", ".join(f"{shot}-shot **{r:.2f}** episodes/s" for shot, r in rates.items())
+    return [
+        f"The SVF-converted baseline (as in the step section) in eval mode, merged cached weights, batch 1, "
+        f"no_grad, {args.size} px, {args.eval_episodes} episodes: {cells}."
+    ]
+
+
+def render_loader(args: argparse.Namespace, rates: dict[str, float]) -> list[str]:
+    lines = [
+        f"`FewShotDataModule` training loader (JPEG/PNG decoding, the reference augmentation, crop "
+        f"{args.size}, batch 1) on a synthetic Pascal-layout dataset of 500 px images, "
+        f"{args.loader_episodes} episodes after 3 warm-up ones, episodes/s:",
+        "",
+        "| shot | " + " | ".join(f"{w} workers" for w in args.workers) + " |",
+        "| ---: | " + " | ".join("---:" for _ in args.workers) + " |",
+    ]
+    for shot in args.shots:
+        lines.append(f"| {shot} | " + " | ".join(f"{rates[f'{shot}@{w}']:.1f}" for w in args.workers) + " |")
+    return [
+        *lines,
+        "",
+        "* A loader with 1 worker moves decoding off the main process but adds inter-process transfer; "
+        "with 2 CPU cores, 2 workers is the most this machine can use.",
+    ]
+
+
+def render_index(ix: dict[str, float]) -> list[str]:
+    return [
+        f"COCO-20i fold 0 training list (class index over every label, >= threshold rule, leakage filter) "
+        f"for {int(ix['labels']):,} synthetic COCO-layout labels of {int(ix['size'])} px (threshold scaled "
+        f"to {int(ix['min_pixels'])} px), 2 worker processes: first build **{ix['first']:.1f} s**, cached "
+        f"**{ix['cached']:.2f} s** ({int(ix['pairs']):,} training pairs after the leakage filter).",
+        "",
+        "* The cached build still stats every label (its (mtime, size) keys the cache, so an edited label "
+        "is re-read) and parses the cached counts; the first build reads and counts every PNG.",
+    ]
+
+
+def render(part: str, args: argparse.Namespace, res: dict[str, Any]) -> str:
+    if part == "step":
+        body = render_step(args, res["step"], res["memory"])
+    elif part == "eval":
+        body = render_eval(args, res["eval"])
+    elif part == "loader":
+        body = render_loader(args, res["loader"])
+    else:
+        body = render_index(res["index"])
+    return "\n".join([*header(part, args), *body]).rstrip() + "\n"
+
+
+STEP_NOTES = [
     "* Step times include the head (ASPP, prior, classifier), the loss and the SGD step, which cost the "
-    "same in every variant, so the SVF/full ratio is closer to 1 than the backbone-only ratio in the "
-    "section above. Under SVF, nothing in layer0-1 needs a gradient (no graph is recorded there) and layer2-4 run factorised; full fine-tuning "
-    "also back-propagates through layer0-1 and computes every weight gradient.",
-    "* Activation checkpointing recomputes layer2-4 in backward (about one more forward of those stages), "
-    "in exchange for not keeping their activations: the memory ratio is the number to read, the time "
-    "ratio is its price.",
-    "* Peak step memory is measured in a fresh process per variant (see `benchmarks/benchlib.py`); the "
-    "freeze row keeps no activations for backward.",
-    "* The cached class index still stats every label (its (mtime, size) keys the cache, so an edited "
-    "label is re-read) and parses the cached counts; the first build reads and counts every PNG.",
-    "* A data loader with 1 worker moves decoding off the main process but adds inter-process transfer; "
-    "with 2 CPU cores, 2 workers is the most this machine can use.",
+    "same in every variant, so the SVF/full ratio is closer to 1 than the backbone-only ratio of the SVF "
+    "layer section. Under SVF nothing in layer0-1 needs a gradient (no graph is recorded there) and "
+    "layer2-4 run factorised; full fine-tuning also back-propagates through layer0-1 and computes every "
+    "weight gradient.",
+    "* Activation checkpointing recomputes layer2-4 in backward (about one more forward of those stages) "
+    "instead of keeping their activations: the memory ratio is the number to read, the time ratio its "
+    "price.",
+    "* Peak step memory is measured in a fresh process per variant (`benchmarks/benchlib.py`); the freeze "
+    "row keeps no activations for backward.",
 ]
 
 
@@ -363,7 +396,7 @@ def main() -> None:
             print("data loader ...", flush=True)
             res["loader"] = loader_rate(args.size, tuple(args.shots), tuple(args.workers),
                                         args.loader_episodes, tmp)  # fmt: skip
-        if "memory" in args.only:
+        if "step" in args.only:
             print("peak memory (one subprocess per variant) ...", flush=True)
             res["memory"] = measure_memory(args.size, tuple(args.memory_shots))
         if "eval" in args.only:
@@ -374,11 +407,13 @@ def main() -> None:
             res["step"] = time_steps(args.size, tuple(args.shots), args.repeats, args.warmup)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = render(args, res)
-    print()
-    print(text)
+    for part in (p for p in PARTS if p in args.only):
+        text = render(part, args, res)
+        print()
+        print(text)
+        if args.write is not None:
+            write_section(args.write, SECTIONS[part], text)
     if args.write is not None:
-        write_section(args.write, SECTION, text)
         print(f"updated {args.write}")
 
 

@@ -100,6 +100,8 @@ def relativize(
     an absolute path under ``root`` is made relative to it; otherwise the rightmost match of the layout's
     known shapes (``JPEGImages/x.jpg``, ``annotations/train2014/x.png``, ...) is kept.
     """
+    if strip_prefix is None and _is_canonical_relative(path):
+        return path  # the common case (our own lists, COCO scans): no pathlib parsing per line
     if strip_prefix is not None:
         if not path.startswith(strip_prefix):
             raise ValueError(f"path {path!r} does not start with strip_prefix {strip_prefix!r}")
@@ -123,6 +125,11 @@ def relativize(
         f"cannot make {path!r} relative to the dataset root: it is not under the root and has none of the "
         f"{layout.name} layout's known directories ({known}); pass strip_prefix (--strip-prefix) explicitly"
     )
+
+
+def _is_canonical_relative(path: str) -> bool:
+    """True when ``path`` is already a clean relative posix path (what ``str(PurePosixPath(path))`` keeps)."""
+    return bool(path) and path[0] != "/" and all(p not in ("", ".", "..") for p in path.split("/"))
 
 
 def _clean(rel: str, original: str) -> str:
