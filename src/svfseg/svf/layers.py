@@ -222,10 +222,16 @@ class SVFLayer(nn.Module, ABC):
     def to_plain(self) -> nn.Module:
         """A plain Conv2d / Linear with the merged weight (see ``merge_svf``)."""
 
-    def _plain_tensors(self) -> tuple[Tensor, Tensor | None, bool]:
+    def _fill_plain(self, plain: nn.Module) -> nn.Module:
+        """Copy the merged weight (float64 product) and the bias into ``plain``, keeping trainability."""
         with torch.no_grad():
-            weight = self.merged_weight(torch.float64)
-        return weight, None if self.bias is None else self.bias.detach().clone(), self.needs_grad()
+            plain.weight.copy_(self.merged_weight(torch.float64))
+            if self.bias is not None:
+                plain.bias.copy_(self.bias)
+        plain.weight.requires_grad_(self.needs_grad())
+        if self.bias is not None:
+            plain.bias.requires_grad_(self.bias.requires_grad)
+        return plain
 
     # ----------------------------------------------------------------- state
     def get_extra_state(self) -> dict[str, Any]:
@@ -399,7 +405,6 @@ class SVFConv2d(SVFLayer):
 
     def to_plain(self) -> nn.Conv2d:
         """An nn.Conv2d with W = U diag(s) V^T (computed in float64), same hyper-parameters and bias."""
-        weight, bias, weight_grad = self._plain_tensors()
         conv = torch.nn.utils.skip_init(
             nn.Conv2d,
             self.in_channels,
@@ -409,19 +414,12 @@ class SVFConv2d(SVFLayer):
             padding=self.padding,
             dilation=self.dilation,
             groups=self.groups,
-            bias=bias is not None,
+            bias=self.bias is not None,
             padding_mode=self.padding_mode,
             device=self.u.device,
             dtype=self.u.dtype,
         )
-        with torch.no_grad():
-            conv.weight.copy_(weight)
-            if bias is not None:
-                conv.bias.copy_(bias)
-        conv.weight.requires_grad_(weight_grad)
-        if conv.bias is not None and self.bias is not None:
-            conv.bias.requires_grad_(self.bias.requires_grad)
-        return conv
+        return self._fill_plain(conv)
 
     def extra_repr(self) -> str:
         return (
@@ -495,23 +493,16 @@ class SVFLinear(SVFLayer):
 
     def to_plain(self) -> nn.Linear:
         """An nn.Linear with W = U diag(s) V^T (computed in float64) and the same bias."""
-        weight, bias, weight_grad = self._plain_tensors()
-        linear = torch.nn.utils.skip_init(
-            nn.Linear,
-            self.in_features,
-            self.out_features,
-            bias=bias is not None,
-            device=self.u.device,
-            dtype=self.u.dtype,
+        return self._fill_plain(
+            torch.nn.utils.skip_init(
+                nn.Linear,
+                self.in_features,
+                self.out_features,
+                bias=self.bias is not None,
+                device=self.u.device,
+                dtype=self.u.dtype,
+            )
         )
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            if bias is not None:
-                linear.bias.copy_(bias)
-        linear.weight.requires_grad_(weight_grad)
-        if linear.bias is not None and self.bias is not None:
-            linear.bias.requires_grad_(self.bias.requires_grad)
-        return linear
 
     def extra_repr(self) -> str:
         return (
