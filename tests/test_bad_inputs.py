@@ -152,6 +152,26 @@ def resume_from_a_checkpoint_of_another_method(ctx: Ctx) -> Callable[[], Any]:
     return lambda: train(ctx.train_cfg(["method=pfenet", f"ckpt_path={ctx.ckpt}"]))
 
 
+def resume_with_another_finetune_strategy(ctx: Ctx) -> Callable[[], Any]:
+    ctx.notes["match"] = (
+        rf"ckpt_path={ctx.ckpt} was trained with finetune=freeze but this run sets finetune=svf; a run "
+        "resumes with the strategy it was trained with"
+    )
+    return lambda: train(ctx.train_cfg(["finetune=svf", f"ckpt_path={ctx.ckpt}"]))
+
+
+def resume_with_other_strategy_options(ctx: Ctx) -> Callable[[], Any]:
+    svf_ckpt = ctx.notes["svf_ckpt"] = ctx.tmp / "svf.ckpt"
+    ckpt = torch.load(ctx.ckpt, map_location="cpu", weights_only=True)
+    ckpt["svfseg"]["finetune"] = {"name": "svf", "stages": ["layer4"], "train": ["s"]}
+    torch.save(ckpt, svf_ckpt)  # what a finetune=svf finetune.stages=[layer4] run records
+    ctx.notes["match"] = (
+        rf"ckpt_path={svf_ckpt} was trained with .*finetune.stages=\['layer4'\].* but this run sets "
+        r".*finetune.stages=\['layer2', 'layer3', 'layer4'\]"
+    )
+    return lambda: train(ctx.train_cfg(["finetune=svf", f"ckpt_path={svf_ckpt}"]))
+
+
 def checkpoint_of_another_fold(ctx: Ctx) -> Callable[[], Any]:
     ctx.notes["match"] = r"the checkpoint was trained for fold=0 but the command asks for fold=2"
     return lambda: evaluate(ctx.eval_cfg(["fold=2"]))
@@ -226,6 +246,8 @@ ROWS = [
     Row(checkpoint_of_another_method, ValueError),
     Row(checkpoint_of_another_backbone, ValueError),
     Row(resume_from_a_checkpoint_of_another_method, ValueError),
+    Row(resume_with_another_finetune_strategy, ConfigError),
+    Row(resume_with_other_strategy_options, ConfigError),
     Row(checkpoint_of_another_fold, ValueError),
     Row(resume_from_a_checkpoint_of_another_fold, ValueError),
     Row(weights_file_with_missing_keys, BackboneWeightsError),

@@ -42,14 +42,16 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 
 def check_resume_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint to resume from; one of another method, backbone, dataset, fold or shot is refused
-    here, before any list is built or any file written (Lightning would only find out after the setup)."""
+    """The checkpoint to resume from; one of another method, backbone, dataset, fold, shot or fine-tune
+    strategy is refused here, before any list is built or any file written (Lightning would only find
+    out after the setup)."""
     path = resolve_ckpt_path(cfg)
     if path is None:
         return None
     from svfseg.tasks.evaluate import load_checkpoint_dict
 
-    saved = load_checkpoint_dict(Path(path))["svfseg"].get("identity") or {}
+    meta = load_checkpoint_dict(Path(path))["svfseg"]
+    saved = meta.get("identity") or {}
     wanted = {
         "method": cfg.method.name,
         "backbone": cfg.backbone.name,
@@ -64,6 +66,19 @@ def check_resume_checkpoint(cfg: DictConfig) -> str | None:
         raise ConfigError(
             f"ckpt_path={path} was trained for {was} but this run is {now}; resume with the interrupted "
             "run's settings, or start a new run with ckpt_path=null"
+        )
+    finetune = plain(cfg.finetune)
+    if meta.get("finetune") is not None and meta["finetune"] != finetune:
+        old, new = meta["finetune"], finetune
+        if old.get("name") != new.get("name"):
+            was, now = f"finetune={old.get('name')}", f"finetune={new.get('name')}"
+        else:
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            was = ", ".join(f"finetune.{k}={old.get(k)!r}" for k in keys)
+            now = ", ".join(f"finetune.{k}={new.get(k)!r}" for k in keys)
+        raise ConfigError(
+            f"ckpt_path={path} was trained with {was} but this run sets {now}; a run resumes with the "
+            "strategy it was trained with (its parameters and optimizer state depend on it)"
         )
     return path
 
