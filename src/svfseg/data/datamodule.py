@@ -115,9 +115,14 @@ def make_loader(
     persistent_workers: bool = False,
     pin_memory: bool = False,
     collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_samples,
+    position: Callable[[], dict[str, int] | None] | None = None,
 ) -> DataLoader:
-    """A DataLoader over an explicit sampler (training drops the last partial batch, as the reference)."""
-    return DataLoader(
+    """A DataLoader over an explicit sampler (training drops the last partial batch, as the reference).
+
+    ``position`` (the training position of the fitting trainer) makes it a :class:`ResumableEpisodeLoader`.
+    """
+    extra: dict[str, Any] = {} if position is None else {"position": position}
+    return (DataLoader if position is None else ResumableEpisodeLoader)(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -126,6 +131,7 @@ def make_loader(
         drop_last=train,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
+        **extra,
     )
 
 
@@ -141,28 +147,8 @@ class ResumableEpisodeLoader(DataLoader):
     the trainer's batch progress.
     """
 
-    def __init__(
-        self,
-        dataset: Dataset,
-        sampler: EpisodeSampler,
-        batch_size: int,
-        *,
-        position: Callable[[], dict[str, int] | None],
-        num_workers: int,
-        persistent_workers: bool = False,
-        pin_memory: bool = False,
-        collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_samples,
-    ) -> None:
-        super().__init__(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=num_workers,
-            collate_fn=collate_fn,
-            drop_last=True,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers and num_workers > 0,
-        )
+    def __init__(self, *args: Any, position: Callable[[], dict[str, int] | None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._position = position
 
     def state_dict(self) -> dict[str, Any]:
@@ -402,14 +388,15 @@ class FewShotDataModule(pl.LightningDataModule):
         start = (self._restored or {}).get("train_position")
         if start is not None:
             start_sampler_at(sampler, start)
-        return ResumableEpisodeLoader(
+        return make_loader(
             ds,
             sampler,
             self.batch_size,
-            position=self.train_position,
             num_workers=self.num_workers,
+            train=True,
             persistent_workers=self.persistent_workers,
             pin_memory=self.pin_memory,
+            position=self.train_position,
         )
 
     def _eval_loader(self, table: EpisodeTable) -> DataLoader:

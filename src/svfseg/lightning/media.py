@@ -6,7 +6,7 @@
 * :class:`ExamplePredictionLogger`: the first validation episodes (a fixed set: the evaluation table does
   not change between epochs) as an image grid, one row per episode: query with its ground truth, support
   with its mask, query with the prediction, ground truth. W&B ``log_image``, TensorBoard ``add_image``,
-  and PNG files ``<dirpath>/epoch_XXX.png`` when a CSV logger is attached.
+  and PNG files ``<dirpath>/epoch_<NNN>.png`` when a CSV logger is attached.
 """
 
 from __future__ import annotations
