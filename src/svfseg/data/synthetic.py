@@ -240,7 +240,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 @dataclass
-class _Obj:
+class SceneObject:
+    """One drawn object: class id (1-based into the style list), centre, radius and rotation in pixels."""
+
     cls: int
     cx: float
     cy: float
@@ -249,9 +251,10 @@ class _Obj:
     crowd: int = -1  # >= 0: member of crowd group k
 
 
-def _place(
-    rng: np.random.Generator, placed: list[_Obj], r: float, size: int, tries: int = 30
+def place_object(
+    rng: np.random.Generator, placed: list[SceneObject], r: float, size: int, tries: int = 30
 ) -> tuple[float, float] | None:
+    """A centre inside the image that keeps a radius-``r`` object apart from ``placed`` (None: no room)."""
     lo, hi = r + 1, size - r - 1
     for _ in range(tries):
         cx, cy = rng.uniform(lo, hi, 2)
@@ -262,33 +265,33 @@ def _place(
 
 def _layout_objects(
     rng: np.random.Generator, classes: Sequence[int], size: int, n_cls: int, crowd: bool
-) -> list[_Obj]:
+) -> list[SceneObject]:
     """Objects in drawing order: crowd members, extras, then the primary (``classes[-1]``) on top."""
     primary_r = float(rng.uniform(0.24, 0.30)) * size
     pcx, pcy = rng.uniform(primary_r + 1, size - primary_r - 1, 2)
-    primary = _Obj(classes[-1], float(pcx), float(pcy), primary_r, float(rng.uniform(0, 2 * math.pi)))
+    primary = SceneObject(classes[-1], float(pcx), float(pcy), primary_r, float(rng.uniform(0, 2 * math.pi)))
     placed = [primary]
-    extras: list[_Obj] = []
+    extras: list[SceneObject] = []
     for c in classes[:-1]:
         r = float(rng.uniform(0.12, 0.2)) * size
-        pos = _place(rng, placed, r, size)
+        pos = place_object(rng, placed, r, size)
         if pos is not None:
-            extras.append(_Obj(c, *pos, r, float(rng.uniform(0, 2 * math.pi))))
+            extras.append(SceneObject(c, *pos, r, float(rng.uniform(0, 2 * math.pi))))
             placed.append(extras[-1])
-    members: list[_Obj] = []
+    members: list[SceneObject] = []
     if crowd:
         c = int(rng.integers(1, n_cls + 1))
         for _ in range(int(rng.integers(4, 7))):
             r = float(rng.uniform(0.035, 0.055)) * size
-            pos = _place(rng, placed, r, size, tries=10)
+            pos = place_object(rng, placed, r, size, tries=10)
             if pos is not None:
-                members.append(_Obj(c, *pos, r, float(rng.uniform(0, 2 * math.pi)), crowd=0))
+                members.append(SceneObject(c, *pos, r, float(rng.uniform(0, 2 * math.pi)), crowd=0))
                 placed.append(members[-1])
     return [*members, *extras, primary]
 
 
 def render(
-    rng: np.random.Generator, objs: Sequence[_Obj], styles: Sequence[ClassStyle], size: int
+    rng: np.random.Generator, objs: Sequence[SceneObject], styles: Sequence[ClassStyle], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 image, owner map: index into objs per pixel or -1)."""
     img = _background(rng, size)
@@ -303,7 +306,7 @@ def render(
     return np.clip(img, 0, 255).astype(np.uint8), owner
 
 
-def pascal_label(objs: Sequence[_Obj], owner: np.ndarray) -> np.ndarray:
+def pascal_label(objs: Sequence[SceneObject], owner: np.ndarray) -> np.ndarray:
     """Class ids with a 255 band on every region border, like VOC/SBD-augmented labels."""
     classes = np.array([0] + [o.cls for o in objs], np.uint8)
     label = classes[owner.astype(np.int32) + 1]
@@ -361,7 +364,7 @@ def _rle_uncompressed(mask: np.ndarray) -> dict[str, Any]:
 
 
 def _coco_annotations(
-    objs: Sequence[_Obj], owner: np.ndarray, styles: Sequence[ClassStyle], image_id: int, next_id: int
+    objs: Sequence[SceneObject], owner: np.ndarray, styles: Sequence[ClassStyle], image_id: int, next_id: int
 ) -> list[dict[str, Any]]:
     anns: list[dict[str, Any]] = []
 

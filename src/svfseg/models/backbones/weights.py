@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from svfseg.models.backbones.base import Backbone
+from svfseg.models.backbones.provenance import provenance_hint
 from svfseg.models.backbones.vgg import VGG_SLICES
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,10 @@ def read_state_dict(path: str | Path, backbone_name: str | None = None) -> dict[
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt archive, pickle with foreign classes, truncated download, ...
+        fix = provenance_hint(path) or " Download it again."
         raise BackboneWeightsError(
             f"could not read backbone weights {path} ({type(err).__name__}: {err}). The file is corrupt "
-            "or not a PyTorch state dict: download it again."
+            f"or not a PyTorch state dict.{fix}"
         ) from err
     for _ in range(2):
         wrapped = [k for k in WRAPPER_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), dict)]
@@ -227,7 +229,7 @@ def load_backbone_weights(
             f"backbone weights {path} (format {weights_format}) do not match backbone {backbone.name} "
             f"(width_mult={backbone.width_mult}): {len(missing)} missing key(s) [{_listing(missing)}], "
             f"{len(unexpected)} unexpected key(s) [{_listing(unexpected)}]. Check backbone.name and "
-            "backbone.weights_format."
+            f"backbone.weights_format.{provenance_hint(path, backbone.width_mult)}"
         )
     mismatched = [
         f"{origin[k]} -> {k}: file {tuple(v.shape)} vs backbone {tuple(target[k].shape)}"
@@ -237,7 +239,8 @@ def load_backbone_weights(
     if mismatched:
         raise BackboneWeightsError(
             f"backbone weights {path} have {len(mismatched)} shape mismatch(es) with backbone "
-            f"{backbone.name} (width_mult={backbone.width_mult}): {'; '.join(mismatched[:_MAX_LISTED])}"
+            f"{backbone.name} (width_mult={backbone.width_mult}): {'; '.join(mismatched[:_MAX_LISTED])}."
+            f"{provenance_hint(path, backbone.width_mult) or ' Check backbone.width_mult and backbone.name.'}"
         )
     full = {**{k: target[k] for k in filled}, **mapped}
     backbone.load_state_dict(full, strict=True)
