@@ -1,6 +1,7 @@
 """Shared test settings: small thread count so two xdist workers share the 2 CI cores fairly."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,3 +26,18 @@ def synthetic_pascal(tmp_path_factory: pytest.TempPathFactory):
         "pascal", tmp_path_factory.mktemp("synthetic") / "pascal", n_train=120, n_val=60, size=size
     )
     return root, coverage_min_pixels(size)
+
+
+@pytest.fixture(scope="session")
+def proxy_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The learning tests' proxy-pretrained backbone, built once per test run.
+
+    Under xdist every worker has its own base temp; their parent is shared, and the builder's file lock
+    makes the first worker build while the others wait and then read the cache.
+    """
+    from svfseg.pretrain import build_proxy_weights
+    from tests.learning_helpers import LEARNING_PROXY
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return build_proxy_weights(LEARNING_PROXY, shared / "proxy-weights").path

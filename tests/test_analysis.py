@@ -24,14 +24,18 @@ from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
 from svfseg.analysis import (
+    Curve,
     capture_input,
     cue_maps,
     direction_coefficients,
     find_backbone,
     image_from_dataset,
     load_run,
+    mean_curve,
     overlay_cues,
     parse_run_dirs,
+    plot_before_after,
+    plot_strategy_panels,
     plot_top_k_change,
     prepare_image,
     select_convs,
@@ -256,7 +260,7 @@ def test_cue_maps_pick_extreme_ratios_and_weight_by_s(direct: Converted, image: 
             up = F.interpolate(c[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0]
             up = (up - up.min()) / (up.max() - up.min())
             torch.testing.assert_close(cues.maps[k], up, rtol=1e-4, atol=1e-5)
-    assert "s/s0=" in cues.titles[0]
+    assert "s/s0 = " in cues.titles[0]
     with pytest.raises(ValueError, match="at most"):
         cue_maps(direct.model, name, x, n_grown=layer.rank, n_shrunk=1)
 
@@ -275,6 +279,83 @@ def test_overlay_and_prepare_image(image: np.ndarray) -> None:
     np.testing.assert_allclose(shown[1].images[1].get_array(), maps[0].numpy())
     with pytest.raises(ValueError, match="do not match the image"):
         overlay_cues(image, maps, ["a", "b", "c"])
+
+
+def test_overlay_with_mask_and_colour_bar_leaves_no_blank_panel(image: np.ndarray) -> None:
+    resized, _ = prepare_image(image, size=32)
+    maps = torch.rand(6, 24, 32)
+    mask = np.zeros(resized.shape[:2], bool)
+    mask[5:10, 5:12] = True
+    fig = overlay_cues(resized, maps, [f"m{i}" for i in range(6)], mask=mask, ncols=4, suptitle="setting")
+    panels = [ax for ax in fig.axes if ax.images]
+    bars = [ax for ax in fig.axes if not ax.images]
+    assert len(panels) == 8 and len(fig.axes) == 9  # image, mask, 6 maps, one colour bar: nothing blank
+    assert panels[1].get_title().startswith("ground truth") and len(bars) == 1
+    assert "min-max" in bars[0].get_ylabel() and fig._suptitle.get_text() == "setting"
+    np.testing.assert_array_equal(~panels[1].images[1].get_array().mask, mask)
+    default = overlay_cues(resized, maps[:5], list("abcde"))  # 6 panels: two full rows of 3
+    assert len([ax for ax in default.axes if ax.images]) == 6 and len(default.axes) == 7
+    with pytest.raises(ValueError, match="mask of shape"):
+        overlay_cues(resized, maps, [f"m{i}" for i in range(6)], mask=mask[:-1])
+
+
+def test_before_after_chart_draws_values_and_percent_change(direct: Converted) -> None:
+    name = select_convs(direct.model, "layer3", "3x3")[-1]
+    change = singular_value_changes(direct.model, [name])[name]
+    fig = plot_before_after(change, k=7, title="t", initial_label="initial (proxy-pretrained)")
+    values, percent = fig.axes
+    top = change.top_k(7)
+    np.testing.assert_allclose(_bars(values), [*top.initial.tolist(), *top.current.tolist()], rtol=1e-6)
+    np.testing.assert_allclose(_bars(percent), 100 * (top.ratio.numpy() - 1), rtol=1e-6, atol=1e-9)
+    assert values.get_legend().get_texts()[0].get_text() == "initial (proxy-pretrained)"
+    assert "%" in percent.get_ylabel()
+
+
+def _write_curve_csv(run: Path, val: list[float], train: list[float]) -> None:
+    (run / "csv").mkdir(parents=True)
+    with (run / "csv" / "metrics.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", "step", "val/miou", "train_episodes/miou", "train/loss"])
+        for epoch, (v, t) in enumerate(zip(val, train)):
+            writer.writerow([epoch, 10 * epoch, "", "", 0.5])
+            writer.writerow([epoch, 10 * epoch + 9, v, t, ""])
+
+
+def test_strategy_panels_share_axes_and_show_the_mean_over_seeds(tmp_path: Path) -> None:
+    _write_curve_csv(tmp_path / "a0", [0.1, 0.2, 0.3], [0.2, 0.3, 0.5])
+    _write_curve_csv(tmp_path / "a1", [0.3, 0.4, 0.5], [0.4, 0.5, 0.7])
+    _write_curve_csv(tmp_path / "b0", [0.2, 0.2, 0.2], [0.6, 0.6, 0.6])
+    fig = plot_strategy_panels({"a": [tmp_path / "a0", tmp_path / "a1"], "b": [tmp_path / "b0"]}, title="T")
+    left, right = fig.axes
+    assert left.get_shared_y_axes().joined(left, right) and left.get_shared_x_axes().joined(left, right)
+    lines = {line.get_label(): line for line in left.get_lines()}
+    np.testing.assert_allclose(lines["val episodes (novel)"].get_ydata(), [20, 30, 40])
+    np.testing.assert_allclose(lines["train episodes (base)"].get_ydata(), [30, 40, 60])
+    np.testing.assert_array_equal(lines["val episodes (novel)"].get_xdata(), [1, 2, 3])
+    assert left.get_title() == "a (2 seeds)" and right.get_title() == "b (1 seed)"
+    assert left.get_xlabel() == "epoch" and left.get_ylabel() == "mIoU (%)"
+    epochs, mean, low, high = mean_curve(
+        [Curve((0, 1, 2), (0.1, 0.2, 0.3)), Curve((0, 1), (0.3, 0.4))]
+    )  # only the epochs both runs have
+    assert epochs == (0, 1) and mean == pytest.approx([0.2, 0.3]) and low == [0.1, 0.2] and high == [0.3, 0.4]
+
+
+def test_save_png_writes_a_small_palette_image(tmp_path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    from svfseg.analysis.export import save_png
+
+    resized, _ = prepare_image(image, size=64)
+    fig = overlay_cues(resized, torch.rand(3, *resized.shape[:2]), ["a", "b", "c"])
+    path = save_png(fig, tmp_path / "cues.png", dpi=80)
+    with Image.open(path) as saved:
+        assert saved.mode == "P" and saved.size == (
+            round(fig.get_figwidth() * 80),
+            round(fig.get_figheight() * 80),
+        )
+    plain = tmp_path / "plain.png"
+    fig.savefig(plain, dpi=80)
+    assert path.stat().st_size < plain.stat().st_size
 
 
 # ----------------------------------------------------------------------------------------- checkpoint helpers

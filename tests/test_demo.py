@@ -1,4 +1,4 @@
-"""``make demo`` end to end at test size: both runs, the comparison, the three plots and the disclaimer."""
+"""``make demo`` end to end at test size: proxy weights, 3 strategies x 2 seeds, comparison.json, 3 plots."""
 
 from __future__ import annotations
 
@@ -7,40 +7,82 @@ from pathlib import Path
 
 import pytest
 
-from svfseg.demo import DISCLAIMER, run_demo
+from svfseg.demo import DISCLAIMER, STRATEGIES, DemoSettings, run_demo
+from svfseg.pretrain import ProxySpec
+
+PLOTS = ("figure2_miou_curves.png", "figure4_singular_values.png", "cues_layer3_last_3x3.png")
 
 
 @pytest.mark.slow
-def test_demo_trains_both_strategies_compares_and_plots(
+def test_demo_trains_three_strategies_over_seeds_compares_and_plots(
     synthetic_pascal, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root, min_pixels = synthetic_pascal
     out = tmp_path / "demo"
-    results = run_demo(
+    proxy = ProxySpec(width_mult=0.125, n_categories=8, image_size=32, n_images=32, steps=4, batch_size=8)
+    settings = DemoSettings(
+        seeds=(0, 1),
+        epochs=2,
+        reduce_dim=32,
+        train_size=65,
+        eval_size=65,
+        n_episodes=12,
+        train_episodes_for_curve=8,
+        proxy=proxy,
+    )
+    comparison = run_demo(
         out,
-        1,
         root,
+        tmp_path / "weights",
+        settings,
         synthetic={"n_train": 120, "n_val": 60, "size": 96},  # the shared dataset: reused, not rewritten
         extra_overrides=[
             f"dataset.min_pixels={min_pixels}",
-            "dataset.train_size=65",
-            "dataset.eval_size=65",
-            "dataset.n_episodes=12",
-            "dataset.train_episodes_for_curve=8",
-            "backbone.width_mult=0.125",
-            "method.reduce_dim=32",
             "+trainer.limit_train_batches=3",
             "trainer.enable_model_summary=false",
         ],
     )
-    assert set(results) == {"freeze", "svf"}
     saved = json.loads((out / "comparison.json").read_text())
-    for name in ("freeze", "svf"):
-        record = json.loads((out / name / "metrics.json").read_text())
-        assert saved[name]["miou"] == record["miou"] and record["n_episodes"] == 12
-        assert record["config"]["finetune"]["name"] == name
-    for plot in ("miou_curves.png", "singular_values_layer3_3x3.png", "cues_layer3_last_3x3.png"):
-        assert (out / plot).stat().st_size > 10_000, plot
+    assert saved["ordering"] == comparison["ordering"] and sorted(saved["ordering"]) == sorted(STRATEGIES)
+    assert saved["proxy_weights"]["path"] == str(tmp_path / "weights" / proxy.file_name)
+    for name in STRATEGIES:
+        entry = saved[name]
+        assert entry["seeds"] == [0, 1] and set(entry["per_seed"]) == {"0", "1"}
+        for key in ("miou_mean", "miou_std", "fbiou_mean", "train_miou_per_epoch", "val_miou_per_epoch"):
+            assert key in entry, (name, key)
+        assert len(entry["train_miou_per_epoch"]) == len(entry["val_miou_per_epoch"]) == 2
+        for seed in (0, 1):
+            record = json.loads((out / name / f"seed{seed}" / "metrics.json").read_text())
+            assert entry["per_seed"][str(seed)]["miou"] == record["miou"] and record["n_episodes"] == 12
+            assert record["config"]["finetune"]["name"] == name and record["config"]["seed"] == seed
+            assert record["config"]["backbone"]["pretrained"] == saved["proxy_weights"]["path"]
+        mious = [entry["per_seed"][s]["miou"] for s in ("0", "1")]
+        assert entry["miou_mean"] == pytest.approx(sum(mious) / 2)
+        assert entry["miou_std"] == pytest.approx(abs(mious[0] - mious[1]) / 2)
+    for plot in PLOTS:
+        size = (out / plot).stat().st_size
+        assert 10_000 < size < 400_000, (plot, size)
     printed = " ".join(capsys.readouterr().out.split())
     assert " ".join(DISCLAIMER.split()) in printed
     assert "python train.py dataset=synthetic method=baseline backbone=resnet50 finetune=svf" in printed
+    # a second demo call reuses the proxy weights instead of pretraining again
+    assert "(cached;" not in printed
+    run_demo(
+        out,
+        root,
+        tmp_path / "weights",
+        DemoSettings(
+            strategies=("freeze",),
+            seeds=(0,),
+            epochs=1,
+            reduce_dim=32,
+            train_size=65,
+            eval_size=65,
+            n_episodes=12,
+            train_episodes_for_curve=8,
+            proxy=proxy,
+        ),
+        synthetic={"n_train": 120, "n_val": 60, "size": 96},
+        extra_overrides=[f"dataset.min_pixels={min_pixels}", "+trainer.limit_train_batches=3"],
+    )
+    assert "(cached;" in " ".join(capsys.readouterr().out.split())

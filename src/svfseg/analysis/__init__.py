@@ -23,10 +23,18 @@ from svfseg.analysis.cues import (
     overlay_cues,
     prepare_image,
 )
-from svfseg.analysis.curves import Curve, find_metrics_csv, plot_train_val_curves, read_metric_curves
+from svfseg.analysis.curves import (
+    Curve,
+    find_metrics_csv,
+    mean_curve,
+    plot_strategy_panels,
+    plot_train_val_curves,
+    read_metric_curves,
+)
 from svfseg.analysis.spectra import (
     KINDS,
     SpectrumChange,
+    plot_before_after,
     plot_top_k_change,
     select_convs,
     singular_value_changes,
@@ -48,8 +56,11 @@ __all__ = [
     "find_metrics_csv",
     "image_from_dataset",
     "load_run",
+    "mean_curve",
     "overlay_cues",
     "parse_run_dirs",
+    "plot_before_after",
+    "plot_strategy_panels",
     "plot_top_k_change",
     "plot_train_val_curves",
     "prepare_image",

@@ -51,7 +51,7 @@ class CueMaps:
     def titles(self) -> list[str]:
         """One caption per map: direction, how its singular value changed."""
         return [
-            f"{kind}: direction {idx}, s/s0={ratio:.3f}"
+            f"{kind}: direction {idx}, s/s0 = {ratio:.4f}"
             for idx, ratio, kind in zip(self.indices, self.ratios, self.kinds)
         ]
 
@@ -180,10 +180,14 @@ def overlay_cues(
     cmap: str = "jet",
     ncols: int | None = None,
     suptitle: str | None = None,
+    mask: np.ndarray | None = None,
+    colorbar: bool = True,
 ) -> Figure:
-    """The image followed by each map as a heatmap over it; maps (n, H, W) in [0, 1] at image size.
+    """The image (and its ground-truth ``mask``, if given) followed by each map as a heatmap over it.
 
-    ``ncols``: panels per row (default: all in one row up to 5).
+    ``maps``: (n, H, W) in [0, 1] at image size. ``ncols``: panels per row (default: rows of at most 5,
+    filled evenly); grid cells without a panel are removed, never left blank. ``colorbar`` adds the
+    scale of the heatmaps (min-max normalised response).
     """
     arr = maps.detach().cpu().numpy() if isinstance(maps, Tensor) else np.asarray(maps)
     if arr.ndim != 3 or arr.shape[1:] != image.shape[:2]:
@@ -193,22 +197,41 @@ def overlay_cues(
         )
     if len(titles) != arr.shape[0]:
         raise ValueError(f"{len(titles)} titles for {arr.shape[0]} maps")
-    panels = arr.shape[0] + 1
-    ncols = max(1, min(ncols or 5, panels))
+    if mask is not None and np.asarray(mask).shape != image.shape[:2]:
+        raise ValueError(f"mask of shape {np.asarray(mask).shape} does not match the image {image.shape[:2]}")
+    leading = 1 if mask is None else 2
+    panels = arr.shape[0] + leading
+    if ncols is None:
+        ncols = math.ceil(panels / math.ceil(panels / 5))
+    ncols = max(1, min(ncols, panels))
     nrows = math.ceil(panels / ncols)
     aspect = image.shape[0] / image.shape[1]
-    fig = Figure(figsize=(3.2 * ncols, (3.2 * aspect + 0.45) * nrows + 0.4))  # no pyplot global state
+    width = 2.3 * ncols + (0.7 if colorbar else 0.0)
+    # no pyplot global state; the constrained layout leaves room for the colour bar and its labels
+    fig = Figure(figsize=(width, (2.3 * aspect + 0.4) * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     axes_list = list(axes.flat)
+    for ax in axes_list[panels:]:
+        fig.delaxes(ax)
+    axes_list = axes_list[:panels]
     axes_list[0].imshow(image)
     axes_list[0].set_title("image", fontsize=9)
-    for ax, heat, text in zip(axes_list[1:], arr, titles):
+    if mask is not None:
+        axes_list[1].imshow(image)
+        shown = np.ma.masked_where(np.asarray(mask) != 1, np.ones(image.shape[:2]))
+        axes_list[1].imshow(shown, cmap="autumn", alpha=0.55, vmin=0, vmax=1)
+        axes_list[1].set_title("ground truth (class pixels)", fontsize=9)
+    heatmap = None
+    for ax, heat, text in zip(axes_list[leading:], arr, titles):
         ax.imshow(image)
-        ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
-        ax.set_title(text, fontsize=9)
+        heatmap = ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
+        ax.set_title(text, fontsize=8)
     for ax in axes_list:
         ax.axis("off")
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
+    if colorbar and heatmap is not None:
+        bar = fig.colorbar(heatmap, ax=axes_list, fraction=0.03, pad=0.01)
+        bar.set_label("response |c_i| * s_i (min-max scaled)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     return fig

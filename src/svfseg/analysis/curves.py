@@ -8,7 +8,7 @@ curves is the over-fitting the paper attributes to fine-tuning the backbone with
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,5 +77,50 @@ def plot_train_val_curves(runs: Mapping[str, Path], *, title: str = "mIoU over e
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def mean_curve(curves: Sequence[Curve]) -> tuple[tuple[int, ...], list[float], list[float], list[float]]:
+    """(epochs, mean, min, max) over runs, on the epochs every run has (seeds of one strategy)."""
+    if not curves:
+        raise ValueError("mean_curve needs at least one curve")
+    epochs = tuple(sorted(set.intersection(*(set(c.epochs) for c in curves))))
+    if not epochs:
+        raise ValueError(f"the curves share no epoch: {[c.epochs for c in curves]}")
+    table = [[dict(zip(c.epochs, c.values))[e] for c in curves] for e in epochs]
+    return epochs, [sum(v) / len(v) for v in table], [min(v) for v in table], [max(v) for v in table]
+
+
+def plot_strategy_panels(runs: Mapping[str, Sequence[Path]], *, title: str) -> Figure:
+    """The layout of the paper's Fig. 2: one panel per strategy, shared axes, train vs val mIoU per epoch.
+
+    ``runs`` maps a strategy to its run directories (one per seed): lines are the mean over seeds, the
+    band spans the lowest to highest seed, so a reader sees the spread next to the trend.
+    """
+    if not runs:
+        raise ValueError("plot_strategy_panels got no runs")
+    fig = Figure(figsize=(3.6 * len(runs), 3.6))
+    axes = fig.subplots(1, len(runs), sharex=True, sharey=True, squeeze=False)[0]
+    for ax, (label, dirs) in zip(axes, runs.items()):
+        curves = [read_metric_curves(find_metrics_csv(Path(d))) for d in dirs]
+        for key, colour, name in (
+            (TRAIN_KEY, "C1", "train episodes (base)"),
+            (VAL_KEY, "C0", "val episodes (novel)"),
+        ):
+            epochs, mean, low, high = mean_curve([c[key] for c in curves])
+            shown = [e + 1 for e in epochs]  # epoch 1 = after the first epoch
+            ax.plot(shown, [100 * v for v in mean], color=colour, marker="o", ms=3, label=name)
+            if len(curves) > 1:
+                ax.fill_between(
+                    shown, [100 * v for v in low], [100 * v for v in high], color=colour, alpha=0.2
+                )
+        ax.set_title(f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mIoU (%)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -178,12 +178,13 @@ def plot_top_k_change(
     mode: str = "values",
     ncols: int = 3,
     title: str | None = None,
+    initial_label: str = "initial (pretrained)",
 ) -> Figure:
     """One bar chart per layer: the Top-``k`` initial singular values and the same directions after fine-tuning.
 
     ``mode="values"`` draws paired bars (grey initial, blue fine-tuned) as in Fig. 8; ``mode="ratio"`` draws
     s/s0 per direction around a line at 1 (green grew, red shrank), which reads better when values span
-    orders of magnitude.
+    orders of magnitude. ``initial_label`` names where ``s0`` came from (e.g. proxy-pretrained weights).
     """
     items = list(changes.values()) if isinstance(changes, dict) else list(changes)
     if not items:
@@ -198,7 +199,7 @@ def plot_top_k_change(
         top = change.top_k(k)
         x = torch.arange(1, top.initial.numel() + 1).numpy()
         if mode == "values":
-            ax.bar(x - 0.2, top.initial.numpy(), width=0.4, color="0.65", label="initial (pretrained)")
+            ax.bar(x - 0.2, top.initial.numpy(), width=0.4, color="0.65", label=initial_label)
             ax.bar(x + 0.2, top.current.numpy(), width=0.4, color="C0", label="after fine-tuning")
             ax.set_ylabel("singular value")
         else:
@@ -212,12 +213,42 @@ def plot_top_k_change(
         ax.tick_params(labelsize=7)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(items) :]:
-        ax.set_visible(False)
-    if mode == "values":
+        fig.delaxes(ax)  # no blank cells in the grid
+    if mode == "values" and title:
+        axes.flat[0].legend(loc="upper right", fontsize=7)  # a figure legend would collide with the title
+    elif mode == "values":
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=2)
     if title:
-        fig.suptitle(title, x=0.02, ha="left", fontsize=11)
+        fig.suptitle(title, x=0.02, ha="left", fontsize=10)
     upper = 1.0 - 0.3 / fig.get_figheight() if mode == "values" and not title else 1.0  # room for the legend
     fig.tight_layout(rect=(0, 0, 1, upper))
+    return fig
+
+
+def plot_before_after(change: SpectrumChange, k: int = 30, *, title: str, initial_label: str) -> Figure:
+    """The paper's Fig. 4 for one layer: Top-``k`` initial values before / after, and their change in %.
+
+    The second panel makes small changes readable: a short run moves singular values by a few percent,
+    which paired bars alone do not show.
+    """
+    top = change.top_k(k)
+    x = torch.arange(1, top.initial.numel() + 1).numpy()
+    fig = Figure(figsize=(10, 3.6))
+    ax_values, ax_change = fig.subplots(1, 2)
+    ax_values.bar(x - 0.2, top.initial.numpy(), width=0.4, color="0.65", label=initial_label)
+    ax_values.bar(x + 0.2, top.current.numpy(), width=0.4, color="C0", label="after fine-tuning")
+    ax_values.set_ylabel("singular value")
+    ax_values.legend(loc="upper right", fontsize=7)
+    percent = 100.0 * (top.ratio.numpy() - 1.0)
+    ax_change.bar(x, percent, width=0.7, color=["C2" if p >= 0 else "C3" for p in percent])
+    ax_change.axhline(0.0, color="0.3", lw=0.8)
+    ax_change.set_ylabel("change s / s0 - 1 (%)")
+    for ax, name in ((ax_values, "values"), (ax_change, "relative change (green grew, red shrank)")):
+        ax.set_title(f"{_short(change.name)}: {name}", fontsize=9)
+        ax.set_xlabel(f"rank of initial singular value (top {top.initial.numel()})", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig
