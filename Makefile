@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test demo lint format bench bench-pipeline clean
+.PHONY: help install test demo proxy lint format bench bench-pipeline learning-spread clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -21,8 +21,11 @@ install: $(STAMP)  ## create .venv and install svfseg with dev extras (idempoten
 test: $(STAMP)  ## run the test suite (what CI runs)
 	$(PY) -m pytest -n 2 --dist loadfile
 
-demo: $(STAMP)  ## synthetic data -> train freeze and SVF -> compare -> plots (CPU, < 15 min)
+demo: $(STAMP)  ## proxy weights + synthetic data -> freeze/full/SVF x 3 seeds -> comparison.json + Figures 2, 4 (CPU, < 10 min)
 	$(PY) -m svfseg.demo
+
+proxy: $(STAMP)  ## build (or reuse) the proxy-pretrained ResNet-50 weights under initmodel/proxy (CPU, ~1 min)
+	$(PY) -m svfseg.pretrain --out initmodel/proxy
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check src tests benchmarks train.py eval.py
@@ -37,6 +40,9 @@ bench: $(STAMP)  ## SVF step/eval/memory benchmark on ResNet-50 (CPU); figures g
 
 bench-pipeline: $(STAMP)  ## training steps 1/5-shot, checkpointing memory, eval, loader, class index (CPU, ~25 min)
 	$(PY) benchmarks/bench_pipeline.py --write docs/benchmarks.md
+
+learning-spread: $(STAMP)  ## the spread over seeds and thread counts behind tests/test_learning.py's margins (~10 min)
+	$(PY) benchmarks/learning_spread.py
 
 clean:  ## remove caches and outputs (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -17,7 +17,7 @@ from svfseg.tasks.train import train
 from tests.hydra_helpers import tiny_train_config
 
 IGNORE = 255
-EPOCHS = 4
+EPOCHS = 8
 # The proxy the learning tests start from: 0.125 width keeps each run to seconds on 2 cores.
 LEARNING_PROXY = ProxySpec(width_mult=0.125, n_images=2048, steps=300)
 
