@@ -67,7 +67,7 @@ LABELS = {
     "svf_eval": "SVF merged (auto, cached W)",
     "svf_ref_eval": "SVF reference style (three_op)",
 }
-# Analytic step cost in units of one dense forward F (cost-model.md: MACs per stage at 473 px, 3-op
+# Analytic step cost in units of one dense forward F (MACs per stage at 473 px, 3-op
 # ratios per stage, full FT = 3F, 3-op SVF = forward + data gradient with no U/V weight gradients).
 DENSE = {"layer0": 6.31, "layer1": 3.31, "layer2": 4.71, "layer3": 25.48, "layer4": 53.79}
 THREE_OP = {"layer0": 7.50, "layer1": 4.06, "layer2": 5.83, "layer3": 30.67, "layer4": 66.06}
@@ -75,7 +75,7 @@ REMATERIALISE = 10.87  # GMAC per step for all 55 convs
 
 
 def analytic_ratios() -> dict[str, float]:
-    """Expected step cost / full fine-tune step, from the MAC counts in docs cost-model.md."""
+    """Expected step cost / full fine-tune step, from the MAC counts per stage of the dilated ResNet-50 at 473 px."""
     f = sum(DENSE.values())
     trained = ("layer2", "layer3", "layer4")
     full = 3 * f
@@ -326,7 +326,7 @@ def render(
         f"cheap): {100 * overhead_ms / 1e3 / orig_t:.2f}% of the eval forward above, so eval ratios within a "
         "few percent of 1 are machine noise.",
         f"* Memory calibration: a {cal['expected_mib']:.0f} MiB tensor reads back as {cal['peak_mib']:.1f} MiB.",
-        "* Expected ratios come from the MAC counts in `/work/shared/docs/cost-model.md` (3-op factor 1.19-1.24 "
+        "* Expected ratios come from the MAC counts per stage of the dilated ResNet-50 at 473 px (3-op factor 1.19-1.24 "
         "per stage, full FT = 3F, SVF = forward + data gradient only, no U/V weight gradients; under SVF layer0-1 "
         "need no backward). They ignore BN/ReLU and the lower CPU efficiency of the thin 1x1 U-convs.",
         "* Memory: the cost model expects the 3-op form to keep about 1.34x the dense activations of the trained "

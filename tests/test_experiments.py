@@ -28,7 +28,7 @@ from tests.hydra_helpers import CONF_DIR, compose_config
 EXPERIMENT_DIR = CONF_DIR / "experiment"
 FILES = sorted(EXPERIMENT_DIR.rglob("*.yaml"))
 NAMES = [p.relative_to(EXPERIMENT_DIR).with_suffix("").as_posix() for p in FILES]
-# Recipes of the runs without SVF (reference-spec A.4, E.3, E.4): poly 0.9 at the method's own lr.
+# Recipes of the runs without SVF: poly 0.9 at the method's own lr.
 FREEZE_LR = {"baseline": 0.15, "pfenet": 0.025, "bam": 0.05}
 TINY = ["backbone.width_mult=0.125", "method.reduce_dim=32"]
 
@@ -319,7 +319,7 @@ def test_bam_svf_on_coco_fold2_resolves_the_paper_setting(tmp_path: Path) -> Non
         p for g in module.param_groups or [] if g["name"].startswith("backbone.") for p in g["params"]
     ]
     assert all(names[id(p)].endswith(".s") for p in backbone)
-    # reference-spec A.3: ResNet-50 layer2-4 hold 1,792 + 5,120 + 5,632 = 12,544 singular values
+    # ResNet-50 layer2-4 hold 1,792 + 5,120 + 5,632 = 12,544 singular values
     per_stage = {
         g["name"]: sum(p.numel() for p in g["params"])
         for g in module.param_groups or []

@@ -24,7 +24,7 @@ TRAINED_STAGES = ["layer2.*", "layer3.*", "layer4.*"]
 
 
 def _convert_like_reference(name: str) -> tuple[nn.Module, nn.Module, dict[str, Tensor]]:
-    """All five stages converted at full rank; s trains in layer2-4 only (reference-spec A.3)."""
+    """All five stages converted at full rank; s trains in layer2-4 only."""
     torch.manual_seed(0)
     original = build_backbone(name, pretrained=None).eval()
     with torch.no_grad():

@@ -5,7 +5,7 @@ persistent worker needs no epoch attribute, and a sample is a pure function of `
 A mid-epoch resume starts the epoch after the positions already consumed (:meth:`EpisodeSampler.set_start`),
 so the remaining keys are exactly those the uninterrupted run would have drawn.
 Evaluation indexes a fixed episode table; :class:`ShardedEvalSampler` gives rank ``r`` the indices
-``r::world_size`` with no padding, so every episode is evaluated exactly once (ecosystem-notes 5.1: the
+``r::world_size`` with no padding, so every episode is evaluated exactly once (the
 ``DistributedSampler`` pads by repeating indices, which biases evaluation).
 """
 

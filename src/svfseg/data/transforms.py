@@ -1,4 +1,4 @@
-"""Image/label transforms of the reference few-shot codebases (reference-spec C.5), on albumentations 2.x.
+"""Image/label transforms of the reference few-shot codebases, on albumentations 2.x.
 
 Training: random scale -> rotate (p=0.5) -> 5x5 Gaussian blur (p=0.5) -> horizontal flip (p=0.5) -> pad and
 foreground-keeping random crop -> ImageNet normalisation. Every random draw comes from a generator that the

@@ -11,7 +11,7 @@ from typing import Any
 
 from svfseg.models.backbones.base import STAGE_NAMES
 
-DEFAULT_BACKBONE_LR_MULT = 0.1  # the reference trains backbone groups at LR/10 (reference-spec A.4)
+DEFAULT_BACKBONE_LR_MULT = 0.1  # the reference trains backbone groups at LR/10
 CONV_TYPES = ("all", "3x3", "1x1")
 SVF_FACTORS = ("u", "s", "v")
 PARAMETRIZATIONS = ("direct", "exp")

@@ -3,7 +3,7 @@
 Conversion and training are separate choices:
 
 * ``convert_stages``: which stages get their convs replaced by SVF layers (default: the trained stages).
-  The reference converts all five stages but trains only layer2-4 (reference-spec A.3). A converted
+  The reference converts all five stages but trains only layer2-4. A converted
   layer whose factors are frozen computes U diag(s) V^T x, which is the original W x up to float
   rounding: the SVF core keeps the full rank (the reference rounds the rank down to a multiple of 4,
   which makes its converted stem conv inexact). Converting frozen stages is therefore equivalent,

@@ -1,4 +1,4 @@
-"""The SVF paper's baseline: PFENet with ASPP in place of FEM, main loss only (reference-spec E.2)."""
+"""The SVF paper's baseline: PFENet with ASPP in place of FEM, main loss only."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class BaselineASPP(FewShotModel):
     """Query/support reduction, prototype + prior, init_merge, ASPP, residual convs and a 2-way classifier.
 
     This is BAM's meta learner alone (SVF repo ``model/aspp.py``). Differences from the reference code,
-    on purpose (reference-spec G.7):
+    on purpose:
 
     * k-shot prototypes and priors are **averaged** over shots; the reference sums them (its shot
       weights are all ones), which scales the merge input with K. With K identical supports the output

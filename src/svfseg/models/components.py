@@ -1,4 +1,4 @@
-"""Pieces shared by the baseline, PFENet and BAM (reference-spec B.3 and E.1).
+"""Pieces shared by the baseline, PFENet and BAM.
 
 * features: mid-level = cat[layer3, layer2 resized to layer3] (1536 ch R50 / 768 VGG); high-level = layer4,
   where the support's layer4 runs on its masked layer3 map;

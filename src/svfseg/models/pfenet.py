@@ -1,4 +1,4 @@
-"""PFENet (Tian et al., TPAMI 2020): prior mask + Feature Enrichment Module (reference-spec E.3).
+"""PFENet (Tian et al., TPAMI 2020): prior mask + Feature Enrichment Module.
 
 Bins follow the reference's rule: a bin > 1 is an absolute pooled size ([60, 30, 15, 8], which the SVF
 repo hard-codes for every dataset); a bin <= 1 is relative to the query feature size (``int(size * r)``,

@@ -1,8 +1,7 @@
 """Weight folding, SVD and fingerprints: the numerical side of a conversion, free of nn.Module code.
 
 The SVD always runs on CPU (LAPACK ``gesdd``): GPU solvers are slow for many small matrices and
-less precise for ill-conditioned ones (docs: cost-model.md, section 3.5), and a conversion happens
-once. Signs are normalised so that every left singular vector has a positive largest-magnitude
+less precise for ill-conditioned ones, and a conversion happens once. Signs are normalised so that every left singular vector has a positive largest-magnitude
 entry; the factors are then the same on any LAPACK build up to rounding, which keeps an artifact
 that trains ``u`` or ``v`` portable between machines.
 """

@@ -2,7 +2,7 @@
 
     python train.py stage=base method=bam dataset=pascal fold=0 backbone=resnet50
 
-Recipe (reference-spec E.4): full training list without the leakage filter, base class c -> index+1,
+Recipe (BAM's stage 1): full training list without the leakage filter, base class c -> index+1,
 novel classes -> background; SGD momentum 0.9, wd 1e-4, poly 0.9; BN trains (no fix_bn). The reference's
 ``index_split`` is ``encoder_lr_mult``: Pascal runs the encoder at 1/10 of the head lr, COCO at the same lr.
 The best epoch (base-class mIoU on the val list) is written to ``method.base_learner`` with its

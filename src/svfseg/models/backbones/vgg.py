@@ -1,4 +1,4 @@
-"""VGG-16 with BatchNorm, sliced into five stages as PFENet / BAM / SVF do (reference-spec B.2).
+"""VGG-16 with BatchNorm, sliced into five stages as PFENet / BAM / SVF do.
 
 The module indices inside ``features`` are kept (layer k holds ``features[start_k:end_k]``), so a
 torchvision ``features.N.*`` key maps to ``layer{k}.{N - start_k}.*``. Pools use ``ceil_mode=True``,
