@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test demo proxy lint format bench bench-pipeline learning-spread clean
+.PHONY: help install test test-fast demo proxy lint format bench bench-pipeline learning-spread clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ install: $(STAMP)  ## create .venv and install svfseg with dev extras (idempoten
 
 test: $(STAMP)  ## run the test suite (what CI runs)
 	$(PY) -m pytest -n 2 --dist loadfile
+
+test-fast: $(STAMP)  ## the suite without the slow end-to-end tests (the edit loop; CI runs make test)
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow"
 
 demo: $(STAMP)  ## proxy weights + synthetic data -> freeze/full/SVF x 3 seeds -> comparison.json + Figures 2, 4 (CPU, < 10 min)
 	$(PY) -m svfseg.demo

@@ -8,7 +8,8 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(1)
+# One thread per xdist worker by default; an explicit OMP_NUM_THREADS (e.g. 2 for a single process) wins.
+torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or 1)))
 
 
 @pytest.fixture(autouse=True)
