@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,17 +76,7 @@ def test_demo_trains_three_strategies_over_seeds_compares_and_plots(
         out,
         root,
         tmp_path / "weights",
-        DemoSettings(
-            strategies=("freeze",),
-            seeds=(0,),
-            epochs=1,
-            reduce_dim=32,
-            train_size=65,
-            eval_size=65,
-            n_episodes=12,
-            train_episodes_for_curve=8,
-            proxy=proxy,
-        ),
+        replace(settings, strategies=("freeze",), seeds=(0,), epochs=1),
         synthetic={"n_train": 120, "n_val": 60, "size": 96},
         extra_overrides=[f"dataset.min_pixels={min_pixels}", "+trainer.limit_train_batches=3"],
     )
