@@ -238,3 +238,42 @@ def test_a_sweep_with_an_invalid_fold_fails_before_any_work(synthetic_pascal, tm
     assert proc.returncode != 0
     assert re.search(r"ConfigError: fold=4 is invalid: choose one of \[0, 1, 2, 3\]", proc.stderr)
     assert not list((tmp_path / "sweep").rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_bam_on_coco_contiguous_split_trains_both_stages(tmp_path: Path) -> None:
+    """The COCO split travels to the model: stage 2 accepts the stage-1 file of its own split (it used
+    to be built for 'interleaved' and refuse it), and a run of the other split still refuses it."""
+    from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
+
+    root = make_synthetic("coco", tmp_path / "coco", n_train=480, n_val=240, size=64)
+    learner = tmp_path / "weights" / "pspnet.pt"
+    common = [
+        str(REPO / "train.py"),
+        "method=bam",
+        "dataset=coco",
+        "debug=tiny",
+        f"dataset.root={root}",
+        f"dataset.min_pixels={coverage_min_pixels(64)}",
+        "dataset.train_episodes_for_curve=0",
+        f"method.base_learner={learner}",
+        "~callbacks.progress_bar",
+        "trainer.enable_model_summary=false",
+        "trainer.max_epochs=1",
+    ]
+    stage1 = ["stage=base", "dataset.base_stage.epochs=1", "dataset.base_stage.batch_size=2"]
+    stage1 += ["dataset.base_stage.train_size=65", "dataset.base_stage.eval_size=65"]
+    contiguous = "dataset.coco_split=contiguous"
+    run_cli([*common, *stage1, contiguous, f"hydra.run.dir={tmp_path / 'base'}"], tmp_path)
+    assert torch.load(learner, map_location="cpu", weights_only=True)["meta"]["coco_split"] == "contiguous"
+    run_cli([*common, contiguous, f"hydra.run.dir={tmp_path / 'meta'}"], tmp_path)
+    record = json.loads((tmp_path / "meta" / "metrics.json").read_text())
+    assert (
+        record["run"]["method"] == "bam" and record["run"]["dataset"] == "coco" and record["n_episodes"] == 12
+    )
+    assert record["config"]["dataset"]["coco_split"] == "contiguous"
+    ckpt = torch.load(record["checkpoint"], map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["coco_split"] == "contiguous"
+    other = run_cli([*common, f"hydra.run.dir={tmp_path / 'other'}"], tmp_path, ok=False)
+    assert other.returncode != 0
+    assert "coco_split: file has 'contiguous', run needs 'interleaved'" in other.stderr

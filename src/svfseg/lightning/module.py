@@ -40,6 +40,8 @@ class FewShotSegModule(pl.LightningModule):
         num_eval_classes / num_train_classes: classes of the fold's evaluation / training split.
         optim: :class:`OptimConfig` fields.
         load_pretrained: read backbone / base-learner weight files (False when a checkpoint follows).
+        coco_split: COCO-20i class split (BAM's base learner has one output per base class of it);
+            absent from older checkpoints, which were all ``interleaved``.
     """
 
     def __init__(
@@ -53,12 +55,19 @@ class FewShotSegModule(pl.LightningModule):
         num_train_classes: int,
         optim: dict[str, Any] | None = None,
         load_pretrained: bool = True,
+        coco_split: str = "interleaved",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.optim_cfg = OptimConfig(**(optim or {}))
         self.model: FewShotModel = build_fewshot_model(
-            method, backbone, shot=shot, dataset=dataset, fold=fold, load_pretrained=load_pretrained
+            method,
+            backbone,
+            shot=shot,
+            dataset=dataset,
+            fold=fold,
+            coco_split=coco_split,
+            load_pretrained=load_pretrained,
         )
         self.val_iou = FewShotIoU(num_eval_classes)
         self.train_episode_iou = FewShotIoU(num_train_classes)

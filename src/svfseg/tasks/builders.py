@@ -82,6 +82,7 @@ def build_module(cfg: DictConfig, *, load_pretrained: bool = True) -> FewShotSeg
         num_train_classes=len(train_cls),
         optim=plain(cfg.optim),
         load_pretrained=load_pretrained,
+        coco_split=str(cfg.dataset.get("coco_split", "interleaved")),
     )
 
 
