@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 from rich.console import Console
 from rich.table import Table
 
-from svfseg.data.synthetic import make_synthetic
+from svfseg.data.synthetic import LAYOUT_CLASSES, make_synthetic
 from svfseg.pretrain.proxy import ProxySpec, build_proxy_weights
 
 SETTING = "baseline, 1-shot, fold 0, proxy-pretrained synthetic"
@@ -239,9 +240,7 @@ def write_plots(out: Path, comparison: dict[str, Any], data_root: Path) -> dict[
     from svfseg.analysis.export import save_png
     from svfseg.data.io import read_label
 
-    strategies = [s for s in STRATEGIES if s in comparison] + [
-        s for s in comparison.get("demo", {}).get("strategies", ()) if s not in STRATEGIES and s in comparison
-    ]
+    strategies = [s for s in comparison.get("demo", {}).get("strategies", STRATEGIES) if s in comparison]
     runs = {s: [out / s / f"seed{seed}" for seed in comparison[s]["seeds"]] for s in strategies}
     plots = {"figure2": out / "figure2_miou_curves.png"}
     fig = plot_strategy_panels(runs, title=f"Figure 2 at mini scale: {SETTING}")
@@ -263,10 +262,8 @@ def write_plots(out: Path, comparison: dict[str, Any], data_root: Path) -> dict[
         save_png(fig, plots["figure4"])
         first_val = (data_root / "lists" / "val.txt").read_text().split()
         image = image_from_dataset(data_root, first_val[0])
-        label = read_label(data_root / first_val[1], 20)
+        label = read_label(data_root / first_val[1], LAYOUT_CLASSES["pascal"])
         shown, tensor = prepare_image(image, 129)
-        import cv2
-
         mask = cv2.resize(label, shown.shape[1::-1], interpolation=cv2.INTER_NEAREST)
         cues = cue_maps(backbone, layer, tensor, n_grown=3, n_shrunk=3)
         fig = overlay_cues(

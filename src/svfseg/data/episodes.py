@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from svfseg.data.io import read_sample
 from svfseg.data.lists import FewShotList
 from svfseg.data.samplers import DOMAIN_EVAL_TABLE, DOMAIN_TRAIN_SAMPLE, EpisodeKey, seed_sequence
 from svfseg.data.transforms import IGNORE_LABEL, EvalTransform, TrainTransform, pad_square
+from svfseg.files import atomic_write
 
 Pair = tuple[str, str]
 TABLE_FORMAT = 1
@@ -295,10 +295,7 @@ class EpisodeTable:
         """Write atomically; a per-process temporary name lets every DDP rank save the same table safely."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json()))
-        tmp.replace(p)
-        return p
+        return atomic_write(p, lambda tmp: tmp.write_text(json.dumps(self.to_json())))
 
     @classmethod
     def load(cls, path: str | Path) -> EpisodeTable:

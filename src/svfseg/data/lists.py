@@ -41,6 +41,7 @@ from svfseg.data.layouts import (
 )
 from svfseg.data.progress import progress_bar
 from svfseg.data.splits import COCO_SPLITS, NUM_FOLDS, base_classes, novel_classes
+from svfseg.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic write (tmp + rename), so concurrent builders (e.g. DDP ranks) never read half a file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, separators=(",", ":"))))
     except OSError as exc:
         log.warning("could not write cache file %s (%s); lists will be rebuilt next time", path, exc)
 

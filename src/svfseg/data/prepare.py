@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import warnings
@@ -51,6 +50,7 @@ from svfseg.data.layouts import PASCAL_SOURCE_RESOURCES, get_layout, read_source
 from svfseg.data.lists import default_workers
 from svfseg.data.progress import progress_bar
 from svfseg.data.splits import NUM_CLASSES
+from svfseg.files import atomic_write
 
 COCO_SPLITS = ("train", "val")
 _SERIAL_BELOW = 64
@@ -64,9 +64,7 @@ def write_label(path: Path, label: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", label)
     if not ok:
         raise DataFileError(f"could not encode label for {path}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.tobytes()))
 
 
 def link_dir(src: Path, dst: Path, mode: str) -> str:

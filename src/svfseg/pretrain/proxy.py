@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -32,7 +31,8 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torch import Tensor, nn
 
-from svfseg.data.transforms import MEAN_255, STD_255
+from svfseg.data.transforms import normalize_to_tensor
+from svfseg.files import atomic_write
 from svfseg.models.backbones.base import Backbone
 from svfseg.models.backbones.provenance import PROXY_RECORD_KIND, read_record, record_path
 from svfseg.models.backbones.resnet import DEEP_STEM, build_resnet
@@ -128,10 +128,8 @@ def _lr_at(step: int, spec: ProxySpec) -> float:
 
 
 def _to_input(images: np.ndarray) -> Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(MEAN_255).view(1, 3, 1, 1)
-    std = torch.tensor(STD_255).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float, normalised as the few-shot transforms do."""
+    return torch.stack([normalize_to_tensor(image) for image in images])
 
 
 def _dense_logits(backbone: Backbone, head: nn.Conv2d, x: Tensor, stride: int = 1) -> Tensor:
@@ -232,15 +230,6 @@ def pretrain(
     return backbone, head, info
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _check_cached(path: Path, spec: ProxySpec, weights_dir: Path) -> dict[str, Any] | None:
     """The record of a valid cached file for ``spec``; None when nothing is there; raises on a mismatch."""
     record = read_record(path)
@@ -283,7 +272,7 @@ def build_proxy_weights(
         if cached is not None:
             return ProxyResult(path, cached, built=False)
         backbone, head, info = pretrain(spec, log=log)
-        _atomic_write(path, lambda tmp: torch.save(pspnet_state_dict(backbone, head), tmp))
+        atomic_write(path, lambda tmp: torch.save(pspnet_state_dict(backbone, head), tmp))
         # The written file must load through the normal strict loader, into a fresh backbone.
         load_backbone_weights(build_resnet(spec.backbone, width_mult=spec.width_mult), path, "pspnet")
         record = {
@@ -295,5 +284,5 @@ def build_proxy_weights(
             "use": f"backbone={spec.backbone} backbone.width_mult={spec.width_mult:g} backbone.pretrained={path}",
             **info,
         }
-        _atomic_write(record_path(path), lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+        atomic_write(record_path(path), lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
     return ProxyResult(path, record, built=True)
