@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-fast demo proxy lint format bench bench-pipeline learning-spread clean
+.PHONY: help install test test-fast demo proxy lint format bench bench-pipeline bench-load learning-spread clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ format: $(STAMP)  ## ruff fix + format
 
 bench: $(STAMP)  ## SVF step/eval/memory benchmark on ResNet-50 (CPU); figures go to docs/benchmarks.md
 	$(PY) benchmarks/bench_svf.py
+
+bench-load: $(STAMP)  ## loading an SVF checkpoint from shapes vs with SVDs (CPU, ~3 min)
+	$(PY) benchmarks/bench_load.py --write docs/benchmarks.md
 
 bench-pipeline: $(STAMP)  ## training steps 1/5-shot, checkpointing memory, eval, loader, class index (CPU, ~25 min)
 	$(PY) benchmarks/bench_pipeline.py --write docs/benchmarks.md

@@ -10,7 +10,8 @@ Variants (all BN layers in eval mode, as the project trains; random init, pretra
   (layer2-4 factorised because s needs gradients, via the fused Function of ``svf/fused.py``; layer0-1
   converted but frozen, so they run one cached merged conv and need no backward at all);
 * ``svf_ref``: the reference style: the same conversion with ``execution=three_op`` in every layer;
-* ``svf_mat``: the same conversion with ``execution=materialize`` (W = U diag(s) V^T rebuilt every call);
+* ``svf_mat``: the same conversion, each layer rebuilding W = U diag(s) V^T on every call (a
+  benchmark-only execution, see ``materialize_every_call``);
 * eval: ``svf`` under ``no_grad`` (one cached merged conv per layer) and ``svf_ref`` under ``no_grad``.
 
 A training step is forward + backward of ``sum(layer4 output)``; gradients are dropped (set to None)
@@ -44,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,7 +54,7 @@ from benchlib import WORKER_ENV, measure_peak, saved_for_backward, write_section
 from torch import Tensor, nn
 
 from svfseg.models.backbones import build_backbone
-from svfseg.svf import apply_svf, mark_only_svf_trainable, set_svf_execution, svf_summary
+from svfseg.svf import apply_svf, mark_only_svf_trainable, set_svf_execution, svf_layers, svf_summary
 
 SECTION = "## SVF layer: training step, eval and memory (ResNet-50)"
 TRAIN_VARIANTS = ("freeze", "full", "svf", "svf_ref", "svf_mat")
@@ -101,6 +103,12 @@ def _svf_backbone(execution: str) -> nn.Module:
     return model
 
 
+def materialize_every_call(model: nn.Module) -> None:
+    """Benchmark-only execution: every SVF layer rebuilds W = U diag(s) V^T per call and runs one op."""
+    for _, layer in svf_layers(model):
+        layer.forward = types.MethodType(lambda self, x: self._forward_dense(x, self.merged_weight()), layer)
+
+
 def build_models(variants: tuple[str, ...]) -> dict[str, nn.Module]:
     """One model per variant; SVF variants share one conversion (deep copies, execution switched)."""
     models: dict[str, nn.Module] = {}
@@ -113,8 +121,10 @@ def build_models(variants: tuple[str, ...]) -> dict[str, nn.Module]:
             if svf_base is None:
                 svf_base = _svf_backbone("auto")
             model = copy.deepcopy(svf_base)
-            execution = {"svf_ref": "three_op", "svf_ref_eval": "three_op", "svf_mat": "materialize"}
+            execution = {"svf_ref": "three_op", "svf_ref_eval": "three_op"}
             set_svf_execution(model, execution.get(v, "auto"))
+            if v == "svf_mat":
+                materialize_every_call(model)
         models[v] = model
     return models
 

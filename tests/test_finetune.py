@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from svfseg.finetune import STRATEGIES, build_strategy, check_param_groups, trainable_summary
+from svfseg.finetune import STRATEGIES, build_strategy, check_param_groups
+from svfseg.finetune.base import backbone_stages
 from svfseg.lightning.optim import OptimConfig, build_optimizer
 from svfseg.models.backbones import build_backbone
 from svfseg.models.base import FewShotModel, FewShotOutput
@@ -19,6 +20,23 @@ from svfseg.svf import SVFSelectionError, svf_layers
 
 SMALL = 0.125
 L234 = ("layer2", "layer3", "layer4")
+
+
+def trainable_summary(model: nn.Module) -> dict[str, int]:
+    """Trainable elements per optimizer-group name (``head``, ``backbone.<stage>``) plus totals."""
+    stages = backbone_stages(model)
+    stage_of = {
+        id(p): f"backbone.{stage}" for stage in stages for p in getattr(model.backbone, stage).parameters()
+    }
+    counts = {"head": 0, **{f"backbone.{s}": 0 for s in stages}, "trainable": 0, "frozen": 0}
+    for p in model.parameters():
+        if not p.requires_grad:
+            counts["frozen"] += p.numel()
+            continue
+        counts[stage_of.get(id(p), "head")] += p.numel()
+        counts["trainable"] += p.numel()
+    return counts
+
 
 
 class TinyModel(FewShotModel):
@@ -85,7 +103,7 @@ def bn_modes(module: nn.Module) -> set[bool]:
         ("part", {"stages": ["layer5"]}, r"stages contains 'layer5', which is not a backbone stage"),
         ("part", {"stages": []}, r"stages=\[\] is empty"),
         ("svf", {"stages": []}, r"stages=\[\] is empty"),
-        ("part", {"conv_type": "5x5"}, r"conv_type='5x5' is invalid: choose one of \('all', '3x3', '1x1'\)"),
+        ("part", {"conv_type": "5x5"}, r"conv_type='5x5' is invalid: choose one of \['all', '3x3', '1x1'\]"),
         ("svf", {"train": "sx"}, r"train='sx' is invalid: .*unknown \['x'\]"),
         ("svf", {"train": []}, r"train=\[\] is invalid: use a non-empty subset"),
         ("svf", {"parametrization": "log"}, r"parametrization='log' is invalid"),

@@ -236,7 +236,7 @@ def test_last_checkpoint_every_n_steps_and_every_epoch_and_best_by_val_miou(refe
     assert best_steps and set(best_steps) <= {8, 16}
     best = _load(ckpt_dir / "best.ckpt")
     final = _load(ckpt_dir / "last.ckpt")
-    ((key, state),) = [(k, v) for k, v in final["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    ((key, state),) = [(k, v) for k, v in final["callbacks"].items() if k.startswith("BestCheckpoint")]
     assert "'monitor': 'val/miou'" in key
     assert Path(state["best_model_path"]).name == "best.ckpt"
     assert best["global_step"] == best_steps[-1]

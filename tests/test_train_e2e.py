@@ -133,3 +133,73 @@ def test_bn_running_statistics_do_not_move(synthetic_pascal, tmp_path: Path, fin
     assert before.keys() <= after.keys()
     for key, value in before.items():
         assert torch.equal(value, after[key]), key
+
+
+def _forbid_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every SVD entry point raise: loading a checkpoint must not decompose anything."""
+    import svfseg.svf.layers
+
+    def no_svd(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an SVD ran while loading a checkpoint")
+
+    monkeypatch.setattr(svfseg.svf.layers, "decompose", no_svd)
+    monkeypatch.setattr(torch.linalg, "svd", no_svd)
+
+
+def _random_pretrained_file(path: Path, width_mult: float) -> Path:
+    """A PSPNet-v2-layout weight file of a random deep-stem ResNet-50 (what backbone.pretrained reads)."""
+    from torch import nn
+
+    from svfseg.models.backbones import build_backbone
+    from svfseg.pretrain.proxy import pspnet_state_dict
+
+    torch.manual_seed(7)
+    backbone = build_backbone("resnet50", width_mult=width_mult, warn_if_random=False)
+    head = nn.Conv2d(backbone.channels["layer4"], 3, 1)
+    torch.save(pspnet_state_dict(backbone, head), path)
+    return path
+
+
+@pytest.mark.slow
+def test_svf_checkpoint_loads_without_svd_and_best_svf_artifact_restores_it(
+    synthetic_pascal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from svfseg.lightning.checkpointing import svf_artifact_path
+    from svfseg.svf import apply_svf, load_svf_state_dict, svf_layers
+
+    weights = _random_pretrained_file(tmp_path / "r50.pth", 0.125)
+    cfg, _ = _train(
+        synthetic_pascal,
+        tmp_path / "run",
+        ["finetune=svf", "test_after_fit=false", "trainer.max_epochs=2", f"backbone.pretrained={weights}"],
+    )
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    artifact = svf_artifact_path(best)
+    assert artifact == best.with_name("best.svf.pt") and artifact.is_file()
+    assert artifact.stat().st_size < best.stat().st_size / 20  # s of layer2-4 only, no U / V
+
+    with monkeypatch.context() as patch:
+        _forbid_svd(patch)
+        restored = FewShotSegModule.load_from_checkpoint(
+            best, map_location="cpu", weights_only=True, strict=True, load_pretrained=False
+        )
+    layers = dict(svf_layers(restored.model.backbone))
+    assert layers and all(layer.fingerprint for layer in layers.values())
+
+    # The artifact holds exactly the trained singular values of the checkpoint ...
+    state = torch.load(artifact, map_location="cpu", weights_only=True)
+    assert set(state["tensors"]) == {f"{name}.s" for name in layers}
+    for name, layer in layers.items():
+        assert torch.equal(state["tensors"][f"{name}.s"], layer.s.detach()), name
+    # ... and restores the fine-tune on a backbone converted from the same pretrained file.
+    from svfseg.models.backbones import build_backbone
+
+    fresh = build_backbone("resnet50", pretrained=str(weights), width_mult=0.125)
+    apply_svf(fresh, include=["layer2.*", "layer3.*", "layer4.*"])
+    load_svf_state_dict(fresh, state)
+    restored.model.backbone.eval(), fresh.eval()
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        ours, theirs = restored.model.backbone(x), fresh(x)
+    for key in ours:
+        torch.testing.assert_close(theirs[key], ours[key], rtol=1e-5, atol=1e-6)

@@ -9,7 +9,6 @@ from svfseg.finetune.freeze import FreezeStrategy
 from svfseg.finetune.full import FullStrategy
 from svfseg.finetune.part import PartStrategy
 from svfseg.finetune.registry import STRATEGIES, build_strategy, strategy_options
-from svfseg.finetune.summary import trainable_summary
 from svfseg.finetune.svf import SVFStrategy
 
 __all__ = [
@@ -24,5 +23,4 @@ __all__ = [
     "build_strategy",
     "check_param_groups",
     "strategy_options",
-    "trainable_summary",
 ]

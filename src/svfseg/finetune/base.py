@@ -16,6 +16,7 @@ rest is shared so that every strategy obeys the same invariants:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -113,6 +114,12 @@ class FinetuneStrategy(ABC):
         self.backbone_lr_mult = parse_lr_mult(backbone_lr_mult)
         self.checkpointing = parse_flag(checkpointing, "checkpointing")
 
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """Option names the strategy accepts (its keyword-only constructor arguments)."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
     def options(self) -> dict[str, Any]:
         """The validated options, for logs and run records."""
         return {"backbone_lr_mult": self.backbone_lr_mult, "checkpointing": self.checkpointing}
@@ -121,18 +128,25 @@ class FinetuneStrategy(ABC):
         args = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({args})"
 
-    def prepare(self, model: FewShotModel) -> None:
-        """Structural changes before selection (SVF converts convs here); none by default."""
+    def prepare(self, model: FewShotModel, *, from_checkpoint: bool = False) -> None:
+        """Structural changes before selection (SVF converts convs here); none by default.
+
+        ``from_checkpoint``: a state dict fills the model next, so no weight-derived work is needed
+        (SVF builds its layers from shapes, with no SVD).
+        """
         return None
 
     @abstractmethod
     def select(self, model: FewShotModel) -> NamedParams:
         """Backbone parameters (qualified names relative to the backbone) this strategy trains."""
 
-    def apply(self, model: FewShotModel) -> list[ParamGroup]:
-        """Freeze, convert, unfreeze the selection, set the BN policy; returns optimizer param groups."""
+    def apply(self, model: FewShotModel, *, from_checkpoint: bool = False) -> list[ParamGroup]:
+        """Freeze, convert, unfreeze the selection, set the BN policy; returns optimizer param groups.
+
+        ``from_checkpoint=True`` when a checkpoint's state dict is loaded right after (see ``prepare``).
+        """
         backbone_stages(model)
-        self.prepare(model)
+        self.prepare(model, from_checkpoint=from_checkpoint)
         _set_requires_grad(model.backbone.parameters(), False)
         for module in model.frozen_modules():
             _set_requires_grad(module.parameters(), False)

@@ -13,10 +13,6 @@ from svfseg.models.backbones.base import STAGE_NAMES
 
 DEFAULT_BACKBONE_LR_MULT = 0.1  # the reference trains backbone groups at LR/10
 CONV_TYPES = ("all", "3x3", "1x1")
-SVF_FACTORS = ("u", "s", "v")
-PARAMETRIZATIONS = ("direct", "exp")
-EXECUTIONS = ("auto", "three_op", "materialize")
-SVD_DTYPES = ("float64", "float32")
 
 
 def _as_items(value: Any) -> list[Any]:
@@ -42,29 +38,6 @@ def parse_stages(value: Any, option: str) -> tuple[str, ...]:
             )
         stages.add(name)
     return tuple(s for s in STAGE_NAMES if s in stages)
-
-
-def parse_factors(value: Any, option: str = "train") -> tuple[str, ...]:
-    """Subset of the SVF factors u/s/v: ``"s"``, ``"us"``, ``"u+s"`` or ``["u", "s"]``."""
-    items = _as_items(value)
-    letters: list[str] = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"{option}={value!r} is invalid: use a subset of {SVF_FACTORS}, e.g. ['s']")
-        letters += [c for c in item.lower() if c not in "+, "]
-    bad = sorted(set(letters) - set(SVF_FACTORS))
-    if bad or not letters:
-        raise ValueError(
-            f"{option}={value!r} is invalid: use a non-empty subset of {SVF_FACTORS} "
-            f"(e.g. ['s'] or 'us'){'; unknown ' + str(bad) if bad else ''}"
-        )
-    return tuple(f for f in SVF_FACTORS if f in letters)
-
-
-def parse_choice(value: Any, option: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{option}={value!r} is invalid: choose one of {allowed}")
-    return str(value)
 
 
 def parse_lr_mult(value: Any, option: str = "backbone_lr_mult") -> float:

@@ -8,12 +8,12 @@ from svfseg.finetune.base import FinetuneStrategy, NamedParams
 from svfseg.finetune.options import (
     CONV_TYPES,
     DEFAULT_BACKBONE_LR_MULT,
-    parse_choice,
     parse_flag,
     parse_stages,
 )
 from svfseg.finetune.selection import bn_affine, conv_params
 from svfseg.models.base import FewShotModel
+from svfseg.svf.options import check_choice
 
 
 class PartStrategy(FinetuneStrategy):
@@ -42,7 +42,7 @@ class PartStrategy(FinetuneStrategy):
     ) -> None:
         super().__init__(backbone_lr_mult=backbone_lr_mult, checkpointing=checkpointing)
         self.stages = parse_stages(stages, "stages")
-        self.conv_type = parse_choice(conv_type, "conv_type", CONV_TYPES)
+        self.conv_type = check_choice("conv_type", conv_type, CONV_TYPES)
         self.train_bn = parse_flag(train_bn, "train_bn")
 
     def options(self) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from svfseg.finetune.base import FinetuneStrategy
@@ -19,8 +18,7 @@ STRATEGIES: dict[str, type[FinetuneStrategy]] = {
 
 def strategy_options(name: str) -> tuple[str, ...]:
     """Option names a strategy accepts (its keyword-only constructor arguments)."""
-    params = inspect.signature(STRATEGIES[name].__init__).parameters.values()
-    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    return STRATEGIES[name].option_names()
 
 
 def build_strategy(name: str, **options: Any) -> FinetuneStrategy:

@@ -21,22 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from svfseg.finetune.base import FinetuneStrategy, NamedParams
-from svfseg.finetune.options import (
-    DEFAULT_BACKBONE_LR_MULT,
-    EXECUTIONS,
-    PARAMETRIZATIONS,
-    SVD_DTYPES,
-    parse_choice,
-    parse_factors,
-    parse_flag,
-    parse_stages,
-)
+from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, parse_flag, parse_stages
 from svfseg.finetune.selection import bn_affine
 from svfseg.models.base import FewShotModel
-from svfseg.svf import SVFSelectionError, apply_svf, svf_layers
+from svfseg.svf import SVFOptions, SVFSelectionError, apply_svf, svf_layers
 
 
 class SVFStrategy(FinetuneStrategy):
@@ -44,15 +33,15 @@ class SVFStrategy(FinetuneStrategy):
 
     Args:
         stages: stages whose SVF factors train; default layer2-4 (the paper's setting).
-        train: factors to train, subset of ``u``, ``s``, ``v``; default ``["s"]``.
-        parametrization: ``direct`` | ``exp``.
         train_bn: also train BN affine parameters of ``stages``.
         convert_stages: stages to convert; must contain ``stages``; default ``stages``.
-        execution: SVF layer execution, ``auto`` | ``three_op`` | ``materialize``.
-        svd_dtype: ``float64`` (default, exact to fp32 rounding) or ``float32`` (as the reference).
         backbone_lr_mult: lr multiplier of the backbone groups (reference: 0.1).
         checkpointing: recompute the activations of layer2-4 (the stages backward passes through) in
             backward instead of keeping them: the paper reports ~16 GB per image for COCO 5-shot.
+        svf_options: :class:`~svfseg.svf.options.SVFOptions` fields: ``train`` (factors that train,
+            default ``["s"]``), ``parametrization`` (``direct`` | ``exp``), ``execution`` (``auto`` |
+            ``three_op``), ``svd_dtype`` (``float64``, exact to fp32 rounding, or ``float32`` as the
+            reference).
     """
 
     name = "svf"
@@ -61,22 +50,21 @@ class SVFStrategy(FinetuneStrategy):
         self,
         *,
         stages: Any = ("layer2", "layer3", "layer4"),
-        train: Any = ("s",),
-        parametrization: str = "direct",
         train_bn: bool = False,
         convert_stages: Any = None,
-        execution: str = "auto",
-        svd_dtype: str = "float64",
         backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT,
         checkpointing: bool = False,
+        **svf_options: Any,
     ) -> None:
         super().__init__(backbone_lr_mult=backbone_lr_mult, checkpointing=checkpointing)
         self.stages = parse_stages(stages, "stages")
-        self.train = parse_factors(train, "train")
-        self.parametrization = parse_choice(parametrization, "parametrization", PARAMETRIZATIONS)
+        self.svf = SVFOptions.of(**svf_options)
+        if not self.svf.train:
+            raise ValueError(
+                f"train={svf_options.get('train')!r} is invalid: use a non-empty subset of ['u', 's', 'v'] "
+                "(e.g. ['s']); finetune=freeze trains no backbone factor"
+            )
         self.train_bn = parse_flag(train_bn, "train_bn")
-        self.execution = parse_choice(execution, "execution", EXECUTIONS)
-        self.svd_dtype = parse_choice(svd_dtype, "svd_dtype", SVD_DTYPES)
         if convert_stages is None:
             self.convert_stages = self.stages
         else:
@@ -88,19 +76,20 @@ class SVFStrategy(FinetuneStrategy):
                     f"(stages={list(self.stages)}); add {untouched} or leave convert_stages unset"
                 )
 
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return (*super().option_names(), *SVFOptions.names())
+
     def options(self) -> dict[str, Any]:
         return {
             "stages": list(self.stages),
-            "train": list(self.train),
-            "parametrization": self.parametrization,
             "train_bn": self.train_bn,
             "convert_stages": list(self.convert_stages),
-            "execution": self.execution,
-            "svd_dtype": self.svd_dtype,
+            **self.svf.to_dict(),
             **super().options(),
         }
 
-    def prepare(self, model: FewShotModel) -> None:
+    def prepare(self, model: FewShotModel, *, from_checkpoint: bool = False) -> None:
         existing = [name for name, _ in svf_layers(model.backbone)]
         if existing:
             raise SVFSelectionError(
@@ -109,18 +98,16 @@ class SVFStrategy(FinetuneStrategy):
             )
         apply_svf(
             model.backbone,
-            train=self.train,
-            parametrization=self.parametrization,
+            self.svf,
             include=[f"{stage}.*" for stage in self.convert_stages],
-            svd_dtype=getattr(torch, self.svd_dtype),
-            execution=self.execution,
+            from_shapes=from_checkpoint,
         )
 
     def select(self, model: FewShotModel) -> NamedParams:
         selected: NamedParams = []
         for name, layer in svf_layers(model.backbone):
             if name.split(".", 1)[0] in self.stages:
-                selected += [(f"{name}.{t}", p) for t, p in layer.svf_tensors() if t[0] in self.train]
+                selected += [(f"{name}.{t}", p) for t, p in layer.svf_tensors() if t[0] in self.svf.train]
         if self.train_bn:
             selected += bn_affine(model.backbone, self.stages)
         return selected

@@ -6,6 +6,10 @@ version counter turns the other's file into ``last-v1.ckpt``), a step saver must
 writes ``last.ckpt`` only in epochs where the best improved. So the ``best`` saver keeps
 ``save_last=False`` and :class:`LastCheckpoint` alone owns ``last.ckpt``.
 
+:class:`BestCheckpoint` is Lightning's ``ModelCheckpoint`` that also writes the few-KB SVF artifact
+(``svf_state_dict`` of the fine-tuned backbone) next to every checkpoint it saves, as adapter libraries
+ship their adapters: ``best.ckpt`` -> ``best.svf.pt``.
+
 A resume from ``last.ckpt`` is exact mid-epoch: Lightning restores the loops, optimizer and lr schedule,
 :class:`~svfseg.data.datamodule.FewShotDataModule` restores the sampler position, and :class:`StepSeed`
 makes each batch's dropout masks a function of (seed, epoch, batch, rank) instead of the global RNG
@@ -20,10 +24,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Checkpoint
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 from torch import Tensor
 
 from svfseg.data.samplers import step_seed
+from svfseg.files import atomic_write
+from svfseg.svf import svf_layers, svf_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +122,43 @@ class LastCheckpoint(Checkpoint):
         self.last_model_path = str(state_dict.get("last_model_path", ""))
 
 
+def svf_artifact_path(checkpoint_path: str | Path) -> Path:
+    """Where the SVF artifact of a checkpoint lives: ``.../best.ckpt`` -> ``.../best.svf.pt``."""
+    path = Path(checkpoint_path)
+    return path.with_name(f"{path.stem}.svf.pt")
+
+
+def write_svf_artifact(pl_module: pl.LightningModule, checkpoint_path: str | Path) -> Path | None:
+    """Write ``svf_state_dict`` of the module's backbone next to ``checkpoint_path``; None without SVF.
+
+    The artifact holds the trained SVF tensors of ``model.backbone`` (BAM: the meta branch's backbone)
+    and the fingerprint of the weights they were converted from; restore it with
+    ``load_svf_state_dict(model.backbone, torch.load(path, weights_only=True))`` on a backbone converted
+    from the same pretrained file with the same options.
+    """
+    backbone = getattr(getattr(pl_module, "model", None), "backbone", None)
+    if not isinstance(backbone, torch.nn.Module) or next(svf_layers(backbone), None) is None:
+        return None
+    state = svf_state_dict(backbone)
+    return atomic_write(svf_artifact_path(checkpoint_path), lambda tmp: torch.save(state, tmp))
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that writes the SVF artifact next to each checkpoint it saves (rank 0 only)."""
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero and trainer.lightning_module is not None:
+            written = write_svf_artifact(trainer.lightning_module, filepath)
+            if written is not None:
+                log.debug("wrote the SVF artifact %s", written)
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            svf_artifact_path(filepath).unlink(missing_ok=True)
+
+
 class StepSeed(pl.Callback):
     """Seeds torch before each training batch from ``(seed, epoch, batch index, rank)``.
 
@@ -138,4 +181,11 @@ class StepSeed(pl.Callback):
         torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
 
 
-__all__ = ["LastCheckpoint", "StepSeed", "first_non_finite"]
+__all__ = [
+    "BestCheckpoint",
+    "LastCheckpoint",
+    "StepSeed",
+    "first_non_finite",
+    "svf_artifact_path",
+    "write_svf_artifact",
+]

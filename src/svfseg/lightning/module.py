@@ -3,8 +3,9 @@
 The module knows nothing about a particular method or fine-tune strategy: the method comes from the
 registry (``method`` / ``backbone`` specs are plain dicts, so checkpoints rebuild the model without
 Hydra), and the strategy is applied by :class:`~svfseg.lightning.callbacks.FinetuneCallback` before the
-optimizer is built. Checkpoints record the strategy, and loading one re-applies it before the weights
-are copied in, so a checkpoint trained with any strategy loads into a fresh module.
+optimizer is built. Checkpoints record the strategy; loading one into a fresh module applies it in its
+structure-only form (SVF layers from the stored shapes, no SVD) and the state dict then fills every
+tensor, so a checkpoint trained with any strategy loads in about the time of reading it.
 """
 
 from __future__ import annotations
@@ -80,8 +81,12 @@ class FewShotSegModule(pl.LightningModule):
         self.test_results: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ fine-tuning
-    def apply_finetune(self, spec: dict[str, Any]) -> None:
-        """Apply a fine-tune strategy once; a second, different strategy is refused."""
+    def apply_finetune(self, spec: dict[str, Any], *, from_checkpoint: bool = False) -> None:
+        """Apply a fine-tune strategy once; a second, different strategy is refused.
+
+        ``from_checkpoint``: a checkpoint's state dict fills the model next, so SVF builds its layers from
+        shapes and runs no SVD (see ``FinetuneStrategy.prepare``).
+        """
         spec = copy.deepcopy(dict(spec))
         if self.finetune_spec is not None:
             if spec != self.finetune_spec:
@@ -93,7 +98,7 @@ class FewShotSegModule(pl.LightningModule):
         options = dict(spec)
         name = options.pop("name")
         strategy = build_strategy(name, **options)
-        self.param_groups = strategy.apply(self.model)
+        self.param_groups = strategy.apply(self.model, from_checkpoint=from_checkpoint)
         self.finetune_spec = spec
 
     # ------------------------------------------------------------------ steps
@@ -218,6 +223,7 @@ class FewShotSegModule(pl.LightningModule):
                 "it was trained for another method, backbone, dataset, fold or shot"
             )
         if meta.get("finetune") is not None:
-            self.apply_finetune(meta["finetune"])
+            # A resumed fit applied the strategy already (FinetuneCallback): then this only checks it.
+            self.apply_finetune(meta["finetune"], from_checkpoint=True)
         if self.run_config is None:
             self.run_config = meta.get("config")

@@ -22,7 +22,8 @@ from svfseg.svf.convert import (
     svf_layers,
 )
 from svfseg.svf.errors import SVFSelectionError, SVFStateError
-from svfseg.svf.layers import EXECUTIONS, PARAMETRIZATIONS, SUBSPACES, SVFConv2d, SVFLayer, SVFLinear
+from svfseg.svf.layers import SVFConv2d, SVFLayer, SVFLinear
+from svfseg.svf.options import EXECUTIONS, PARAMETRIZATIONS, SUBSPACES, SVD_DTYPES, SVFOptions
 from svfseg.svf.state import base_fingerprint, load_svf_state_dict, svf_state_dict
 from svfseg.svf.summary import SVFStageRow, SVFSummary, svf_summary
 
@@ -30,9 +31,11 @@ __all__ = [
     "EXECUTIONS",
     "PARAMETRIZATIONS",
     "SUBSPACES",
+    "SVD_DTYPES",
     "SVFConv2d",
     "SVFLayer",
     "SVFLinear",
+    "SVFOptions",
     "SVFSelectionError",
     "SVFStageRow",
     "SVFStateError",

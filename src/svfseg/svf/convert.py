@@ -24,20 +24,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Any
 
-import torch
 from torch import nn
 
 from svfseg.svf.errors import SVFSelectionError
-from svfseg.svf.layers import (
-    EXECUTIONS,
-    PARAMETRIZATIONS,
-    SVFConv2d,
-    SVFLayer,
-    SVFLinear,
-    check_choice,
-    normalise_train,
-)
+from svfseg.svf.layers import SVFConv2d, SVFLayer, SVFLinear
+from svfseg.svf.options import EXECUTIONS, SVFOptions, check_choice
 
 _SHOWN_NAMES = 8
 
@@ -106,23 +99,23 @@ def _check_root(module: nn.Module, action: str) -> None:
 
 def apply_svf(
     module: nn.Module,
+    options: SVFOptions | None = None,
     *,
-    train: str | Sequence[str] = ("s",),
-    parametrization: str = "direct",
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
-    svd_dtype: torch.dtype = torch.float64,
-    execution: str = "auto",
+    from_shapes: bool = False,
+    **fields: Any,
 ) -> list[str]:
     """Replace, in place, the selected Conv2d / Linear layers of ``module`` by SVF layers.
 
-    ``include`` / ``exclude``: fnmatch patterns on qualified names (a str is one pattern); exclude wins.
-    Returns the converted names in module order. Outputs equal the original right after conversion.
+    ``options`` and/or keyword ``fields`` (``train``, ``parametrization``, ``execution``, ``svd_dtype``):
+    :class:`~svfseg.svf.options.SVFOptions`. ``include`` / ``exclude``: fnmatch patterns on qualified
+    names (a str is one pattern); exclude wins. Returns the converted names in module order. Outputs
+    equal the original right after conversion. ``from_shapes=True`` runs no SVD: the layers get zero
+    factors of the right shapes, for a checkpoint's state dict to fill (loading a trained model).
     """
     _check_root(module, "apply_svf")
-    train_t = normalise_train(train)
-    check_choice("parametrization", parametrization, PARAMETRIZATIONS)
-    check_choice("execution", execution, EXECUTIONS)
+    opts = SVFOptions.of(options, **fields)
     includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
 
     sites = _sites(module, (nn.Conv2d, nn.Linear, SVFLayer))
@@ -166,12 +159,11 @@ def apply_svf(
             f"Conv2d/Linear layer; available names: {_preview(names)}"
         )
 
-    options = {"train": train_t, "parametrization": parametrization, "execution": execution}
     for site in todo:
         if isinstance(site.module, nn.Conv2d):
-            layer: SVFLayer = SVFConv2d.from_conv(site.module, svd_dtype=svd_dtype, **options)
+            layer: SVFLayer = SVFConv2d.from_conv(site.module, opts, from_shapes=from_shapes)
         else:
-            layer = SVFLinear.from_linear(site.module, svd_dtype=svd_dtype, **options)
+            layer = SVFLinear.from_linear(site.module, opts, from_shapes=from_shapes)
         layer.train(site.module.training)
         for parent, attr in site.slots:
             setattr(parent, attr, layer)
@@ -209,7 +201,7 @@ def _require_layers(module: nn.Module, action: str) -> list[SVFLayer]:
 
 
 def set_svf_execution(module: nn.Module, execution: str) -> int:
-    """Switch every SVF layer to ``execution`` (auto / three_op / materialize); returns the layer count."""
+    """Switch every SVF layer to ``execution`` (auto / three_op); returns the layer count."""
     check_choice("execution", execution, EXECUTIONS)
     layers = _require_layers(module, "set_svf_execution")
     for layer in layers:

@@ -62,6 +62,21 @@ def decompose(weight: Tensor, groups: int, svd_dtype: torch.dtype) -> Factors:
     )
 
 
+def placeholder_factors(weight: Tensor, groups: int) -> Factors:
+    """Zero factors with the shapes ``decompose`` would return: a structure for a state dict to fill."""
+    c_out = weight.shape[0]
+    if c_out % groups:
+        raise ValueError(f"weight with {c_out} output channels cannot be split into groups={groups}")
+    fan_in = weight[0].numel()
+    rank = group_rank(c_out // groups, fan_in)
+    new = {"device": weight.device, "dtype": weight.dtype}
+    return Factors(
+        u=torch.zeros(c_out, rank, **new),
+        s=torch.zeros(groups * rank, **new),
+        v=torch.zeros(groups * rank, fan_in, **new),
+    )
+
+
 def tensor_digest(h: hashlib._Hash, tensor: Tensor) -> None:
     """Feed shape, dtype and the exact bytes of ``tensor`` into ``h`` (any dtype, any device)."""
     t = tensor.detach().to("cpu").contiguous()

@@ -16,13 +16,15 @@ Execution (``execution`` attribute):
   otherwise one conv with the merged weight, cached and rebuilt only when u/s/v changed (version
   counters), so eval costs what the original network costs.
 * ``three_op``: always factorised as three autograd ops (the reference implementation).
-* ``materialize``: rebuild W = U diag(s) V^T on every call and run one conv (for benchmarking).
+
+A layer built with ``from_shapes=True`` holds zero factors of the right shapes and no fingerprint: the
+structure a checkpoint's state dict loads into, with no SVD. It refuses to run until a state dict
+(``load_state_dict``) has filled it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -30,13 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from svfseg.svf.decompose import Factors, decompose, weight_fingerprint
+from svfseg.svf.decompose import Factors, decompose, placeholder_factors, weight_fingerprint
 from svfseg.svf.errors import SVFStateError
 from svfseg.svf.fused import FactorisedConv2d
+from svfseg.svf.options import EXECUTIONS, SVFOptions, check_choice, normalise_train
 
-SUBSPACES: tuple[str, ...] = ("u", "s", "v")
-PARAMETRIZATIONS: tuple[str, ...] = ("direct", "exp")
-EXECUTIONS: tuple[str, ...] = ("auto", "three_op", "materialize")
 LAYER_STATE_VERSION = 1
 
 
@@ -60,22 +60,6 @@ class _OptimizerSteps:
         cls.count += 1
 
 
-def normalise_train(train: str | Sequence[str]) -> tuple[str, ...]:
-    """Validate a trainable-subspace selection; a str is one subspace. Returns it in u, s, v order."""
-    items = (train,) if isinstance(train, str) else tuple(train)
-    unknown = [t for t in items if t not in SUBSPACES]
-    if unknown:
-        raise ValueError(f"train={train!r}: unknown subspace(s) {unknown}; pick any of {list(SUBSPACES)}")
-    return tuple(t for t in SUBSPACES if t in items)
-
-
-def check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:
-    """Reject an unknown option value with the list of valid ones."""
-    if value not in choices:
-        raise ValueError(f"{key}={value!r} is not supported; choose one of {list(choices)}")
-    return value
-
-
 class SVFLayer(nn.Module, ABC):
     """Shared state and execution logic of :class:`SVFConv2d` and :class:`SVFLinear`."""
 
@@ -90,21 +74,19 @@ class SVFLayer(nn.Module, ABC):
         bias: Tensor | None,
         *,
         groups: int,
-        parametrization: str,
-        train: Sequence[str],
-        execution: str,
+        options: SVFOptions,
         fingerprint: str,
-        svd_dtype: str,
     ) -> None:
         super().__init__()
-        self.parametrization = check_choice("parametrization", parametrization, PARAMETRIZATIONS)
-        self.train_subspaces = normalise_train(train)
-        self.execution = check_choice("execution", execution, EXECUTIONS)
+        parametrization = options.parametrization
+        self.parametrization = parametrization
+        self.train_subspaces = options.train
+        self.execution = options.execution
         self.groups = groups
         self.group_rank = factors.u.shape[1]
         self.rank = factors.s.numel()
-        self.fingerprint = fingerprint
-        self.svd_dtype = svd_dtype
+        self.fingerprint = fingerprint  # "" until a state dict fills a layer built from shapes
+        self.svd_dtype = options.svd_dtype
         self.u = nn.Parameter(factors.u, requires_grad="u" in self.train_subspaces)
         if parametrization == "direct":
             self.s = nn.Parameter(factors.s.clone(), requires_grad="s" in self.train_subspaces)
@@ -199,16 +181,28 @@ class SVFLayer(nn.Module, ABC):
         self._cache = None
 
     # ----------------------------------------------------------------- forward
+    @property
+    def execution(self) -> str:
+        return self._execution
+
+    @execution.setter
+    def execution(self, value: str) -> None:
+        self._execution = check_choice("execution", value, EXECUTIONS)
+
     def forward(self, x: Tensor) -> Tensor:
         """Run factorised when SVF gradients are needed (or forced), else one dense op."""
+        if not self.fingerprint:
+            raise SVFStateError(
+                f"{type(self).__name__}(rank={self.rank}) was built from shapes only (no SVD) and holds no "
+                "weights yet: load the checkpoint's state dict into the model before running it"
+            )
         if self.execution == "three_op" or (
             self.execution == "auto" and torch.is_grad_enabled() and self.needs_grad()
         ):
             if self._cache is not None:
                 self._cache = None  # stale after the next optimizer step anyway; frees memory
             return self._forward_factorised(x, self.effective_s())
-        weight = self.merged_weight() if self.execution == "materialize" else self._cached_weight()
-        return self._forward_dense(x, weight)
+        return self._forward_dense(x, self._cached_weight())
 
     @abstractmethod
     def _forward_factorised(self, x: Tensor, s: Tensor) -> Tensor:
@@ -272,6 +266,12 @@ class SVFLayer(nn.Module, ABC):
         )
 
 
+def _factors(weight: Tensor, groups: int, options: SVFOptions, from_shapes: bool) -> Factors:
+    if from_shapes:
+        return placeholder_factors(weight, groups)
+    return decompose(weight, groups, options.torch_svd_dtype)
+
+
 def _reversed_padding(
     padding: str | tuple[int, ...], kernel_size: tuple[int, ...], dilation: tuple[int, ...]
 ) -> list[int]:
@@ -306,22 +306,10 @@ class SVFConv2d(SVFLayer):
         dilation: tuple[int, int],
         groups: int,
         padding_mode: str,
-        parametrization: str,
-        train: Sequence[str],
-        execution: str,
+        options: SVFOptions,
         fingerprint: str,
-        svd_dtype: str,
     ) -> None:
-        super().__init__(
-            factors,
-            bias,
-            groups=groups,
-            parametrization=parametrization,
-            train=train,
-            execution=execution,
-            fingerprint=fingerprint,
-            svd_dtype=svd_dtype,
-        )
+        super().__init__(factors, bias, groups=groups, options=options, fingerprint=fingerprint)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -336,16 +324,20 @@ class SVFConv2d(SVFLayer):
     def from_conv(
         cls,
         conv: nn.Conv2d,
+        options: SVFOptions | None = None,
         *,
-        train: Sequence[str] = ("s",),
-        parametrization: str = "direct",
-        execution: str = "auto",
-        svd_dtype: torch.dtype = torch.float64,
+        from_shapes: bool = False,
+        **fields: Any,
     ) -> SVFConv2d:
-        """Decompose ``conv`` (one SVD per group) into an equivalent SVF layer on the same device/dtype."""
+        """Decompose ``conv`` (one SVD per group) into an equivalent SVF layer on the same device/dtype.
+
+        ``options`` / ``fields``: :class:`SVFOptions`. ``from_shapes``: no SVD, zero factors of the right
+        shapes for a state dict to fill (see the module docstring).
+        """
+        opts = SVFOptions.of(options, **fields)
         weight = conv.weight
         return cls(
-            decompose(weight, conv.groups, svd_dtype),
+            _factors(weight, conv.groups, opts, from_shapes),
             conv.bias,
             in_channels=conv.in_channels,
             out_channels=conv.out_channels,
@@ -355,11 +347,8 @@ class SVFConv2d(SVFLayer):
             dilation=tuple(conv.dilation),  # type: ignore[arg-type]
             groups=conv.groups,
             padding_mode=conv.padding_mode,
-            parametrization=parametrization,
-            train=train,
-            execution=execution,
-            fingerprint=weight_fingerprint(cls.kind, weight, conv.bias),
-            svd_dtype=str(svd_dtype).removeprefix("torch."),
+            options=opts,
+            fingerprint="" if from_shapes else weight_fingerprint(cls.kind, weight, conv.bias),
         )
 
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -441,22 +430,10 @@ class SVFLinear(SVFLayer):
         *,
         in_features: int,
         out_features: int,
-        parametrization: str,
-        train: Sequence[str],
-        execution: str,
+        options: SVFOptions,
         fingerprint: str,
-        svd_dtype: str,
     ) -> None:
-        super().__init__(
-            factors,
-            bias,
-            groups=1,
-            parametrization=parametrization,
-            train=train,
-            execution=execution,
-            fingerprint=fingerprint,
-            svd_dtype=svd_dtype,
-        )
+        super().__init__(factors, bias, groups=1, options=options, fingerprint=fingerprint)
         self.in_features = in_features
         self.out_features = out_features
         self.weight_shape = (out_features, in_features)
@@ -465,24 +442,21 @@ class SVFLinear(SVFLayer):
     def from_linear(
         cls,
         linear: nn.Linear,
+        options: SVFOptions | None = None,
         *,
-        train: Sequence[str] = ("s",),
-        parametrization: str = "direct",
-        execution: str = "auto",
-        svd_dtype: torch.dtype = torch.float64,
+        from_shapes: bool = False,
+        **fields: Any,
     ) -> SVFLinear:
-        """Decompose ``linear`` into an equivalent SVF layer on the same device/dtype."""
+        """Decompose ``linear`` into an equivalent SVF layer on the same device/dtype (see ``from_conv``)."""
+        opts = SVFOptions.of(options, **fields)
         weight = linear.weight
         return cls(
-            decompose(weight, 1, svd_dtype),
+            _factors(weight, 1, opts, from_shapes),
             linear.bias,
             in_features=linear.in_features,
             out_features=linear.out_features,
-            parametrization=parametrization,
-            train=train,
-            execution=execution,
-            fingerprint=weight_fingerprint(cls.kind, weight, linear.bias),
-            svd_dtype=str(svd_dtype).removeprefix("torch."),
+            options=opts,
+            fingerprint="" if from_shapes else weight_fingerprint(cls.kind, weight, linear.bias),
         )
 
     def _forward_dense(self, x: Tensor, weight: Tensor) -> Tensor:

@@ -86,10 +86,13 @@ def build_module(cfg: DictConfig, *, load_pretrained: bool = True) -> FewShotSeg
     )
 
 
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """The fine-tune callback first (it must run before anything touches the optimizer), then the config's."""
+def build_callbacks(cfg: DictConfig, *, restoring: bool = False) -> list[pl.Callback]:
+    """The fine-tune callback first (it must run before anything touches the optimizer), then the config's.
+
+    ``restoring``: the fit resumes from a checkpoint (the strategy then builds its structure only).
+    """
     finetune = dict(plain(cfg.finetune))
-    callbacks: list[pl.Callback] = [FinetuneCallback(**finetune)]
+    callbacks: list[pl.Callback] = [FinetuneCallback(**finetune, restoring=restoring)]
     for node in (cfg.get("callbacks") or {}).values():
         if node is not None and "_target_" in node:
             callbacks.append(hydra.utils.instantiate(node))

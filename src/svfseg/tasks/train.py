@@ -96,7 +96,7 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
     module = build_module(cfg)
     # Saved in every checkpoint: credential-like values (e.g. a key typed into a config) are redacted.
     module.run_config = redact_secrets(plain(cfg))
-    callbacks = build_callbacks(cfg)
+    callbacks = build_callbacks(cfg, restoring=ckpt_path is not None)
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, callbacks, loggers)
     status = "failed"
