@@ -38,7 +38,6 @@ def trainable_summary(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-
 class TinyModel(FewShotModel):
     """A real backbone, a 1x1 head and a frozen side module (like BAM's base learner)."""
 

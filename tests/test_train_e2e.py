@@ -168,7 +168,7 @@ def test_svf_checkpoint_loads_without_svd_and_best_svf_artifact_restores_it(
     from svfseg.svf import apply_svf, load_svf_state_dict, svf_layers
 
     weights = _random_pretrained_file(tmp_path / "r50.pth", 0.125)
-    cfg, _ = _train(
+    _train(
         synthetic_pascal,
         tmp_path / "run",
         ["finetune=svf", "test_after_fit=false", "trainer.max_epochs=2", f"backbone.pretrained={weights}"],

@@ -37,9 +37,7 @@ def normalise_train(train: Any) -> tuple[str, ...]:
         letters += [c for c in item.lower() if c not in "+, "]
     unknown = sorted(set(letters) - set(SUBSPACES))
     if unknown:
-        raise ValueError(
-            f"train={train!r} is invalid: unknown {unknown}; use a subset of {list(SUBSPACES)}"
-        )
+        raise ValueError(f"train={train!r} is invalid: unknown {unknown}; use a subset of {list(SUBSPACES)}")
     return tuple(t for t in SUBSPACES if t in letters)
 
 
