@@ -23,9 +23,7 @@ from svfseg.models.components import (
     classifier,
     conv_relu,
     cross_entropy,
-    extract_features,
-    masked_average_pool,
-    prior_mask,
+    episode_cues,
     reduction_block,
     resize,
 )
@@ -208,16 +206,8 @@ class BAM(FewShotModel):
         b, k = support_img.shape[:2]
         if k != self.shot:
             raise ValueError(f"BAM was built for shot={self.shot} but the batch has {k} supports per episode")
-        with self.backbone_grad():
-            feats = extract_features(
-                self.backbone, query_img, support_img, support_mask, self.checkpointed_stages
-            )
-        query_feat = self.down_query(feats.query_mid)
-        supp_feat = self.down_supp(feats.support_mid.flatten(0, 1))
-        protos = masked_average_pool(supp_feat, feats.support_mask_mid.flatten(0, 1)).view(b, k, -1, 1, 1)
-        query_high = feats.query_high.repeat_interleave(k, dim=0)
-        priors = prior_mask(query_high, feats.support_high_masked.flatten(0, 1))
-        priors = resize(priors, query_feat.shape[-2:]).view(b, k, 1, *query_feat.shape[-2:])
+        cues = episode_cues(self, query_img, support_img, support_mask)
+        feats, query_feat = cues.features, cues.query_feat
         # The reference computes the Gram matrix on layer2 after it is resized to layer3 (a no-op for
         # ResNet; 60 -> 30 for VGG).
         size3 = feats.query_mid.shape[-2:]
@@ -228,8 +218,8 @@ class BAM(FewShotModel):
 
         w = self.shot_weights(est)
         est = (w * est).sum(dim=1)
-        prior = (w.view(b, k, 1, 1, 1) * priors).sum(dim=1)
-        proto = (w.view(b, k, 1, 1, 1) * protos).sum(dim=1)
+        prior = (w.view(b, k, 1, 1, 1) * cues.priors).sum(dim=1)
+        proto = (w.view(b, k, 1, 1, 1) * cues.prototypes).sum(dim=1)
 
         merge = torch.cat([query_feat, proto.expand_as(query_feat), prior], dim=1)
         x = self.ASPP_meta(self.init_merge(merge))
