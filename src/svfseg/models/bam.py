@@ -17,16 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from svfseg.models.backbones import Backbone
-from svfseg.models.base import FewShotModel, FewShotOutput
-from svfseg.models.components import (
-    ASPP,
-    classifier,
-    conv_relu,
-    cross_entropy,
-    episode_cues,
-    reduction_block,
-    resize,
-)
+from svfseg.models.base import FewShotOutput
+from svfseg.models.baseline import MetaLearner
+from svfseg.models.components import cross_entropy, episode_cues, mid_channels, reduction_block, resize
 from svfseg.models.pspnet import PSPNet, load_base_learner
 from svfseg.models.registry import register_model
 
@@ -89,7 +82,7 @@ def _merge_conv() -> nn.Conv2d:
     return conv
 
 
-class BAM(FewShotModel):
+class BAM(MetaLearner):
     """BAM on top of a trained stage-1 :class:`PSPNet` (its backbone, PPM and classifier).
 
     Args:
@@ -128,17 +121,10 @@ class BAM(FewShotModel):
         self.base_learner.requires_grad_(False)
         self.base_learner.eval()
 
-        ch = self.backbone.channels
-        mid = ch["layer2"] + ch["layer3"]
+        mid = mid_channels(self.backbone)
         self.down_query = reduction_block(mid, reduce_dim, dropout=0.5)
         self.down_supp = reduction_block(mid, reduce_dim, dropout=0.5)
-        self.init_merge = conv_relu(2 * reduce_dim + 1, reduce_dim)
-        self.ASPP_meta = ASPP(reduce_dim, reduce_dim)
-        self.res1_meta = conv_relu(self.ASPP_meta.out_channels, reduce_dim)
-        self.res2_meta = nn.Sequential(
-            conv_relu(reduce_dim, reduce_dim, 3), conv_relu(reduce_dim, reduce_dim, 3)
-        )
-        self.cls_meta = classifier(reduce_dim)
+        self.add_meta_head(reduce_dim)
         self.gram_merge = _merge_conv()
         self.cls_merge = _merge_conv()
         self.kshot_rw = ShotReweighter(self.shot, kshot_hidden) if self.shot > 1 else None
@@ -207,7 +193,7 @@ class BAM(FewShotModel):
         if k != self.shot:
             raise ValueError(f"BAM was built for shot={self.shot} but the batch has {k} supports per episode")
         cues = episode_cues(self, query_img, support_img, support_mask)
-        feats, query_feat = cues.features, cues.query_feat
+        feats = cues.features
         # The reference computes the Gram matrix on layer2 after it is resized to layer3 (a no-op for
         # ResNet; 60 -> 30 for VGG).
         size3 = feats.query_mid.shape[-2:]
@@ -221,11 +207,7 @@ class BAM(FewShotModel):
         prior = (w.view(b, k, 1, 1, 1) * cues.priors).sum(dim=1)
         proto = (w.view(b, k, 1, 1, 1) * cues.prototypes).sum(dim=1)
 
-        merge = torch.cat([query_feat, proto.expand_as(query_feat), prior], dim=1)
-        x = self.ASPP_meta(self.init_merge(merge))
-        x = self.res1_meta(x)
-        x = self.res2_meta(x) + x
-        meta_out = self.cls_meta(x)
+        meta_out = self.meta_logits(cues.query_feat, proto, prior)
 
         base_out = self.base_logits(query_img)
         base_out = resize(base_out, meta_out.shape[-2:])
