@@ -67,7 +67,7 @@ class BaselineASPP(MetaLearner):
 
     Args:
         backbone: a Backbone (``layer0``..``layer4``, ``channels``).
-        shot: supports per episode it is trained for; any K works at run time (shots are averaged).
+        shot: accepted from the registry, unused (any K works at run time: shots are averaged).
         reduce_dim: width of the head (256 in the paper).
         dropout: Dropout2d rate after the query/support reduction (0.5).
     """
@@ -77,7 +77,6 @@ class BaselineASPP(MetaLearner):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.shot = int(shot)
         self.down_query = reduction_block(mid_channels(backbone), reduce_dim, dropout=dropout)
         self.down_supp = reduction_block(mid_channels(backbone), reduce_dim, dropout=dropout)
         self.add_meta_head(reduce_dim)
