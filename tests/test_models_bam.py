@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -245,6 +246,46 @@ def test_bam_refuses_wrong_shot_count() -> None:
     batch = episode(1, 2)
     with pytest.raises(ValueError, match="shot=5 but the batch has 2 supports"):
         bam(**batch)
+
+
+# What BAM adds to its two backbones. Checkpoints of trained BAM models load strictly by these names, so a
+# refactor that nests or renames a head module must fail here rather than orphan existing checkpoints.
+BAM_HEAD_KEYS = [
+    "down_query.0.weight",
+    "down_supp.0.weight",
+    "init_merge.0.weight",
+    "ASPP_meta.pool_branch.1.weight",
+    "ASPP_meta.pool_branch.1.bias",
+    *(f"ASPP_meta.branches.{i}.0.{p}" for i in range(4) for p in ("weight", "bias")),
+    "res1_meta.0.weight",
+    "res2_meta.0.0.weight",
+    "res2_meta.1.0.weight",
+    "cls_meta.0.weight",
+    "cls_meta.3.weight",
+    "cls_meta.3.bias",
+    "gram_merge.weight",
+    "cls_merge.weight",
+]
+KSHOT_KEYS = ["kshot_rw.net.0.weight", "kshot_rw.net.0.bias", "kshot_rw.net.2.weight", "kshot_rw.net.2.bias"]
+
+
+@pytest.mark.parametrize(
+    ("name", "shot", "n_keys", "digest"),
+    [
+        ("resnet50", 1, 713, "8fb8dce999dfd659ea8fef6d2110f915aa4c1f43fa6ee6fe4ebac31b611f3dfc"),
+        ("resnet50", 5, 717, "3586c46d58c3a47b21dd5a1761348b53d881d8acc357b60999b0d5a27a74ffbe"),
+        ("vgg16_bn", 5, 239, "4452fad19b271453aae33c9366ad2903060e537577e89ecc46c282613405eb10"),
+    ],
+    ids=["resnet50-1shot", "resnet50-5shot", "vgg16_bn-5shot"],
+)
+def test_bam_state_dict_keys_are_pinned(name: str, shot: int, n_keys: int, digest: str) -> None:
+    """Head keys spelled out; the whole layout (backbones included) pinned by a sha256 of keys and shapes."""
+    sd = tiny_bam(name, shot).state_dict()
+    head = [k for k in sd if not k.startswith(("backbone.", "base_learner."))]
+    assert head == BAM_HEAD_KEYS + (KSHOT_KEYS if shot > 1 else [])
+    layout = "\n".join(f"{k} {tuple(v.shape)}" for k, v in sorted(sd.items()))
+    assert len(sd) == n_keys
+    assert hashlib.sha256(layout.encode()).hexdigest() == digest
 
 
 @pytest.fixture(scope="module")

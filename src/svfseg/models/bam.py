@@ -17,18 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from svfseg.models.backbones import Backbone
-from svfseg.models.base import FewShotModel, FewShotOutput
-from svfseg.models.components import (
-    ASPP,
-    classifier,
-    conv_relu,
-    cross_entropy,
-    extract_features,
-    masked_average_pool,
-    prior_mask,
-    reduction_block,
-    resize,
-)
+from svfseg.models.base import FewShotOutput
+from svfseg.models.baseline import MetaLearner
+from svfseg.models.components import cross_entropy, episode_cues, mid_channels, reduction_block, resize
 from svfseg.models.pspnet import PSPNet, load_base_learner
 from svfseg.models.registry import register_model
 
@@ -91,7 +82,7 @@ def _merge_conv() -> nn.Conv2d:
     return conv
 
 
-class BAM(FewShotModel):
+class BAM(MetaLearner):
     """BAM on top of a trained stage-1 :class:`PSPNet` (its backbone, PPM and classifier).
 
     Args:
@@ -130,17 +121,10 @@ class BAM(FewShotModel):
         self.base_learner.requires_grad_(False)
         self.base_learner.eval()
 
-        ch = self.backbone.channels
-        mid = ch["layer2"] + ch["layer3"]
+        mid = mid_channels(self.backbone)
         self.down_query = reduction_block(mid, reduce_dim, dropout=0.5)
         self.down_supp = reduction_block(mid, reduce_dim, dropout=0.5)
-        self.init_merge = conv_relu(2 * reduce_dim + 1, reduce_dim)
-        self.ASPP_meta = ASPP(reduce_dim, reduce_dim)
-        self.res1_meta = conv_relu(self.ASPP_meta.out_channels, reduce_dim)
-        self.res2_meta = nn.Sequential(
-            conv_relu(reduce_dim, reduce_dim, 3), conv_relu(reduce_dim, reduce_dim, 3)
-        )
-        self.cls_meta = classifier(reduce_dim)
+        self.add_meta_head(reduce_dim)
         self.gram_merge = _merge_conv()
         self.cls_merge = _merge_conv()
         self.kshot_rw = ShotReweighter(self.shot, kshot_hidden) if self.shot > 1 else None
@@ -208,16 +192,8 @@ class BAM(FewShotModel):
         b, k = support_img.shape[:2]
         if k != self.shot:
             raise ValueError(f"BAM was built for shot={self.shot} but the batch has {k} supports per episode")
-        with self.backbone_grad():
-            feats = extract_features(
-                self.backbone, query_img, support_img, support_mask, self.checkpointed_stages
-            )
-        query_feat = self.down_query(feats.query_mid)
-        supp_feat = self.down_supp(feats.support_mid.flatten(0, 1))
-        protos = masked_average_pool(supp_feat, feats.support_mask_mid.flatten(0, 1)).view(b, k, -1, 1, 1)
-        query_high = feats.query_high.repeat_interleave(k, dim=0)
-        priors = prior_mask(query_high, feats.support_high_masked.flatten(0, 1))
-        priors = resize(priors, query_feat.shape[-2:]).view(b, k, 1, *query_feat.shape[-2:])
+        cues = episode_cues(self, query_img, support_img, support_mask)
+        feats = cues.features
         # The reference computes the Gram matrix on layer2 after it is resized to layer3 (a no-op for
         # ResNet; 60 -> 30 for VGG).
         size3 = feats.query_mid.shape[-2:]
@@ -228,14 +204,10 @@ class BAM(FewShotModel):
 
         w = self.shot_weights(est)
         est = (w * est).sum(dim=1)
-        prior = (w.view(b, k, 1, 1, 1) * priors).sum(dim=1)
-        proto = (w.view(b, k, 1, 1, 1) * protos).sum(dim=1)
+        prior = (w.view(b, k, 1, 1, 1) * cues.priors).sum(dim=1)
+        proto = (w.view(b, k, 1, 1, 1) * cues.prototypes).sum(dim=1)
 
-        merge = torch.cat([query_feat, proto.expand_as(query_feat), prior], dim=1)
-        x = self.ASPP_meta(self.init_merge(merge))
-        x = self.res1_meta(x)
-        x = self.res2_meta(x) + x
-        meta_out = self.cls_meta(x)
+        meta_out = self.meta_logits(cues.query_feat, proto, prior)
 
         base_out = self.base_logits(query_img)
         base_out = resize(base_out, meta_out.shape[-2:])

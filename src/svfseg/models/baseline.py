@@ -19,8 +19,40 @@ from svfseg.models.components import (
 from svfseg.models.registry import register_model
 
 
+class MetaLearner(FewShotModel):
+    """A method whose head is the baseline's meta learner: init_merge, ASPP, residual convs, classifier.
+
+    The baseline is this head alone and BAM ensembles it with a base learner, so both get it from here.
+    The head modules are attributes of the model itself rather than one submodule because checkpoints
+    key on their names (``init_merge.*``, ``ASPP_meta.*``, ...).
+    """
+
+    init_merge: nn.Sequential
+    ASPP_meta: ASPP
+    res1_meta: nn.Sequential
+    res2_meta: nn.Sequential
+    cls_meta: nn.Sequential
+
+    def add_meta_head(self, reduce_dim: int) -> None:
+        """Create the head modules; where a method calls this fixes their place in its state dict."""
+        self.init_merge = conv_relu(2 * reduce_dim + 1, reduce_dim)
+        self.ASPP_meta = ASPP(reduce_dim, reduce_dim)
+        self.res1_meta = conv_relu(self.ASPP_meta.out_channels, reduce_dim)
+        self.res2_meta = nn.Sequential(
+            conv_relu(reduce_dim, reduce_dim, 3), conv_relu(reduce_dim, reduce_dim, 3)
+        )
+        self.cls_meta = classifier(reduce_dim)
+
+    def meta_logits(self, query_feat: Tensor, proto: Tensor, prior: Tensor) -> Tensor:
+        """(B, 2, h, w) scores at query-feature size from the reduced query, one prototype and one prior."""
+        merge = torch.cat([query_feat, proto.expand_as(query_feat), prior], dim=1)
+        x = self.res1_meta(self.ASPP_meta(self.init_merge(merge)))
+        x = self.res2_meta(x) + x
+        return self.cls_meta(x)
+
+
 @register_model("baseline")
-class BaselineASPP(FewShotModel):
+class BaselineASPP(MetaLearner):
     """Query/support reduction, prototype + prior, init_merge, ASPP, residual convs and a 2-way classifier.
 
     This is BAM's meta learner alone (SVF repo ``model/aspp.py``). Differences from the reference code,
@@ -35,7 +67,7 @@ class BaselineASPP(FewShotModel):
 
     Args:
         backbone: a Backbone (``layer0``..``layer4``, ``channels``).
-        shot: supports per episode it is trained for; any K works at run time (shots are averaged).
+        shot: accepted from the registry, unused (any K works at run time: shots are averaged).
         reduce_dim: width of the head (256 in the paper).
         dropout: Dropout2d rate after the query/support reduction (0.5).
     """
@@ -45,16 +77,9 @@ class BaselineASPP(FewShotModel):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.shot = int(shot)
         self.down_query = reduction_block(mid_channels(backbone), reduce_dim, dropout=dropout)
         self.down_supp = reduction_block(mid_channels(backbone), reduce_dim, dropout=dropout)
-        self.init_merge = conv_relu(2 * reduce_dim + 1, reduce_dim)
-        self.ASPP_meta = ASPP(reduce_dim, reduce_dim)
-        self.res1_meta = conv_relu(self.ASPP_meta.out_channels, reduce_dim)
-        self.res2_meta = nn.Sequential(
-            conv_relu(reduce_dim, reduce_dim, 3), conv_relu(reduce_dim, reduce_dim, 3)
-        )
-        self.cls_meta = classifier(reduce_dim)
+        self.add_meta_head(reduce_dim)
 
     def forward(
         self,
@@ -66,12 +91,8 @@ class BaselineASPP(FewShotModel):
         query_base_label: Tensor | None = None,
     ) -> FewShotOutput:
         cues = episode_cues(self, query_img, support_img, support_mask)
-        query_feat = cues.query_feat
         proto, prior = cues.prototypes.mean(dim=1), cues.priors.mean(dim=1)
-        merge = torch.cat([query_feat, proto.expand_as(query_feat), prior], dim=1)
-        x = self.res1_meta(self.ASPP_meta(self.init_merge(merge)))
-        x = self.res2_meta(x) + x
-        logits = resize(self.cls_meta(x), query_img.shape[-2:])
+        logits = resize(self.meta_logits(cues.query_feat, proto, prior), query_img.shape[-2:])
         if query_mask is None:
             return FewShotOutput(logits=logits)
         loss = cross_entropy(logits, query_mask)

@@ -58,7 +58,7 @@ class PFENet(FewShotModel):
     ``aux_weight`` times the mean CE of the per-bin ``inner_cls`` outputs.
 
     Args:
-        backbone: a Backbone. shot: supports per episode it is trained for (any K works at run time).
+        backbone: a Backbone. shot: accepted from the registry, unused (any K works at run time).
         reduce_dim: head width (256). bins: pyramid sizes (> 1 absolute, <= 1 relative).
         aux_weight: weight of the mean auxiliary loss of the bins (1.0).
         dropout: Dropout2d rate after the query/support reduction (0.5).
@@ -76,7 +76,6 @@ class PFENet(FewShotModel):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.shot = int(shot)
         self.bins = check_bins(bins)
         self.aux_weight = float(aux_weight)
         d, n = reduce_dim, len(self.bins)
