@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from svfseg.data.collate import collate_samples
 from svfseg.data.episodes import EpisodeTable, EvalEpisodes, TrainEpisodes, build_eval_episodes
 from svfseg.data.layouts import LAYOUTS, get_layout
-from svfseg.data.lists import DEFAULT_MIN_PIXELS, FewShotList, build_list
 from svfseg.data.samplers import EpisodeSampler, ShardedEvalSampler
+from svfseg.data.selection import DEFAULT_MIN_PIXELS, FewShotList, build_list
 from svfseg.data.splits import COCO_SPLITS, base_classes, novel_classes
 from svfseg.data.transforms import SCALE_RANGES, EvalTransform, TrainTransform
 

@@ -36,8 +36,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from svfseg.data.io import read_sample
-from svfseg.data.lists import FewShotList
 from svfseg.data.samplers import DOMAIN_EVAL_TABLE, DOMAIN_TRAIN_SAMPLE, EpisodeKey, seed_sequence
+from svfseg.data.selection import FewShotList
 from svfseg.data.transforms import IGNORE_LABEL, EvalTransform, TrainTransform, pad_square
 from svfseg.files import atomic_write
 

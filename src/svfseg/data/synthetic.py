@@ -37,9 +37,9 @@ from pycocotools import mask as mask_utils
 
 from svfseg.data import io as data_io
 from svfseg.data.layouts import default_source, get_layout
-from svfseg.data.lists import pool_classes, select_pairs
 from svfseg.data.prepare import prepare_coco
 from svfseg.data.progress import progress_bar
+from svfseg.data.selection import pool_classes, select_pairs
 from svfseg.data.splits import COCO_SPLITS, NUM_FOLDS
 
 FORMAT_VERSION = 1
