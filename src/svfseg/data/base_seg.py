@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from svfseg.data.datamodule import (
+from svfseg.data.checks import (
     DATASETS,
     FOLDS,
     MAX_IMAGE_SIZE,
@@ -32,12 +32,11 @@ from svfseg.data.datamodule import (
     check_root,
     check_scale,
     check_source_lists,
-    make_loader,
-    rank_and_world,
 )
 from svfseg.data.episodes import base_label_lut
 from svfseg.data.io import read_sample
 from svfseg.data.layouts import Pair, default_source, get_layout, read_source_file
+from svfseg.data.loaders import make_loader, rank_and_world
 from svfseg.data.samplers import (
     DOMAIN_TRAIN_SAMPLE,
     EpisodeKey,

@@ -72,6 +72,11 @@ class FewShotList:
         return cls(pairs, dict(sorted(by_class.items())))
 
 
+def list_digest(lst: FewShotList) -> str:
+    """sha256 of a list's content, recorded so a resume can prove it sees the same training data."""
+    return json_sha256(lst.to_json())
+
+
 def select_pairs(
     pairs: Iterable[Pair],
     counts: Mapping[str, Mapping[int, int]],
