@@ -38,8 +38,9 @@ from torch.utils.data import Dataset
 from svfseg.data.io import read_sample
 from svfseg.data.samplers import DOMAIN_EVAL_TABLE, DOMAIN_TRAIN_SAMPLE, EpisodeKey, seed_sequence
 from svfseg.data.selection import FewShotList
-from svfseg.data.transforms import IGNORE_LABEL, EvalTransform, TrainTransform, pad_square
+from svfseg.data.transforms import EvalTransform, TrainTransform, pad_square
 from svfseg.files import atomic_write
+from svfseg.labels import IGNORE_INDEX
 
 Pair = tuple[str, str]
 TABLE_FORMAT = 1
@@ -52,7 +53,7 @@ def binary_mask(label: np.ndarray, class_id: int) -> np.ndarray:
     """Episode mask: ``class_id`` -> 1, 255 stays 255, every other class (base or novel) -> 0."""
     out = np.zeros_like(label, dtype=np.uint8)
     out[label == class_id] = 1
-    out[label == IGNORE_LABEL] = IGNORE_LABEL
+    out[label == IGNORE_INDEX] = IGNORE_INDEX
     return out
 
 
@@ -61,7 +62,7 @@ def base_label_lut(base: Sequence[int]) -> np.ndarray:
     lut = np.zeros(256, dtype=np.uint8)
     for i, c in enumerate(base):
         lut[int(c)] = i + 1
-    lut[IGNORE_LABEL] = IGNORE_LABEL
+    lut[IGNORE_INDEX] = IGNORE_INDEX
     return lut
 
 

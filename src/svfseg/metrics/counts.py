@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = 255
+from svfseg.labels import IGNORE_INDEX
 
 
 def _check_binary(name: str, x: Tensor, allowed: tuple[int, ...]) -> None:

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from svfseg.metrics.counts import IGNORE_INDEX, episode_counts
+from svfseg.labels import IGNORE_INDEX
+from svfseg.metrics.counts import episode_counts
 from svfseg.metrics.original_size import predict_at_original_size
 
 

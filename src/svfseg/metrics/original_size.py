@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from svfseg.metrics.counts import IGNORE_INDEX
+from svfseg.labels import IGNORE_INDEX
 
 
 def predict_at_original_size(
