@@ -1,6 +1,6 @@
 """Plain semantic segmentation on a fold's base classes: the data of BAM's stage 1 (PSPNet base learner).
 
-Reference (spec E.4, BAM ``BaseData``): the *full* training source list with no filtering; base class c ->
+Reference (BAM ``BaseData``): the *full* training source list with no filtering; base class c ->
 ``base.index(c) + 1``, novel classes -> 0 (background), 255 kept; augmentation scale [0.5, 2.0], rotate
 +-10, blur, flip, crop 417; validation on the val source list resized to 417.
 

@@ -43,7 +43,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_255 = tuple(m * 255.0 for m in IMAGENET_MEAN)
 STD_255 = tuple(s * 255.0 for s in IMAGENET_STD)
 
-# Reference scale ranges (C.5 for episodes; E.4 for BAM's stage-1 base learner).
+# Scale ranges of the reference configs (BAM/SVF episodes; BAM's stage-1 base learner).
 SCALE_RANGES: dict[str, tuple[float, float]] = {
     "pascal": (0.9, 1.1),
     "synthetic": (0.9, 1.1),

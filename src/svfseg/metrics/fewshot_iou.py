@@ -1,4 +1,4 @@
-"""Class-wise mIoU and FB-IoU of few-shot segmentation as a torchmetrics Metric (reference spec D.2).
+"""Class-wise mIoU and FB-IoU of few-shot segmentation (summed as BAM/SVF do) as a torchmetrics Metric.
 
 Every state is an int64 pixel or episode count reduced by ``sum``: the result is exact and independent
 of episode order, batch size and how episodes are sharded over processes (DDP), which a running mean
