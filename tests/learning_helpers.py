@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from svfseg.labels import IGNORE_INDEX
 from svfseg.pretrain import ProxySpec
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.train import train
 from tests.hydra_helpers import tiny_train_config
 
-IGNORE = 255
 EPOCHS = 8
 # The proxy the learning tests start from: 0.125 width keeps each run to seconds on 2 cores.
 LEARNING_PROXY = ProxySpec(width_mult=0.125, n_images=2048, steps=300)
@@ -49,7 +49,7 @@ def trivial_scores(loader) -> dict[str, float]:
     for batch in loader:
         for label, (h, w), cls in zip(batch["query_label_ori"], batch["ori_size"], batch["class_idx"]):
             lab = label[: int(h), : int(w)].numpy()
-            valid = lab != IGNORE
+            valid = lab != IGNORE_INDEX
             c = int(cls)
             fg_pixels[c] = fg_pixels.get(c, 0) + int((lab == 1).sum())
             valid_pixels[c] = valid_pixels.get(c, 0) + int(valid.sum())

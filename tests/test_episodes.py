@@ -21,8 +21,8 @@ from svfseg.data.episodes import (
     binary_mask,
     build_eval_episodes,
 )
-from svfseg.data.lists import FewShotList, build_list
 from svfseg.data.samplers import EpisodeSampler, ShardedEvalSampler
+from svfseg.data.selection import FewShotList, build_list
 from svfseg.data.splits import base_classes, novel_classes
 from svfseg.data.synthetic import make_synthetic
 from svfseg.data.transforms import EvalTransform, TrainTransform

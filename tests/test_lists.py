@@ -13,10 +13,12 @@ import pytest
 from data_helpers import label_with, write_jpeg, write_pascal_root, write_png, write_source_list
 
 from svfseg.data import io as data_io
+from svfseg.data import label_index
 from svfseg.data import lists as lists_mod
 from svfseg.data.io import DataFileError, MissingDataError
 from svfseg.data.layouts import default_source, get_layout, relativize
-from svfseg.data.lists import FewShotList, build_list, export_lists, import_lists, select_pairs
+from svfseg.data.lists import export_lists, import_lists
+from svfseg.data.selection import FewShotList, build_list, select_pairs
 
 P = 100  # lowered threshold for the tiny 64x64 labels
 
@@ -203,16 +205,16 @@ def test_explicit_cache_dir_and_corrupt_cache(root: Path, tmp_path: Path, read_c
 
 def test_parallel_scan_equals_serial(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     serial = build(root, 0, "train", filter_novel=False, cache_dir=tmp_path / "c1")
-    monkeypatch.setattr(lists_mod, "_SERIAL_BELOW", 1)
+    monkeypatch.setattr(label_index, "_SERIAL_BELOW", 1)
     pools: list[int] = []
-    real_context = lists_mod.get_context
+    real_context = label_index.get_context
 
     class Spy:
         def Pool(self, n: int):
             pools.append(n)
             return real_context().Pool(n)
 
-    monkeypatch.setattr(lists_mod, "get_context", Spy)
+    monkeypatch.setattr(label_index, "get_context", Spy)
     parallel = build(root, 0, "train", filter_novel=False, cache_dir=tmp_path / "c2", workers=2)
     assert pools == [2]
     assert parallel == serial

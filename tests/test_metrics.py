@@ -1,4 +1,4 @@
-"""FewShotIoU against hand-computed values and a literal numpy port of the reference protocol (spec D)."""
+"""FewShotIoU against hand-computed values and a literal numpy port of the reference BAM/SVF protocol."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from svfseg.metrics import FewShotIoU, episode_counts, predict_at_original_size
 
 
 def ref_intersection_union(output: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Spec D.1: set output to 255 where target is 255, then 2-bin histograms over [0, 1]."""
+    """As the reference code: set output to 255 where target is 255, then 2-bin histograms over [0, 1]."""
     output = output.reshape(-1).copy()
     target = target.reshape(-1)
     output[target == 255] = 255
@@ -26,7 +26,7 @@ def ref_intersection_union(output: np.ndarray, target: np.ndarray) -> tuple[np.n
 
 
 def ref_scores(episodes: list[tuple[np.ndarray, np.ndarray, int]], num_classes: int) -> tuple[float, float]:
-    """Spec D.2: class-wise sums for mIoU (eps 1e-10), global sums for FB-IoU."""
+    """As the reference code: class-wise sums for mIoU (eps 1e-10), global sums for FB-IoU."""
     ci, cu = np.zeros(num_classes), np.zeros(num_classes)
     fi, fu = np.zeros(2), np.zeros(2)
     for pred, target, c in episodes:

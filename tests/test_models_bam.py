@@ -1,4 +1,4 @@
-"""PSPNet base learner, its checkpoint file, and BAM (reference spec E.4) on small CPU models."""
+"""PSPNet base learner, its checkpoint file, and BAM (as in the reference BAM code) on small CPU models."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fold class sets of Pascal-5i and COCO-20i against the reference definitions (spec C.1)."""
+"""Fold class sets of Pascal-5i and COCO-20i against the definitions of the PFENet/BAM/SVF code."""
 
 from __future__ import annotations
 

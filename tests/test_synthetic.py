@@ -13,8 +13,8 @@ from data_helpers import tree_digest
 
 from svfseg.data import synthetic
 from svfseg.data.io import read_label, read_sample
-from svfseg.data.lists import build_list
 from svfseg.data.prepare import coco_category_map, coco_semantic_label
+from svfseg.data.selection import build_list
 from svfseg.data.synthetic import COCO_CATEGORY_IDS, class_styles, coverage_min_pixels, make_synthetic
 
 TINY = {"n_train": 20, "n_val": 20, "size": 64}

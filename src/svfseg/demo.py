@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from svfseg.data.synthetic import LAYOUT_CLASSES, make_synthetic
+from svfseg.labels import IGNORE_INDEX
 from svfseg.pretrain.proxy import ProxySpec, build_proxy_weights
 
 SETTING = "baseline, 1-shot, fold 0, proxy-pretrained synthetic"
@@ -270,7 +271,7 @@ def write_plots(out: Path, comparison: dict[str, Any], data_root: Path) -> dict[
             shown,
             cues.maps,
             cues.titles,
-            mask=(mask > 0) & (mask != 255),
+            mask=(mask > 0) & (mask != IGNORE_INDEX),
             ncols=4,
             suptitle=f"SVF cue maps of {layer}: directions whose singular value grew / shrank most\n{SETTING}, seed {seed}",
         )

@@ -1,6 +1,6 @@
 """Plain semantic segmentation on a fold's base classes: the data of BAM's stage 1 (PSPNet base learner).
 
-Reference (spec E.4, BAM ``BaseData``): the *full* training source list with no filtering; base class c ->
+Reference (BAM ``BaseData``): the *full* training source list with no filtering; base class c ->
 ``base.index(c) + 1``, novel classes -> 0 (background), 255 kept; augmentation scale [0.5, 2.0], rotate
 +-10, blur, flip, crop 417; validation on the val source list resized to 417.
 
@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from svfseg.data.datamodule import (
+from svfseg.data.checks import (
     DATASETS,
     FOLDS,
     MAX_IMAGE_SIZE,
@@ -32,12 +32,11 @@ from svfseg.data.datamodule import (
     check_root,
     check_scale,
     check_source_lists,
-    make_loader,
-    rank_and_world,
 )
 from svfseg.data.episodes import base_label_lut
 from svfseg.data.io import read_sample
 from svfseg.data.layouts import Pair, default_source, get_layout, read_source_file
+from svfseg.data.loaders import make_loader, rank_and_world
 from svfseg.data.samplers import (
     DOMAIN_TRAIN_SAMPLE,
     EpisodeKey,

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from svfseg.data.transforms import IGNORE_LABEL
+from svfseg.labels import IGNORE_INDEX
 
 # Keys holding variable-size square labels.
 RAGGED_LABEL_KEYS = frozenset({"query_label_ori", "label_ori"})
 
 
-def pad_square_stack(labels: Sequence[Tensor], fill: int = IGNORE_LABEL) -> Tensor:
+def pad_square_stack(labels: Sequence[Tensor], fill: int = IGNORE_INDEX) -> Tensor:
     """Stack square 2-D labels of different sizes into ``(B, L, L)``, ``L`` = largest side, padding with ``fill``."""
     for lab in labels:
         if lab.ndim != 2 or lab.shape[0] != lab.shape[1]:

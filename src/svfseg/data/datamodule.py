@@ -13,184 +13,41 @@ selects its checkpoint on one fixed 1000-episode draw; ``test_dataloader`` gives
 Resume: ``state_dict`` records the training position (epoch, all-rank positions consumed) read from the
 trainer's batch progress when a checkpoint is written; a resumed run's sampler starts that epoch after
 those positions, so a run killed mid-epoch continues with exactly the episodes it had not yet seen. The
-training loader (:class:`ResumableEpisodeLoader`) carries the same position for Lightning's loop state.
+training loader (:class:`~svfseg.data.loaders.ResumableEpisodeLoader`) carries the same position for
+Lightning's loop state.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
-from svfseg.data.collate import collate_samples
+from svfseg.data.checks import (
+    DATASETS,
+    FOLDS,
+    MAX_IMAGE_SIZE,
+    check_choice,
+    check_int,
+    check_root,
+    check_scale,
+    check_source_lists,
+)
 from svfseg.data.episodes import EpisodeTable, EvalEpisodes, TrainEpisodes, build_eval_episodes
-from svfseg.data.layouts import LAYOUTS, get_layout
-from svfseg.data.lists import DEFAULT_MIN_PIXELS, FewShotList, build_list
+from svfseg.data.layouts import get_layout
+from svfseg.data.loaders import make_loader, rank_and_world, start_sampler_at
 from svfseg.data.samplers import EpisodeSampler, ShardedEvalSampler
+from svfseg.data.selection import DEFAULT_MIN_PIXELS, FewShotList, build_list, list_digest
 from svfseg.data.splits import COCO_SPLITS, base_classes, novel_classes
 from svfseg.data.transforms import SCALE_RANGES, EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
-
-DATASETS = tuple(LAYOUTS)
-FOLDS = (0, 1, 2, 3)
-MAX_IMAGE_SIZE = 4096
-
-
-# ------------------------------------------------------------------------------------------ validation
-
-
-def check_int(key: str, value: Any, *, low: int = 1, high: int | None = None, allowed: str = "") -> int:
-    """``value`` as an int in ``[low, high]``; the error names the key, the value and what is allowed."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        span = allowed or (f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}")
-        raise ValueError(f"{key}={value!r} is invalid: expected {span}")
-    return int(value)
-
-
-def check_choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
-    if value not in choices:
-        raise ValueError(f"{key}={value!r} is invalid: choose one of {list(choices)}")
-    return value
-
-
-def check_scale(key: str, value: Any) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}={value!r} is invalid: expected [min, max], e.g. [0.9, 1.1]") from None
-    if not 0 < lo <= hi:
-        raise ValueError(f"{key}={value!r} is invalid: need 0 < min <= max, e.g. [0.9, 1.1]")
-    return lo, hi
-
-
-def check_source_lists(value: Mapping[str, Any] | None) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not set(value) <= {"train", "val"}:
-        raise ValueError(
-            f"source_lists={value!r} is invalid: expected null or a mapping with keys 'train' and/or 'val' "
-            "giving list files of 'IMAGE LABEL' lines"
-        )
-    return {k: str(v) for k, v in value.items() if v is not None}
-
-
-# ------------------------------------------------------------------------------------------ loaders
-
-
-def rank_and_world(module: pl.LightningDataModule) -> tuple[int, int]:
-    """(global rank, world size) of the attached trainer, or (0, 1) without one."""
-    trainer = getattr(module, "trainer", None)
-    if trainer is None:
-        return 0, 1
-    world = int(trainer.world_size)
-    if world > 1 and getattr(
-        getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False
-    ):
-        raise RuntimeError(
-            "svfseg shards its own episodes: create the Trainer with use_distributed_sampler=False "
-            f"(world_size={world}); Lightning's DistributedSampler would re-shard and pad them"
-        )
-    return int(trainer.global_rank), world
-
-
-def make_loader(
-    dataset: Dataset,
-    sampler: Sampler,
-    batch_size: int,
-    *,
-    num_workers: int,
-    train: bool,
-    persistent_workers: bool = False,
-    pin_memory: bool = False,
-    collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_samples,
-    position: Callable[[], dict[str, int] | None] | None = None,
-) -> DataLoader:
-    """A DataLoader over an explicit sampler (training drops the last partial batch, as the reference).
-
-    ``position`` (the training position of the fitting trainer) makes it a :class:`ResumableEpisodeLoader`.
-    """
-    extra: dict[str, Any] = {} if position is None else {"position": position}
-    return (DataLoader if position is None else ResumableEpisodeLoader)(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        drop_last=train,
-        pin_memory=pin_memory,
-        persistent_workers=persistent_workers and num_workers > 0,
-        **extra,
-    )
-
-
-class ResumableEpisodeLoader(DataLoader):
-    """The training loader: a DataLoader that saves and restores the training position (mid-epoch resume).
-
-    Lightning counts only a loader with ``state_dict`` / ``load_state_dict`` as resumable mid-epoch (it
-    warns that results are unreliable otherwise), saves its state with the fit loop and loads it when the
-    loader is built after the loops were restored. In Lightning 2.6 the loader is built earlier, while
-    ``configure_optimizers`` asks for ``estimated_stepping_batches``, so the position that takes effect
-    is the copy in :meth:`FewShotDataModule.state_dict`, restored before any loader exists. Both paths
-    call :func:`start_sampler_at`, which is idempotent. ``position`` reads ``{"epoch", "consumed"}`` from
-    the trainer's batch progress.
-    """
-
-    def __init__(self, *args: Any, position: Callable[[], dict[str, int] | None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._position = position
-
-    def state_dict(self) -> dict[str, Any]:
-        position = self._position()
-        return {} if position is None else {"train_position": dict(position)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        start = state_dict.get("train_position")
-        if start is not None:
-            assert isinstance(self.sampler, EpisodeSampler)
-            start_sampler_at(self.sampler, start)
-
-
-def start_sampler_at(sampler: EpisodeSampler, position: Mapping[str, int]) -> None:
-    """Make ``sampler`` start epoch ``position["epoch"]`` after its first ``position["consumed"]`` positions.
-
-    Idempotent. Also sets the sampler's epoch: loader workers draw their first indices as soon as the
-    iterator exists, which may precede Lightning's ``set_epoch``.
-    """
-    epoch, consumed = int(position["epoch"]), int(position["consumed"])
-    sampler.set_epoch(epoch)
-    sampler.set_start(epoch, consumed)
-    if consumed:
-        log.info("resuming epoch %d after its first %d training episodes (all ranks)", epoch, consumed)
-
-
-def list_digest(lst: FewShotList) -> str:
-    """sha256 of a list's content, recorded so a resume can prove it sees the same training data."""
-    return hashlib.sha256(json.dumps(lst.to_json(), sort_keys=True).encode()).hexdigest()
-
-
-def check_root(dataset: str, root: str | Path) -> Path:
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"dataset root {path} (dataset={dataset}) does not exist; create it with: "
-            f"{get_layout(dataset).hint(path)}"
-        )
-    return path
-
-
-# ------------------------------------------------------------------------------------------ module
 
 
 class FewShotDataModule(pl.LightningDataModule):

@@ -1,17 +1,18 @@
 """Few-shot episodes: seeded training episodes and fixed, hashed evaluation episode tables.
 
-Class choice (differs from the reference on purpose). Reference ``SemData.__getitem__`` (spec C.4) picks the
+Class choice (differs from the reference on purpose). Reference ``SemData.__getitem__`` (BAM/SVF) picks the
 query's class among *all* fold classes present in its label, with no pixel threshold, so a class covering
 a handful of query pixels can be chosen although the image only entered the list through another class.
 Here the class is drawn among the query's *pool* classes: the fold classes whose pool holds the image,
-i.e. those covering ``>= min_pixels`` of it (the list rule, C.3). Every query foreground is then as large as
-a support's, and the choice needs no label read. Supports: ``shot`` distinct images of the class pool,
-never the query; a pool too small for that is refused when the dataset or table is built.
+i.e. those covering ``>= min_pixels`` of it (the list rule of :mod:`svfseg.data.selection`). Every query
+foreground is then as large as a support's, and the choice needs no label read. Supports: ``shot``
+distinct images of the class pool, never the query; a pool too small for that is refused when the dataset
+or table is built.
 
 Training: a sample is a pure function of ``(seed, epoch, index)``; the class, the supports and every
 image's augmentation come from one ``SeedSequence`` (see :mod:`svfseg.data.samplers`).
 
-Evaluation protocol (reference D.3: 1000 episodes; queries in file order, so Pascal fold 0 cycles its
+Evaluation protocol (reference BAM/SVF test: 1000 episodes; queries in file order, so Pascal fold 0 cycles its
 364 images ~2.75 times and COCO only ever queries its first 1000 val images). Here the queries are
 successive passes over the *whole* val list, each pass a fresh seeded permutation: every image is queried
 ``floor`` or ``ceil(n_episodes / len)`` times, and on COCO the 1000 queries spread over all images
@@ -36,10 +37,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from svfseg.data.io import read_sample
-from svfseg.data.lists import FewShotList
 from svfseg.data.samplers import DOMAIN_EVAL_TABLE, DOMAIN_TRAIN_SAMPLE, EpisodeKey, seed_sequence
-from svfseg.data.transforms import IGNORE_LABEL, EvalTransform, TrainTransform, pad_square
+from svfseg.data.selection import FewShotList
+from svfseg.data.transforms import EvalTransform, TrainTransform, pad_square
 from svfseg.files import atomic_write
+from svfseg.labels import IGNORE_INDEX
 
 Pair = tuple[str, str]
 TABLE_FORMAT = 1
@@ -52,7 +54,7 @@ def binary_mask(label: np.ndarray, class_id: int) -> np.ndarray:
     """Episode mask: ``class_id`` -> 1, 255 stays 255, every other class (base or novel) -> 0."""
     out = np.zeros_like(label, dtype=np.uint8)
     out[label == class_id] = 1
-    out[label == IGNORE_LABEL] = IGNORE_LABEL
+    out[label == IGNORE_INDEX] = IGNORE_INDEX
     return out
 
 
@@ -61,7 +63,7 @@ def base_label_lut(base: Sequence[int]) -> np.ndarray:
     lut = np.zeros(256, dtype=np.uint8)
     for i, c in enumerate(base):
         lut[int(c)] = i + 1
-    lut[IGNORE_LABEL] = IGNORE_LABEL
+    lut[IGNORE_INDEX] = IGNORE_INDEX
     return lut
 
 

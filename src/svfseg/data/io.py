@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IGNORE = 255
+from svfseg.labels import IGNORE_INDEX
+
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 
 
@@ -86,7 +87,7 @@ def decode_label(buf: np.ndarray, path: Path) -> np.ndarray:
 def check_label_values(label: np.ndarray, num_classes: int, path: Path | str) -> np.ndarray:
     """Pixel counts per value (length 256); raises DataFileError if a value is outside {0..num_classes, 255}."""
     counts = np.bincount(label.ravel(), minlength=256)
-    bad = [v for v in np.flatnonzero(counts).tolist() if num_classes < v < IGNORE]
+    bad = [v for v in np.flatnonzero(counts).tolist() if num_classes < v < IGNORE_INDEX]
     if bad:
         raise DataFileError(
             f"label {path} has values {bad} outside {{0..{num_classes}, 255}} "

@@ -45,12 +45,13 @@ import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from svfseg.data.io import IGNORE, DataFileError, check_label_values
+from svfseg.data.io import DataFileError, check_label_values
+from svfseg.data.label_index import default_workers
 from svfseg.data.layouts import PASCAL_SOURCE_RESOURCES, get_layout, read_source_file
-from svfseg.data.lists import default_workers
 from svfseg.data.progress import progress_bar
 from svfseg.data.splits import NUM_CLASSES
 from svfseg.files import atomic_write
+from svfseg.labels import IGNORE_INDEX
 
 COCO_SPLITS = ("train", "val")
 _SERIAL_BELOW = 64
@@ -255,7 +256,7 @@ def coco_semantic_label(
         if m is None:
             continue
         if ann.get("iscrowd", 0):
-            label[m > 0] = IGNORE
+            label[m > 0] = IGNORE_INDEX
             continue
         cid = int(ann["category_id"])
         if cid not in cat_map:

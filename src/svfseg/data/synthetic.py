@@ -37,10 +37,11 @@ from pycocotools import mask as mask_utils
 
 from svfseg.data import io as data_io
 from svfseg.data.layouts import default_source, get_layout
-from svfseg.data.lists import pool_classes, select_pairs
 from svfseg.data.prepare import prepare_coco
 from svfseg.data.progress import progress_bar
+from svfseg.data.selection import pool_classes, select_pairs
 from svfseg.data.splits import COCO_SPLITS, NUM_FOLDS
+from svfseg.labels import IGNORE_INDEX
 
 FORMAT_VERSION = 1
 META_FILE = "synthetic.json"
@@ -311,7 +312,7 @@ def pascal_label(objs: Sequence[SceneObject], owner: np.ndarray) -> np.ndarray:
     classes = np.array([0] + [o.cls for o in objs], np.uint8)
     label = classes[owner.astype(np.int32) + 1]
     k = np.ones((3, 3), np.uint8)
-    label[cv2.dilate(label, k) != cv2.erode(label, k)] = data_io.IGNORE
+    label[cv2.dilate(label, k) != cv2.erode(label, k)] = IGNORE_INDEX
     return label
 
 

@@ -36,13 +36,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A
 from albumentations.core.transforms_interface import DualTransform, ImageOnlyTransform
 
-IGNORE_LABEL = 255
+from svfseg.labels import IGNORE_INDEX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_255 = tuple(m * 255.0 for m in IMAGENET_MEAN)
 STD_255 = tuple(s * 255.0 for s in IMAGENET_STD)
 
-# Reference scale ranges (C.5 for episodes; E.4 for BAM's stage-1 base learner).
+# Scale ranges of the reference configs (BAM/SVF episodes; BAM's stage-1 base learner).
 SCALE_RANGES: dict[str, tuple[float, float]] = {
     "pascal": (0.9, 1.1),
     "synthetic": (0.9, 1.1),
@@ -112,7 +113,7 @@ class PadCropKeepForeground(DualTransform):
         self,
         size: int,
         fill: tuple[float, ...] = MEAN_255,
-        fill_mask: int = IGNORE_LABEL,
+        fill_mask: int = IGNORE_INDEX,
         keep: float | None = FOREGROUND_KEEP,
         retries: int = CROP_RETRIES,
         p: float = 1.0,
@@ -241,7 +242,7 @@ class TrainTransform:
                     mask_interpolation=cv2.INTER_NEAREST,
                     border_mode=cv2.BORDER_CONSTANT,
                     fill=MEAN_255,
-                    fill_mask=IGNORE_LABEL,
+                    fill_mask=IGNORE_INDEX,
                     p=0.5,
                 ),
                 ReferenceBlur(p=0.5),
@@ -308,12 +309,12 @@ class EvalTransform:
         )
 
     def _label(self, mask: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
-        canvas = np.full((self.size, self.size), IGNORE_LABEL, np.uint8)
+        canvas = np.full((self.size, self.size), IGNORE_INDEX, np.uint8)
         canvas[:new_h, :new_w] = cv2.resize(mask, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
         return canvas
 
 
-def pad_square(label: np.ndarray, fill: int = IGNORE_LABEL) -> np.ndarray:
+def pad_square(label: np.ndarray, fill: int = IGNORE_INDEX) -> np.ndarray:
     """Pad a label bottom/right with ``fill`` to ``L x L``, ``L = max(H, W)`` (reference ``ori_resize``)."""
     h, w = label.shape
     side = max(h, w)

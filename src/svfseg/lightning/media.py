@@ -23,11 +23,11 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from svfseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from svfseg.labels import IGNORE_INDEX
 from svfseg.models.backbones.base import STAGE_NAMES
 
 log = logging.getLogger(__name__)
 
-IGNORE = 255
 COLUMNS = ("query + GT", "support + mask", "prediction", "GT")
 GT_COLOUR = (0, 200, 0)
 SUPPORT_COLOUR = (30, 144, 255)
@@ -136,13 +136,13 @@ def mask_panel(mask: np.ndarray) -> np.ndarray:
     """Ground truth as an image: foreground white, background black, ignored (255) pixels grey."""
     out = np.zeros((*mask.shape, 3), np.uint8)
     out[mask == 1] = 255
-    out[mask == IGNORE] = 128
+    out[mask == IGNORE_INDEX] = 128
     return out
 
 
 def foreground_iou(pred: np.ndarray, mask: np.ndarray) -> float:
     """IoU of the foreground on the non-ignored pixels (NaN when neither has foreground)."""
-    valid = mask != IGNORE
+    valid = mask != IGNORE_INDEX
     p, g = (pred == 1) & valid, (mask == 1) & valid
     union = int((p | g).sum())
     return float("nan") if union == 0 else int((p & g).sum()) / union

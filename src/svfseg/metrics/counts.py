@@ -1,4 +1,4 @@
-"""Per-episode background/foreground pixel counts (reference spec D.1).
+"""Per-episode background/foreground pixel counts, counted as the reference BAM/SVF code does.
 
 Kept apart from the metric class so the counting rule, the one thing every FSS number rests on, can be
 checked on its own against a plain numpy computation.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = 255
+from svfseg.labels import IGNORE_INDEX
 
 
 def _check_binary(name: str, x: Tensor, allowed: tuple[int, ...]) -> None:

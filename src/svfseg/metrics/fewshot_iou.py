@@ -1,4 +1,4 @@
-"""Class-wise mIoU and FB-IoU of few-shot segmentation as a torchmetrics Metric (reference spec D.2).
+"""Class-wise mIoU and FB-IoU of few-shot segmentation (summed as BAM/SVF do) as a torchmetrics Metric.
 
 Every state is an int64 pixel or episode count reduced by ``sum``: the result is exact and independent
 of episode order, batch size and how episodes are sharded over processes (DDP), which a running mean
@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from svfseg.metrics.counts import IGNORE_INDEX, episode_counts
+from svfseg.labels import IGNORE_INDEX
+from svfseg.metrics.counts import episode_counts
 from svfseg.metrics.original_size import predict_at_original_size
 
 

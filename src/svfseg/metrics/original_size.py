@@ -1,4 +1,4 @@
-"""Predictions at each query's original resolution (reference spec C.5, "Evaluation at original resolution").
+"""Predictions at each query's original resolution, where the reference BAM/SVF code evaluates them.
 
 The references upsample the logits of the val-size canvas to an L x L square (L = max(H, W)), take the
 argmax and compare it with the raw label padded with 255. Because images in a batch have different
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from svfseg.metrics.counts import IGNORE_INDEX
+from svfseg.labels import IGNORE_INDEX
 
 
 def predict_at_original_size(

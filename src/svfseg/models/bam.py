@@ -1,6 +1,6 @@
 """BAM (Lang et al., CVPR 2022): a meta learner on novel classes ensembled with a frozen base learner.
 
-Reference spec E.4. Two backbones exist on purpose: ``self.backbone`` is the meta branch's copy of the
+As in BAM, two backbones exist on purpose: ``self.backbone`` is the meta branch's copy of the
 stage-1 PSPNet backbone (fine-tune strategies such as SVF convert and train only this one), while the
 base learner keeps its own untouched, frozen copy, so its base-class predictions stay those of stage 1
 whatever the strategy does to the meta branch.
@@ -238,7 +238,7 @@ def build_bam(
 ) -> BAM:
     """Registry factory: BAM from a loaded stage-1 PSPNet or from the path of its checkpoint.
 
-    The meta branch always starts from the base learner's backbone (stage-1 weights, spec B.3);
+    The meta branch always starts from the base learner's backbone (stage-1 weights, as in BAM);
     ``backbone`` only names the architecture, which must match the base learner's. A path needs
     ``dataset`` and ``fold`` so the checkpoint can be checked against them.
 

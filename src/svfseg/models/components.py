@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from svfseg.labels import IGNORE_INDEX
 from svfseg.models.base import FewShotModel
 
-IGNORE_INDEX = 255
 PROTO_EPS = 0.0005  # the references' Σ(f·m) / (Σm + 0.0005)
 PRIOR_EPS = 1e-7
 # Largest (support pixels x query pixels) similarity block the prior materialises at once: 2^26 floats

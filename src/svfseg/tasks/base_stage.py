@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from svfseg.labels import IGNORE_INDEX
 from svfseg.lightning.optim import OptimConfig, build_scheduler
 from svfseg.models.backbones import build_backbone
 from svfseg.models.pspnet import PSPNet, base_learner_num_classes, save_base_learner
@@ -30,7 +31,6 @@ from svfseg.tasks.builders import SPLIT_DATASET, build_loggers, plain
 from svfseg.tasks.reporting import close_loggers
 
 log = logging.getLogger(__name__)
-IGNORE = 255
 
 
 class BaseLearnerModule(pl.LightningModule):
@@ -52,7 +52,9 @@ class BaseLearnerModule(pl.LightningModule):
         name = spec.pop("name")
         spec["dilation"] = "uniform"  # PSPNet / BAM always use the uniform dilation patch
         self.model = PSPNet(build_backbone(name, **spec), num_classes=num_classes)
-        self.val_iou = MulticlassJaccardIndex(num_classes=num_classes, ignore_index=IGNORE, average="none")
+        self.val_iou = MulticlassJaccardIndex(
+            num_classes=num_classes, ignore_index=IGNORE_INDEX, average="none"
+        )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         _, loss = self.model(batch["image"], batch["label"])

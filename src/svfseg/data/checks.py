@@ -1,0 +1,61 @@
+"""Value checks of the DataModules' arguments: each error names the key, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from svfseg.data.layouts import LAYOUTS, get_layout
+
+DATASETS = tuple(LAYOUTS)
+FOLDS = (0, 1, 2, 3)
+MAX_IMAGE_SIZE = 4096  # largest train_size / eval_size the DataModules accept
+
+
+def check_int(key: str, value: Any, *, low: int = 1, high: int | None = None, allowed: str = "") -> int:
+    """``value`` as an int in ``[low, high]``; the error names the key, the value and what is allowed."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        span = allowed or (f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}")
+        raise ValueError(f"{key}={value!r} is invalid: expected {span}")
+    return int(value)
+
+
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is invalid: choose one of {list(choices)}")
+    return value
+
+
+def check_scale(key: str, value: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} is invalid: expected [min, max], e.g. [0.9, 1.1]") from None
+    if not 0 < lo <= hi:
+        raise ValueError(f"{key}={value!r} is invalid: need 0 < min <= max, e.g. [0.9, 1.1]")
+    return lo, hi
+
+
+def check_source_lists(value: Mapping[str, Any] | None) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not set(value) <= {"train", "val"}:
+        raise ValueError(
+            f"source_lists={value!r} is invalid: expected null or a mapping with keys 'train' and/or 'val' "
+            "giving list files of 'IMAGE LABEL' lines"
+        )
+    return {k: str(v) for k, v in value.items() if v is not None}
+
+
+def check_root(dataset: str, root: str | Path) -> Path:
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"dataset root {path} (dataset={dataset}) does not exist; create it with: "
+            f"{get_layout(dataset).hint(path)}"
+        )
+    return path

@@ -1,0 +1,105 @@
+"""DataLoaders over explicit samplers, and the training loader that resumes mid-epoch.
+
+The DataModules build their own samplers from the trainer's rank and world size, so Lightning must not
+add a DistributedSampler (:func:`rank_and_world` refuses that under DDP).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from svfseg.data.collate import collate_samples
+from svfseg.data.samplers import EpisodeSampler
+
+log = logging.getLogger(__name__)
+
+
+def rank_and_world(module: pl.LightningDataModule) -> tuple[int, int]:
+    """(global rank, world size) of the attached trainer, or (0, 1) without one."""
+    trainer = getattr(module, "trainer", None)
+    if trainer is None:
+        return 0, 1
+    world = int(trainer.world_size)
+    if world > 1 and getattr(
+        getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False
+    ):
+        raise RuntimeError(
+            "svfseg shards its own episodes: create the Trainer with use_distributed_sampler=False "
+            f"(world_size={world}); Lightning's DistributedSampler would re-shard and pad them"
+        )
+    return int(trainer.global_rank), world
+
+
+def make_loader(
+    dataset: Dataset,
+    sampler: Sampler,
+    batch_size: int,
+    *,
+    num_workers: int,
+    train: bool,
+    persistent_workers: bool = False,
+    pin_memory: bool = False,
+    collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_samples,
+    position: Callable[[], dict[str, int] | None] | None = None,
+) -> DataLoader:
+    """A DataLoader over an explicit sampler (training drops the last partial batch, as the reference).
+
+    ``position`` (the training position of the fitting trainer) makes it a :class:`ResumableEpisodeLoader`.
+    """
+    extra: dict[str, Any] = {} if position is None else {"position": position}
+    return (DataLoader if position is None else ResumableEpisodeLoader)(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        drop_last=train,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
+        **extra,
+    )
+
+
+class ResumableEpisodeLoader(DataLoader):
+    """The training loader: a DataLoader that saves and restores the training position (mid-epoch resume).
+
+    Lightning counts only a loader with ``state_dict`` / ``load_state_dict`` as resumable mid-epoch (it
+    warns that results are unreliable otherwise), saves its state with the fit loop and loads it when the
+    loader is built after the loops were restored. In Lightning 2.6 the loader is built earlier, while
+    ``configure_optimizers`` asks for ``estimated_stepping_batches``, so the position that takes effect
+    is the copy in :meth:`~svfseg.data.datamodule.FewShotDataModule.state_dict`, restored before any loader exists. Both paths
+    call :func:`start_sampler_at`, which is idempotent. ``position`` reads ``{"epoch", "consumed"}`` from
+    the trainer's batch progress.
+    """
+
+    def __init__(self, *args: Any, position: Callable[[], dict[str, int] | None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._position = position
+
+    def state_dict(self) -> dict[str, Any]:
+        position = self._position()
+        return {} if position is None else {"train_position": dict(position)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        start = state_dict.get("train_position")
+        if start is not None:
+            assert isinstance(self.sampler, EpisodeSampler)
+            start_sampler_at(self.sampler, start)
+
+
+def start_sampler_at(sampler: EpisodeSampler, position: Mapping[str, int]) -> None:
+    """Make ``sampler`` start epoch ``position["epoch"]`` after its first ``position["consumed"]`` positions.
+
+    Idempotent. Also sets the sampler's epoch: loader workers draw their first indices as soon as the
+    iterator exists, which may precede Lightning's ``set_epoch``.
+    """
+    epoch, consumed = int(position["epoch"]), int(position["consumed"])
+    sampler.set_epoch(epoch)
+    sampler.set_start(epoch, consumed)
+    if consumed:
+        log.info("resuming epoch %d after its first %d training episodes (all ranks)", epoch, consumed)
