@@ -222,6 +222,7 @@ def eval_e2e_rate(size: int, shots: tuple[int, ...], n: int, tmp: Path) -> dict[
 
 def loader_rate(size: int, shots: tuple[int, ...], workers: tuple[int, ...], n: int, tmp: Path) -> dict:
     from svfseg.data.datamodule import FewShotDataModule
+    from svfseg.data.fold import FoldSpec
     from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
 
     image_size = 500
@@ -230,9 +231,8 @@ def loader_rate(size: int, shots: tuple[int, ...], workers: tuple[int, ...], n: 
     for shot in shots:
         for w in workers:
             dm = FewShotDataModule(
-                dataset="synthetic",
+                split=FoldSpec("synthetic", 0, shot=shot),
                 root=root,
-                shot=shot,
                 train_size=size,
                 eval_size=size,
                 batch_size=1,

@@ -134,13 +134,15 @@ def empty_list(ctx: Ctx) -> Callable[[], Any]:
 
 
 def checkpoint_of_another_method(ctx: Ctx) -> Callable[[], Any]:
-    ctx.notes["match"] = r"the checkpoint is a method=baseline run, the command asks for method_name=pfenet"
+    ctx.notes["match"] = (
+        r"the checkpoint was trained for method=baseline but the command asks for method_name=pfenet"
+    )
     return lambda: evaluate(ctx.eval_cfg(["method_name=pfenet"]))
 
 
 def checkpoint_of_another_backbone(ctx: Ctx) -> Callable[[], Any]:
     ctx.notes["match"] = (
-        r"the checkpoint is a backbone=resnet50 run, the command asks for backbone_name=vgg16_bn"
+        r"the checkpoint was trained for backbone=resnet50 but the command asks for backbone_name=vgg16_bn"
     )
     return lambda: evaluate(ctx.eval_cfg(["backbone_name=vgg16_bn"]))
 

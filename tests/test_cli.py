@@ -273,7 +273,7 @@ def test_bam_on_coco_contiguous_split_trains_both_stages(tmp_path: Path) -> None
     )
     assert record["config"]["dataset"]["coco_split"] == "contiguous"
     ckpt = torch.load(record["checkpoint"], map_location="cpu", weights_only=True)
-    assert ckpt["hyper_parameters"]["coco_split"] == "contiguous"
+    assert ckpt["hyper_parameters"]["run"]["coco_split"] == "contiguous"
     other = run_cli([*common, f"hydra.run.dir={tmp_path / 'other'}"], tmp_path, ok=False)
     assert other.returncode != 0
     assert "coco_split: file has 'contiguous', run needs 'interleaved'" in other.stderr

@@ -14,6 +14,7 @@ from torch import nn
 from svfseg.data.base_seg import BaseSegDataModule
 from svfseg.data.datamodule import FewShotDataModule
 from svfseg.data.episodes import EpisodeTable
+from svfseg.data.fold import FoldSpec
 from svfseg.data.splits import base_classes, novel_classes
 from svfseg.data.synthetic import make_synthetic
 
@@ -29,11 +30,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def dm(root: Path, tmp_path: Path, **kw: Any) -> FewShotDataModule:
+    split = {"dataset": "synthetic", "fold": 0, "shot": 1, "coco_split": "interleaved"}
+    split.update({k: kw.pop(k) for k in list(kw) if k in split})
     args: dict[str, Any] = {
-        "dataset": "synthetic",
+        "split": FoldSpec(**split),
         "root": root,
-        "fold": 0,
-        "shot": 1,
         "train_size": SIZE,
         "eval_size": SIZE,
         "batch_size": 2,
@@ -200,9 +201,8 @@ def test_lightning_sets_epoch_and_runs_both_val_loaders(root: Path, tmp_path: Pa
 
 def test_base_seg_datamodule(root: Path) -> None:
     module = BaseSegDataModule(
-        dataset="synthetic",
+        split=FoldSpec("synthetic", 0),
         root=root,
-        fold=0,
         train_size=SIZE,
         eval_size=SIZE,
         batch_size=2,
@@ -218,4 +218,4 @@ def test_base_seg_datamodule(root: Path) -> None:
     assert vb["label_ori"].shape[1:] == (56, 56) and vb["ori_size"].tolist() == [[56, 56]] * 3
     assert set(vb["label_ori"].unique().tolist()) <= set(range(16)) | {255}
     with pytest.raises(ValueError, match="fold=7"):
-        BaseSegDataModule(dataset="synthetic", root=root, fold=7)
+        BaseSegDataModule(split=FoldSpec("synthetic", 7), root=root)

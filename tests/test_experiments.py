@@ -132,7 +132,7 @@ def test_every_experiment_file_composes_validates_and_instantiates(experiments: 
         assert dm.train_list is None  # nothing read yet
         module = b.module
         assert module.finetune_spec == plain(cfg.finetune), name
-        assert module.hparams["method"]["name"] == cfg.method.name
+        assert module.hparams["run"]["method"]["name"] == module.spec.method_name == cfg.method.name
         assert module.model.backbone.name == cfg.backbone.name, name
         assert b.trained.get("head"), name
         trainer = b.trainer
@@ -310,7 +310,7 @@ def test_bam_svf_on_coco_fold2_resolves_the_paper_setting(tmp_path: Path) -> Non
     assert len(dm.base_classes) == 60 and not set(dm.base_classes) & set(dm.novel_classes)
     assert dm.with_base_label and (dm.train_size, dm.eval_size) == (641, 641)
     module = build_module(ok, load_pretrained=False)
-    assert module.hparams["num_eval_classes"] == 20 and module.hparams["num_train_classes"] == 60
+    assert module.val_iou.num_classes == 20 and module.train_episode_iou.num_classes == 60
     # the base learner classifies background + 60 base classes
     assert module.model.base_learner.num_classes == 61
     module.apply_finetune(plain(cfg.finetune))
@@ -382,7 +382,7 @@ def _tiny(tmp_path: Path, extra: list[str]) -> DictConfig:
         (
             ["method=pfenet", "+method.aux_wieght=0.5"],
             False,
-            r"^method\.aux_wieght: not an option of method=pfenet \(PFENet\); allowed: .*'aux_weight'",
+            r"^method\.aux_wieght: not an option of method=pfenet; allowed: .*'aux_weight'",
         ),
     ],
 )

@@ -229,7 +229,9 @@ def test_last_checkpoint_every_n_steps_and_every_epoch_and_best_by_val_miou(refe
     assert last == [(2, 0), (4, 0), (6, 0), (8, 0), (10, 1), (12, 1), (14, 1), (16, 1)]
     assert {name for name, _, _ in saves} <= {"last.ckpt", "best.ckpt"}
     ckpt_dir = reference["out"] / "checkpoints"
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.ckpt", "last.ckpt"]  # no last-v1.ckpt
+    artifact = ["best.svf.pt"] if reference["cfg"].finetune.name == "svf" else []
+    # no last-v1.ckpt; the SVF artifact sits next to best.ckpt only
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == sorted(["best.ckpt", "last.ckpt", *artifact])
 
     # best.ckpt: written only at epoch ends, by the val/miou saver (the step saver monitors nothing)
     best_steps = [step for name, step, _ in saves if name == "best.ckpt"]

@@ -356,3 +356,22 @@ def test_cache_sees_every_optimizer_implementation(
         frozen(x)
     assert not torch.allclose(before, after, atol=1e-4)
     assert frozen_calls[0] == 1  # a frozen layer keeps its cache across optimizer steps
+
+
+@pytest.mark.parametrize("name", sorted(CONV_CASES))
+def test_layer_from_shapes_matches_decomposed_structure_and_loads_its_state(name: str) -> None:
+    """from_shapes: no SVD, same tensors and shapes as a decomposed layer; refuses to run until loaded."""
+    conv = _conv(name)
+    decomposed = SVFConv2d.from_conv(conv)
+    shell = SVFConv2d.from_conv(conv, from_shapes=True)
+    state = decomposed.state_dict()
+    assert {k: tuple(v.shape) for k, v in shell.state_dict().items() if torch.is_tensor(v)} == {
+        k: tuple(v.shape) for k, v in state.items() if torch.is_tensor(v)
+    }
+    x = torch.randn(2, conv.in_channels, 11, 13)
+    with pytest.raises(SVFStateError, match="built from shapes only"):
+        shell(x)
+    shell.load_state_dict(state)
+    assert shell.fingerprint == decomposed.fingerprint
+    with torch.no_grad():
+        assert torch.equal(shell(x), decomposed(x))

@@ -12,18 +12,17 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-DATASETS = ("pascal", "coco", "synthetic")
-METHODS = ("baseline", "pfenet", "bam")
-BACKBONES = ("resnet50", "resnet101", "resnet50_tv", "vgg16_bn")
+from svfseg.run_spec import RunSpec
+
 STAGES = ("meta", "base")
-FOLDS = (0, 1, 2, 3)
 
 
 class ConfigError(ValueError):
     """An invalid combination of config values; the message names the keys."""
 
 
-def _world_size(trainer: DictConfig) -> int:
+def world_size(trainer: DictConfig) -> int:
+    """Processes a trainer config asks for (devices x nodes); ``auto`` counts as 1 until Lightning resolves it."""
     devices = trainer.get("devices", 1)
     if isinstance(devices, int):
         n = devices
@@ -39,30 +38,24 @@ def _world_size(trainer: DictConfig) -> int:
 def uses_multiprocess_ddp(trainer: DictConfig) -> bool:
     """True when Lightning would re-launch this script per rank (ddp with several devices)."""
     strategy = str(trainer.get("strategy", "auto"))
-    return _world_size(trainer) > 1 and "ddp" in strategy and "spawn" not in strategy
+    return world_size(trainer) > 1 and "ddp" in strategy and "spawn" not in strategy
 
 
-def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> None:
-    """Raise :class:`ConfigError` on the first invalid setting of a train.py config."""
-    fold, shot, stage = cfg.get("fold"), cfg.get("shot"), cfg.get("stage", "meta")
-    if not isinstance(fold, int) or fold not in FOLDS:
-        raise ConfigError(f"fold={fold!r} is invalid: choose one of {list(FOLDS)}")
-    if not isinstance(shot, int) or shot < 1:
-        raise ConfigError(f"shot={shot!r} is invalid: the number of support images must be an integer >= 1")
+def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
+    """The run's :class:`RunSpec`; raises :class:`ConfigError` on the first invalid setting of a train.py config."""
+    stage = cfg.get("stage", "meta")
     if stage not in STAGES:
         raise ConfigError(f"stage={stage!r} is invalid: choose one of {list(STAGES)}")
-    dataset = cfg.dataset.name
-    if dataset not in DATASETS:
-        raise ConfigError(f"dataset={dataset!r} is invalid: choose one of {list(DATASETS)}")
-    if cfg.method.name not in METHODS:
-        raise ConfigError(f"method={cfg.method.name!r} is invalid: choose one of {list(METHODS)}")
-    if cfg.backbone.name not in BACKBONES:
-        raise ConfigError(f"backbone.name={cfg.backbone.name!r} is invalid: choose one of {list(BACKBONES)}")
+    try:
+        spec = RunSpec.from_config(cfg)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from err
+    dataset, fold = spec.fold.dataset, spec.fold.fold
     if stage == "base" and cfg.method.name != "bam":
         raise ConfigError(
             f"stage=base trains BAM's base learner; it needs method=bam (got method={cfg.method.name})"
         )
-    world = _world_size(cfg.trainer)
+    world = world_size(cfg.trainer)
     batch = int(cfg.dataset.batch_size)
     if batch < 1 or batch % world:
         raise ConfigError(
@@ -76,7 +69,6 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> None:
             "rank and every rank would start its own sweep. Run the sweep with trainer.devices=1, or launch "
             "each job with torchrun (README, 'Multi-GPU')."
         )
-    _check_finetune(cfg.finetune)
     _check_method_options(cfg.method)
     _check_file(cfg.backbone.get("pretrained"), "backbone.pretrained", "README section 'ImageNet weights'")
     if cfg.method.name == "bam" and stage == "meta":
@@ -94,6 +86,7 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> None:
     if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist (use a checkpoint file, 'last' or null)")
     check_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+    return spec
 
 
 def check_writable_dir(path: Any, key: str) -> None:
@@ -119,42 +112,15 @@ def _backbone_group(name: str) -> str:
     return {"vgg16_bn": "vgg16"}.get(name, name)
 
 
-def _check_finetune(finetune: DictConfig) -> None:
-    from svfseg.finetune import build_strategy
-
-    options: dict[str, Any] = dict(finetune)
-    name = options.pop("name", None)
-    if name is None:
-        raise ConfigError("finetune.name is missing: choose finetune=freeze|full|part|bn|svf")
-    try:
-        build_strategy(name, **options)
-    except (ValueError, TypeError, KeyError) as err:
-        raise ConfigError(f"finetune={name}: {err}") from err
-
-
-def _method_class(name: str) -> type:
-    from svfseg.models.bam import BAM
-    from svfseg.models.baseline import BaselineASPP
-    from svfseg.models.pfenet import PFENet
-
-    return {"baseline": BaselineASPP, "pfenet": PFENet, "bam": BAM}[name]
-
-
 def _check_method_options(method: DictConfig) -> None:
     """Unknown method keys (e.g. a misspelt loss weight) fail here, not when the model is built."""
-    import inspect
+    from svfseg.models.registry import method_options
 
-    cls = _method_class(str(method.name))
-    params = inspect.signature(cls.__init__).parameters
-    allowed = {p for p in params if p not in ("self", "backbone", "base_learner", "shot")}
-    if cls.__name__ == "BAM":
-        allowed.add("base_learner")  # the stage-1 file, read by the model factory
-    unknown = sorted(set(method) - {"name"} - allowed)
+    allowed = method_options(str(method.name))
+    unknown = sorted(set(method) - {"name"} - set(allowed))
     if unknown:
         keys = ", ".join(f"method.{k}" for k in unknown)
-        raise ConfigError(
-            f"{keys}: not an option of method={method.name} ({cls.__name__}); allowed: {sorted(allowed)}"
-        )
+        raise ConfigError(f"{keys}: not an option of method={method.name}; allowed: {sorted(allowed)}")
 
 
 def _check_file(path: Any, key: str, how: str, *, nullable: bool = True) -> None:

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FOLDS = (0, 1, 2, 3)
+from svfseg.data.splits import NUM_FOLDS
+
+FOLDS = tuple(range(NUM_FOLDS))
 
 
 @dataclass(frozen=True)

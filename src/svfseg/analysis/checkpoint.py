@@ -1,13 +1,15 @@
 """Loading a trained run and its images for analysis on CPU, without the training set-up.
 
-A svfseg checkpoint records its fine-tune strategy, so loading re-applies it (SVF conversion included)
-before the weights are copied in: the loaded model has the trained ``s`` next to the original ``s0``.
+A svfseg checkpoint records its run (fold, method, backbone, fine-tune strategy), so loading rebuilds
+the model with its SVF layers from the stored shapes (no SVD) and copies the weights in: the loaded
+model has the trained ``s`` next to the original ``s0``.
 Only tensors and plain containers are unpickled (``weights_only=True``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,16 +17,21 @@ import numpy as np
 from torch import nn
 
 from svfseg.data.io import read_image
+from svfseg.run_spec import check_identity
 
 if TYPE_CHECKING:
     from svfseg.lightning.module import FewShotSegModule
 
 
-def load_run(ckpt_path: str | Path) -> tuple[FewShotSegModule, dict[str, Any]]:
+def load_run(
+    ckpt_path: str | Path, expect: Mapping[str, Any] | None = None
+) -> tuple[FewShotSegModule, dict[str, Any]]:
     """(module in eval mode on CPU, resolved run config) of a training checkpoint.
 
     The run config is the Hydra config saved by training (plain containers); it is empty for checkpoints
     written without one. Pretrained weight files are not read: the checkpoint holds every weight.
+    ``expect``: identity keys the checkpoint must have (e.g. ``{"fold": 0, "method": "baseline"}``);
+    another run is refused with the same check that resume and eval.py use.
     """
     path = Path(ckpt_path)
     if not path.is_file():
@@ -37,6 +44,19 @@ def load_run(ckpt_path: str | Path) -> tuple[FewShotSegModule, dict[str, Any]]:
 
     module = FewShotSegModule.load_from_checkpoint(
         path, map_location="cpu", weights_only=True, strict=True, load_pretrained=False
+    )
+    identity = module.spec.identity()
+    unknown = sorted(set(expect or {}) - set(identity))
+    if unknown:
+        raise KeyError(
+            f"expect={dict(expect or {})} has unknown key(s) {unknown}; use some of {sorted(identity)}"
+        )
+    check_identity(
+        identity,
+        dict(expect or {}),
+        source=f"checkpoint {path}",
+        target="the analysis asks for",
+        fix="pick the checkpoint of the run you asked for",
     )
     module.eval()
     return module, dict(module.run_config or {})

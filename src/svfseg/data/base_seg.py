@@ -23,17 +23,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from svfseg.data.checks import (
-    DATASETS,
-    FOLDS,
-    MAX_IMAGE_SIZE,
-    check_choice,
-    check_int,
-    check_root,
-    check_scale,
-    check_source_lists,
-)
+from svfseg.data.checks import MAX_IMAGE_SIZE, check_int, check_root, check_scale, check_source_lists
 from svfseg.data.episodes import base_label_lut
+from svfseg.data.fold import FoldSpec
 from svfseg.data.io import read_sample
 from svfseg.data.layouts import Pair, default_source, get_layout, read_source_file
 from svfseg.data.loaders import make_loader, rank_and_world
@@ -44,7 +36,6 @@ from svfseg.data.samplers import (
     ShardedEvalSampler,
     seed_sequence,
 )
-from svfseg.data.splits import COCO_SPLITS, base_classes
 from svfseg.data.transforms import SCALE_RANGES, EvalTransform, TrainTransform, pad_square
 
 BASE_CROP = 417
@@ -140,38 +131,39 @@ class BaseSegDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        dataset: str = "pascal",
+        split: FoldSpec,
         root: str | Path = "data/VOCdevkit/VOC2012",
-        fold: int = 0,
         train_size: int = BASE_CROP,
         eval_size: int = BASE_CROP,
         batch_size: int = 3,
         eval_batch_size: int = 6,
         num_workers: int = 8,
         seed: int = 321,
-        coco_split: str = "interleaved",
         source_lists: Mapping[str, Any] | None = None,
         scale: Sequence[float] | None = None,
         persistent_workers: bool = False,
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        self.dataset = check_choice("dataset", dataset, DATASETS)
+        if not isinstance(split, FoldSpec):
+            raise TypeError(
+                f"split={split!r}: pass a svfseg.data.fold.FoldSpec(dataset, fold, coco_split=...)"
+            )
+        self.split = split
+        self.dataset, self.fold, self.coco_split = split.dataset, split.fold, split.coco_split
         self.root = Path(root)
-        self.fold = check_int("fold", fold, low=0, high=3, allowed=f"one of {list(FOLDS)}")
         self.train_size = check_int("train_size", train_size, low=8, high=MAX_IMAGE_SIZE)
         self.eval_size = check_int("eval_size", eval_size, low=8, high=MAX_IMAGE_SIZE)
         self.batch_size = check_int("batch_size", batch_size)
         self.eval_batch_size = check_int("eval_batch_size", eval_batch_size)
         self.num_workers = check_int("num_workers", num_workers, low=0)
         self.seed = check_int("seed", seed, low=0)
-        self.coco_split = check_choice("coco_split", coco_split, COCO_SPLITS)
         self.source_lists = check_source_lists(source_lists)
         self.scale = check_scale("scale", scale) if scale is not None else SCALE_RANGES["base"]
         self.persistent_workers = bool(persistent_workers)
         self.pin_memory = bool(pin_memory)
         self.layout = get_layout(self.dataset)
-        self.base_classes = base_classes(self.layout.split_dataset, self.fold, self.coco_split)
+        self.base_classes = list(split.base_classes)
         self.pairs: dict[str, tuple[Pair, ...]] = {}
 
     @property

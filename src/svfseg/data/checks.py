@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from svfseg.data.layouts import LAYOUTS, get_layout
+from svfseg.data.layouts import get_layout
 
-DATASETS = tuple(LAYOUTS)
-FOLDS = (0, 1, 2, 3)
 MAX_IMAGE_SIZE = 4096  # largest train_size / eval_size the DataModules accept
 
 
@@ -22,12 +20,6 @@ def check_int(key: str, value: Any, *, low: int = 1, high: int | None = None, al
         span = allowed or (f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}")
         raise ValueError(f"{key}={value!r} is invalid: expected {span}")
     return int(value)
-
-
-def check_choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
-    if value not in choices:
-        raise ValueError(f"{key}={value!r} is invalid: choose one of {list(choices)}")
-    return value
 
 
 def check_scale(key: str, value: Any) -> tuple[float, float]:

@@ -29,22 +29,13 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
-from svfseg.data.checks import (
-    DATASETS,
-    FOLDS,
-    MAX_IMAGE_SIZE,
-    check_choice,
-    check_int,
-    check_root,
-    check_scale,
-    check_source_lists,
-)
+from svfseg.data.checks import MAX_IMAGE_SIZE, check_int, check_root, check_scale, check_source_lists
 from svfseg.data.episodes import EpisodeTable, EvalEpisodes, TrainEpisodes, build_eval_episodes
+from svfseg.data.fold import FoldSpec
 from svfseg.data.layouts import get_layout
 from svfseg.data.loaders import make_loader, rank_and_world, start_sampler_at
 from svfseg.data.samplers import EpisodeSampler, ShardedEvalSampler
 from svfseg.data.selection import DEFAULT_MIN_PIXELS, FewShotList, build_list, list_digest
-from svfseg.data.splits import COCO_SPLITS, base_classes, novel_classes
 from svfseg.data.transforms import SCALE_RANGES, EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
@@ -54,15 +45,15 @@ class FewShotDataModule(pl.LightningDataModule):
     """Few-shot episodes of one dataset, fold and shot.
 
     Args:
-        dataset: ``pascal`` | ``coco`` | ``synthetic`` (Pascal layout, 20 classes, lists in ``ROOT/lists``).
+        split: dataset (``pascal`` | ``coco`` | ``synthetic``: Pascal layout, 20 classes, lists in
+            ``ROOT/lists``), fold, shot, COCO class split and the fold's classes (:class:`FoldSpec`).
         root: dataset root.
-        fold, shot: fold 0..3; supports per episode.
         train_size: training crop side (473 Pascal, 641 COCO). eval_size: evaluation canvas side.
         batch_size, eval_batch_size: per process.
         seed: training sampler/episode seed. eval_seeds: one episode table per seed (first: validation).
         n_episodes: evaluation episodes per seed (reference 1000; paper Table 11 COCO also 4000/5000).
         train_episodes_for_curve: size of the base-class episode table for the train-episodes curve (0: none).
-        filter_novel: leakage filter on training lists. coco_split: ``interleaved`` | ``contiguous``.
+        filter_novel: leakage filter on training lists.
         min_pixels: pool threshold. source_lists: optional ``{"train": path, "val": path}``.
         cache_dir: list cache folder (default ``ROOT/.svfseg_cache``).
         with_base_label: add BAM's ``query_base_label`` to training batches.
@@ -72,10 +63,8 @@ class FewShotDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        dataset: str = "pascal",
+        split: FoldSpec,
         root: str | Path = "data/VOCdevkit/VOC2012",
-        fold: int = 0,
-        shot: int = 1,
         train_size: int = 473,
         eval_size: int = 473,
         batch_size: int = 8,
@@ -86,7 +75,6 @@ class FewShotDataModule(pl.LightningDataModule):
         n_episodes: int = 1000,
         train_episodes_for_curve: int = 200,
         filter_novel: bool = True,
-        coco_split: str = "interleaved",
         min_pixels: int = DEFAULT_MIN_PIXELS,
         source_lists: Mapping[str, Any] | None = None,
         cache_dir: str | Path | None = None,
@@ -97,10 +85,14 @@ class FewShotDataModule(pl.LightningDataModule):
         table_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.dataset = check_choice("dataset", dataset, DATASETS)
+        if not isinstance(split, FoldSpec):
+            raise TypeError(
+                f"split={split!r}: pass a svfseg.data.fold.FoldSpec(dataset, fold, shot, coco_split)"
+            )
+        self.split = split
+        self.dataset, self.fold, self.shot = split.dataset, split.fold, split.shot
+        self.coco_split = split.coco_split
         self.root = Path(root)
-        self.fold = check_int("fold", fold, low=0, high=3, allowed=f"one of {list(FOLDS)}")
-        self.shot = check_int("shot", shot)
         self.train_size = check_int("train_size", train_size, low=8, high=MAX_IMAGE_SIZE)
         self.eval_size = check_int("eval_size", eval_size, low=8, high=MAX_IMAGE_SIZE)
         self.batch_size = check_int("batch_size", batch_size)
@@ -116,7 +108,6 @@ class FewShotDataModule(pl.LightningDataModule):
         self.n_episodes = check_int("n_episodes", n_episodes)
         self.train_episodes_for_curve = check_int("train_episodes_for_curve", train_episodes_for_curve, low=0)
         self.filter_novel = bool(filter_novel)
-        self.coco_split = check_choice("coco_split", coco_split, COCO_SPLITS)
         self.min_pixels = check_int("min_pixels", min_pixels)
         self.source_lists = check_source_lists(source_lists)
         self.cache_dir = cache_dir
@@ -128,9 +119,8 @@ class FewShotDataModule(pl.LightningDataModule):
         self.table_dir = Path(table_dir) if table_dir is not None else None
 
         self.layout = get_layout(self.dataset)
-        split_ds = self.layout.split_dataset
-        self.base_classes = base_classes(split_ds, self.fold, self.coco_split)
-        self.novel_classes = novel_classes(split_ds, self.fold, self.coco_split)
+        self.base_classes = list(split.base_classes)
+        self.novel_classes = list(split.novel_classes)
         self.train_list: FewShotList | None = None
         self.val_list: FewShotList | None = None
         self.val_tables: dict[int, EpisodeTable] = {}

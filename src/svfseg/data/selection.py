@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from svfseg.data.fold import FoldSpec
 from svfseg.data.label_index import scan_counts, stat_labels
 from svfseg.data.layouts import Layout, Pair, check_split, default_source, get_layout, read_source_file
 from svfseg.data.list_cache import CACHE_VERSION, json_sha256, load_cache, resolve_cache_dir, write_cache
-from svfseg.data.splits import base_classes, novel_classes
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,8 @@ def select_pairs(
 def pool_classes(layout: Layout, fold: int, split: str, coco_split: str) -> tuple[list[int], list[int]]:
     """(pool classes, novel classes) of a fold: base classes for train, novel classes for val."""
     check_split(split)
-    novel = novel_classes(layout.split_dataset, fold, coco_split)
-    pool = base_classes(layout.split_dataset, fold, coco_split) if split == "train" else novel
-    return pool, novel
+    spec = FoldSpec(layout.name, fold, coco_split=coco_split)
+    return list(spec.classes(split)), list(spec.novel_classes)
 
 
 def _check_root(layout: Layout, root: str | Path) -> Path:

@@ -11,13 +11,14 @@ NUM_FOLDS = 4
 COCO_SPLITS = ("interleaved", "contiguous")
 
 
-def _check(dataset: str, fold: int, coco_split: str) -> None:
+def check_fold(dataset: str, fold: int, coco_split: str = "interleaved") -> None:
+    """The one validation of a fold: ``fold`` in 0..3 of ``dataset``'s class split ``coco_split``."""
     if dataset not in NUM_CLASSES:
         raise ValueError(f"unknown dataset {dataset!r}: expected one of {sorted(NUM_CLASSES)}")
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < NUM_FOLDS:
-        raise ValueError(f"fold={fold!r} is not a fold: expected one of {list(range(NUM_FOLDS))}")
+        raise ValueError(f"fold={fold!r} is invalid: choose one of {list(range(NUM_FOLDS))}")
     if coco_split not in COCO_SPLITS:
-        raise ValueError(f"coco_split={coco_split!r}: expected one of {list(COCO_SPLITS)}")
+        raise ValueError(f"coco_split={coco_split!r} is invalid: choose one of {list(COCO_SPLITS)}")
 
 
 def novel_classes(dataset: str, fold: int, coco_split: str = "interleaved") -> list[int]:
@@ -26,7 +27,7 @@ def novel_classes(dataset: str, fold: int, coco_split: str = "interleaved") -> l
     Pascal fold i: 5i+1..5i+5. COCO ``interleaved`` (the split every SVF/BAM/PFENet COCO config uses):
     {i+1, i+5, ..., i+77}; ``contiguous`` (PANet style): 20i+1..20i+20. ``coco_split`` is ignored for Pascal.
     """
-    _check(dataset, fold, coco_split)
+    check_fold(dataset, fold, coco_split)
     if dataset == "pascal":
         return list(range(5 * fold + 1, 5 * fold + 6))
     if coco_split == "interleaved":

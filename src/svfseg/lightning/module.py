@@ -24,6 +24,7 @@ from svfseg.lightning.optim import OptimConfig, build_optimizer, build_scheduler
 from svfseg.metrics import FewShotIoU
 from svfseg.models.base import FewShotModel, FewShotOutput
 from svfseg.models.factory import build_fewshot_model
+from svfseg.run_spec import RunSpec, check_identity
 
 log = logging.getLogger(__name__)
 
@@ -34,45 +35,33 @@ class FewShotSegModule(pl.LightningModule):
     """Training, validation and test of one few-shot method on one fold.
 
     Args:
-        method: ``{"name": "baseline" | "pfenet" | "bam", **head options}``.
-        backbone: ``{"name": "resnet50", "pretrained": path | None, ...}`` for ``build_backbone``.
-        shot: supports per episode.
-        dataset, fold: recorded in checkpoints so that evaluating on another fold is refused.
-        num_eval_classes / num_train_classes: classes of the fold's evaluation / training split.
+        run: the run's :class:`~svfseg.run_spec.RunSpec` as a plain dict (``RunSpec.to_dict()``): dataset,
+            fold, shot, COCO split, method and backbone options, fine-tune strategy. Stored in checkpoints,
+            so a checkpoint rebuilds its model without Hydra.
         optim: :class:`OptimConfig` fields.
         load_pretrained: read backbone / base-learner weight files (False when a checkpoint follows).
-        coco_split: COCO-20i class split (BAM's base learner has one output per base class of it);
-            absent from older checkpoints, which were all ``interleaved``.
     """
 
     def __init__(
         self,
-        method: dict[str, Any],
-        backbone: dict[str, Any],
-        shot: int,
-        dataset: str,
-        fold: int,
-        num_eval_classes: int,
-        num_train_classes: int,
+        run: dict[str, Any],
         optim: dict[str, Any] | None = None,
         load_pretrained: bool = True,
-        coco_split: str = "interleaved",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.spec = RunSpec.from_dict(run)
         self.optim_cfg = OptimConfig(**(optim or {}))
         self.model: FewShotModel = build_fewshot_model(
-            method,
-            backbone,
-            shot=shot,
-            dataset=dataset,
-            fold=fold,
-            coco_split=coco_split,
+            dict(self.spec.method),
+            dict(self.spec.backbone),
+            fold=self.spec.fold,
             load_pretrained=load_pretrained,
         )
-        self.val_iou = FewShotIoU(num_eval_classes)
-        self.train_episode_iou = FewShotIoU(num_train_classes)
-        self.test_ious = nn.ModuleList([FewShotIoU(num_eval_classes)])
+        self.num_eval_classes = len(self.spec.fold.novel_classes)
+        self.val_iou = FewShotIoU(self.num_eval_classes)
+        self.train_episode_iou = FewShotIoU(len(self.spec.fold.base_classes))
+        self.test_ious = nn.ModuleList([FewShotIoU(self.num_eval_classes)])
         self.test_results_per_loader: list[dict[str, Tensor]] = []
         self.finetune_spec: dict[str, Any] | None = None
         self.param_groups: list[dict[str, Any]] | None = None
@@ -88,6 +77,11 @@ class FewShotSegModule(pl.LightningModule):
         shapes and runs no SVD (see ``FinetuneStrategy.prepare``).
         """
         spec = copy.deepcopy(dict(spec))
+        if spec != dict(self.spec.finetune):
+            raise ValueError(
+                f"fine-tune strategy {spec} differs from this run's finetune {dict(self.spec.finetune)}; "
+                "a run is built for one strategy (pass the same finetune=... to the trainer's callback)"
+            )
         if self.finetune_spec is not None:
             if spec != self.finetune_spec:
                 raise ValueError(
@@ -141,9 +135,7 @@ class FewShotSegModule(pl.LightningModule):
         # One metric per test loader: the DataModule gives one loader per evaluation seed.
         loaders = self.trainer.test_dataloaders
         n = len(loaders) if isinstance(loaders, (list, tuple)) else 1
-        self.test_ious = nn.ModuleList([FewShotIoU(self.hparams["num_eval_classes"]) for _ in range(n)]).to(
-            self.device
-        )
+        self.test_ious = nn.ModuleList([FewShotIoU(self.num_eval_classes) for _ in range(n)]).to(self.device)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_update(self.test_ious[dataloader_idx], batch)
@@ -192,21 +184,10 @@ class FewShotSegModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
-    def run_identity(self) -> dict[str, Any]:
-        """What a checkpoint must agree with before its weights may be used."""
-        hp = self.hparams
-        return {
-            "method": hp["method"]["name"],
-            "backbone": hp["backbone"]["name"],
-            "dataset": hp["dataset"],
-            "fold": int(hp["fold"]),
-            "shot": int(hp["shot"]),
-        }
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["svfseg"] = {
             "finetune": self.finetune_spec,
-            "identity": self.run_identity(),
+            "identity": self.spec.identity(),
             "config": self.run_config,
         }
 
@@ -216,12 +197,13 @@ class FewShotSegModule(pl.LightningModule):
             raise KeyError(
                 "checkpoint has no 'svfseg' section: it was not written by svfseg's FewShotSegModule"
             )
-        identity = meta.get("identity")
-        if identity is not None and identity != self.run_identity():
-            raise ValueError(
-                f"checkpoint identity {identity} does not match this run {self.run_identity()}: "
-                "it was trained for another method, backbone, dataset, fold or shot"
-            )
+        check_identity(
+            meta.get("identity") or {},
+            self.spec.identity(),
+            source="the checkpoint",
+            target="this module is",
+            fix="load it into a module built for the run that wrote it",
+        )
         if meta.get("finetune") is not None:
             # A resumed fit applied the strategy already (FinetuneCallback): then this only checks it.
             self.apply_finetune(meta["finetune"], from_checkpoint=True)

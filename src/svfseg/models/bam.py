@@ -225,7 +225,7 @@ class BAM(MetaLearner):
         return FewShotOutput(logits=final, loss=loss, losses=losses)
 
 
-@register_model("bam")
+@register_model("bam", options_of=BAM)
 def build_bam(
     backbone: Backbone,
     *,

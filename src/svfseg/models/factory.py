@@ -9,23 +9,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from svfseg.data.fold import FoldSpec
 from svfseg.models.backbones import build_backbone
 from svfseg.models.base import FewShotModel
 
 log = logging.getLogger(__name__)
-
-# The synthetic dataset follows the Pascal class structure (20 classes, 5 per fold).
-SPLIT_DATASET = {"pascal": "pascal", "coco": "coco", "synthetic": "pascal"}
 
 
 def build_fewshot_model(
     method: dict[str, Any],
     backbone: dict[str, Any],
     *,
-    shot: int,
-    dataset: str,
-    fold: int,
-    coco_split: str = "interleaved",
+    fold: FoldSpec,
     load_pretrained: bool = True,
 ) -> FewShotModel:
     """The configured method on the configured backbone (BAM: on its stage-1 PSPNet backbone)."""
@@ -46,7 +41,7 @@ def build_fewshot_model(
     if name == "bam":
         from svfseg.models.pspnet import PSPNet, backbone_shell, base_learner_num_classes, load_base_learner
 
-        split_dataset = SPLIT_DATASET[dataset]
+        split_dataset = fold.split_dataset
         path = options.pop("base_learner", None)
         if load_pretrained:
             if path is None:
@@ -55,16 +50,16 @@ def build_fewshot_model(
                 path,
                 backbone_name=bb_name,
                 dataset=split_dataset,
-                fold=fold,
+                fold=fold.fold,
                 width_mult=width_mult,
-                coco_split=coco_split,
+                coco_split=fold.coco_split,
             )
         else:  # weights come from a BAM checkpoint next
             pspnet = PSPNet(
                 backbone_shell(bb_name, width_mult),
-                num_classes=base_learner_num_classes(split_dataset, fold, coco_split),
+                num_classes=base_learner_num_classes(split_dataset, fold.fold, fold.coco_split),
             )
-        return build_model("bam", pspnet.backbone, shot=shot, base_learner=pspnet, **options)
+        return build_model("bam", pspnet.backbone, shot=fold.shot, base_learner=pspnet, **options)
 
     options.pop("base_learner", None)
     bb = build_backbone(
@@ -75,4 +70,4 @@ def build_fewshot_model(
         width_mult=width_mult,
         warn_if_random=load_pretrained,
     )
-    return build_model(name, bb, shot=shot, **options)
+    return build_model(name, bb, shot=fold.shot, **options)

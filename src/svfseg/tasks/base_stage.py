@@ -20,14 +20,17 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from svfseg.data.base_seg import BaseSegDataModule
 from svfseg.labels import IGNORE_INDEX
 from svfseg.lightning.optim import OptimConfig, build_scheduler
 from svfseg.models.backbones import build_backbone
 from svfseg.models.pspnet import PSPNet, base_learner_num_classes, save_base_learner
-from svfseg.tasks.builders import SPLIT_DATASET, build_loggers, plain
+from svfseg.run_spec import RunSpec
+from svfseg.tasks.builders import build_loggers, plain
 from svfseg.tasks.reporting import close_loggers
 
 log = logging.getLogger(__name__)
@@ -100,28 +103,21 @@ class BaseLearnerModule(pl.LightningModule):
         }
 
 
-def train_base_learner(cfg: DictConfig) -> dict[str, Any]:
-    """Fit the base learner, then write the best epoch to ``cfg.method.base_learner``."""
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-
-    from svfseg.data.base_seg import BaseSegDataModule
-
+def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
+    """Fit the base learner of the run ``spec``, then write the best epoch to ``cfg.method.base_learner``."""
     pl.seed_everything(cfg.seed, workers=True)
     stage = cfg.dataset.base_stage
-    split_dataset = SPLIT_DATASET[cfg.dataset.name]
-    coco_split = cfg.dataset.get("coco_split", "interleaved")
-    num_classes = base_learner_num_classes(split_dataset, cfg.fold, coco_split)
+    fold = spec.fold
+    num_classes = base_learner_num_classes(fold.split_dataset, fold.fold, fold.coco_split)
     datamodule = BaseSegDataModule(
-        dataset=cfg.dataset.name,
+        split=fold,
         root=str(cfg.dataset.root),
-        fold=cfg.fold,
         train_size=stage.train_size,
         eval_size=stage.eval_size,
         batch_size=int(stage.batch_size),
         eval_batch_size=int(stage.eval_batch_size),
         num_workers=cfg.dataset.num_workers,
         seed=cfg.seed,
-        coco_split=coco_split,
         source_lists=plain(cfg.dataset.source_lists),
         scale=tuple(stage.scale),
     )
@@ -156,11 +152,11 @@ def train_base_learner(cfg: DictConfig) -> dict[str, Any]:
         best = BaseLearnerModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=True)
         target = Path(str(cfg.method.base_learner))
         meta = {
-            "dataset": split_dataset,
-            "fold": int(cfg.fold),
-            "backbone": cfg.backbone.name,
-            "width_mult": float(cfg.backbone.get("width_mult", 1.0)),
-            "coco_split": coco_split,
+            "dataset": fold.split_dataset,
+            "fold": fold.fold,
+            "backbone": spec.backbone_name,
+            "width_mult": float(spec.backbone.get("width_mult", 1.0)),
+            "coco_split": fold.coco_split,
             "val_miou": float(checkpoint.best_model_score or float("nan")),
             "epochs": int(stage.epochs),
         }

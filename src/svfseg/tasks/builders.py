@@ -10,25 +10,13 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from svfseg.data.splits import base_classes, novel_classes
+from svfseg.config_checks import world_size
+from svfseg.data.datamodule import FewShotDataModule
 from svfseg.lightning.callbacks import FinetuneCallback
 from svfseg.lightning.module import FewShotSegModule
-from svfseg.models.factory import SPLIT_DATASET
+from svfseg.run_spec import RunSpec
 
 log = logging.getLogger(__name__)
-
-
-def fold_classes(cfg: DictConfig) -> tuple[list[int], list[int]]:
-    """(training classes, evaluation classes) of the configured fold."""
-    name = SPLIT_DATASET[cfg.dataset.name]
-    split = cfg.dataset.get("coco_split", "interleaved")
-    return base_classes(name, cfg.fold, coco_split=split), novel_classes(name, cfg.fold, coco_split=split)
-
-
-def world_size_of(cfg: DictConfig) -> int:
-    from svfseg.config_checks import _world_size
-
-    return _world_size(cfg.trainer)
 
 
 def plain(node: Any) -> Any:
@@ -38,19 +26,18 @@ def plain(node: Any) -> Any:
     return node
 
 
-def build_datamodule(cfg: DictConfig, *, with_base_label: bool | None = None) -> pl.LightningDataModule:
-    """The FewShotDataModule of the configured dataset, fold and shot."""
-    from svfseg.data.datamodule import FewShotDataModule
-
+def build_datamodule(
+    cfg: DictConfig, spec: RunSpec | None = None, *, with_base_label: bool | None = None
+) -> FewShotDataModule:
+    """The FewShotDataModule of the run (``spec``; built from ``cfg`` when not given)."""
+    spec = spec if spec is not None else RunSpec.from_config(cfg)
     d = cfg.dataset
-    world = world_size_of(cfg)
+    world = world_size(cfg.trainer)
     if with_base_label is None:
-        with_base_label = cfg.method.name == "bam"
+        with_base_label = spec.method_name == "bam"
     return FewShotDataModule(
-        dataset=d.name,
+        split=spec.fold,
         root=str(d.root),
-        fold=cfg.fold,
-        shot=cfg.shot,
         train_size=d.train_size,
         eval_size=d.eval_size,
         batch_size=int(d.batch_size) // world,
@@ -61,7 +48,6 @@ def build_datamodule(cfg: DictConfig, *, with_base_label: bool | None = None) ->
         n_episodes=d.n_episodes,
         train_episodes_for_curve=d.train_episodes_for_curve,
         filter_novel=d.filter_novel,
-        coco_split=d.coco_split,
         min_pixels=d.min_pixels,
         source_lists=plain(d.source_lists),
         cache_dir=d.cache_dir,
@@ -70,28 +56,22 @@ def build_datamodule(cfg: DictConfig, *, with_base_label: bool | None = None) ->
     )
 
 
-def build_module(cfg: DictConfig, *, load_pretrained: bool = True) -> FewShotSegModule:
-    train_cls, eval_cls = fold_classes(cfg)
-    return FewShotSegModule(
-        method=plain(cfg.method),
-        backbone=plain(cfg.backbone),
-        shot=cfg.shot,
-        dataset=cfg.dataset.name,
-        fold=cfg.fold,
-        num_eval_classes=len(eval_cls),
-        num_train_classes=len(train_cls),
-        optim=plain(cfg.optim),
-        load_pretrained=load_pretrained,
-        coco_split=str(cfg.dataset.get("coco_split", "interleaved")),
-    )
+def build_module(
+    cfg: DictConfig, spec: RunSpec | None = None, *, load_pretrained: bool = True
+) -> FewShotSegModule:
+    """The LightningModule of the run (``spec``; built from ``cfg`` when not given)."""
+    spec = spec if spec is not None else RunSpec.from_config(cfg)
+    return FewShotSegModule(run=spec.to_dict(), optim=plain(cfg.optim), load_pretrained=load_pretrained)
 
 
-def build_callbacks(cfg: DictConfig, *, restoring: bool = False) -> list[pl.Callback]:
+def build_callbacks(
+    cfg: DictConfig, spec: RunSpec | None = None, *, restoring: bool = False
+) -> list[pl.Callback]:
     """The fine-tune callback first (it must run before anything touches the optimizer), then the config's.
 
     ``restoring``: the fit resumes from a checkpoint (the strategy then builds its structure only).
     """
-    finetune = dict(plain(cfg.finetune))
+    finetune = dict(spec.finetune) if spec is not None else dict(plain(cfg.finetune))
     callbacks: list[pl.Callback] = [FinetuneCallback(**finetune, restoring=restoring)]
     for node in (cfg.get("callbacks") or {}).values():
         if node is not None and "_target_" in node:

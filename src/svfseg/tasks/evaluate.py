@@ -19,12 +19,20 @@ from pytorch_lightning.callbacks import RichProgressBar
 
 from svfseg.config_checks import check_writable_dir
 from svfseg.lightning.module import FewShotSegModule
+from svfseg.run_spec import RunSpec, check_identity
 from svfseg.tasks.builders import build_datamodule, plain
 from svfseg.tasks.reporting import metrics_record, print_metrics
 
 log = logging.getLogger(__name__)
 
-IDENTITY_KEYS = ("fold", "shot")
+# eval.py's override -> identity key it asks for
+ASKED_KEYS = {
+    "fold": "fold",
+    "shot": "shot",
+    "dataset_name": "dataset",
+    "method_name": "method",
+    "backbone_name": "backbone",
+}
 
 
 def load_checkpoint_dict(path: Path) -> dict[str, Any]:
@@ -51,20 +59,15 @@ def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> D
             "checkpoint has no saved run config (svfseg.config); re-save it with svfseg's train.py"
         )
     run = OmegaConf.create(saved)
-    for key in IDENTITY_KEYS:
-        asked = cfg.get(key)
-        if asked is not None and int(asked) != int(run[key]):
-            raise ValueError(
-                f"the checkpoint was trained for {key}={run[key]} but the command asks for {key}={asked}; "
-                f"evaluate it with {key}={run[key]} or pick the checkpoint of {key}={asked}"
-            )
-    for key in ("dataset", "method", "backbone"):
-        asked = cfg.get(f"{key}_name")
-        if asked is not None and str(asked) != str(run[key]["name"]):
-            raise ValueError(
-                f"the checkpoint is a {key}={run[key]['name']} run, the command asks for "
-                f"{key}_name={asked}; evaluate the checkpoint of a {asked} run instead"
-            )
+    asked = {key: cfg.get(option) for option, key in ASKED_KEYS.items() if cfg.get(option) is not None}
+    check_identity(
+        RunSpec.from_config(run).identity(),
+        asked,
+        source="the checkpoint",
+        target="the command asks for",
+        fix="evaluate it without that override, or pick the checkpoint of the run you asked for",
+        names={key: option for option, key in ASKED_KEYS.items()},
+    )
     if cfg.get("dataset_root") is not None:
         run.dataset.root = str(cfg.dataset_root)
     if cfg.get("n_episodes") is not None:

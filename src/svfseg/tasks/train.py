@@ -13,6 +13,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from svfseg.config_checks import ConfigError, check_train_config
 from svfseg.lightning.wandb_logging import redact_secrets
+from svfseg.run_spec import RunMismatchError, RunSpec, check_identity
+from svfseg.tasks.base_stage import train_base_learner
 from svfseg.tasks.builders import (
     build_callbacks,
     build_datamodule,
@@ -22,6 +24,7 @@ from svfseg.tasks.builders import (
     output_dir,
     plain,
 )
+from svfseg.tasks.evaluate import load_checkpoint_dict
 from svfseg.tasks.reporting import close_loggers, metrics_record, print_metrics
 
 log = logging.getLogger(__name__)
@@ -41,33 +44,25 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return None if ckpt is None else str(ckpt)
 
 
-def check_resume_checkpoint(cfg: DictConfig) -> str | None:
+def check_resume_checkpoint(cfg: DictConfig, spec: RunSpec) -> str | None:
     """The checkpoint to resume from; one of another method, backbone, dataset, fold, shot or fine-tune
     strategy is refused here, before any list is built or any file written (Lightning would only find
     out after the setup)."""
     path = resolve_ckpt_path(cfg)
     if path is None:
         return None
-    from svfseg.tasks.evaluate import load_checkpoint_dict
-
     meta = load_checkpoint_dict(Path(path))["svfseg"]
-    saved = meta.get("identity") or {}
-    wanted = {
-        "method": cfg.method.name,
-        "backbone": cfg.backbone.name,
-        "dataset": cfg.dataset.name,
-        "fold": int(cfg.fold),
-        "shot": int(cfg.shot),
-    }
-    differ = [k for k in wanted if k in saved and saved[k] != wanted[k]]
-    if differ:
-        was = ", ".join(f"{k}={saved[k]}" for k in differ)
-        now = ", ".join(f"{k}={wanted[k]}" for k in differ)
-        raise ConfigError(
-            f"ckpt_path={path} was trained for {was} but this run is {now}; resume with the interrupted "
-            "run's settings, or start a new run with ckpt_path=null"
+    try:
+        check_identity(
+            meta.get("identity") or {},
+            spec.identity(),
+            source=f"ckpt_path={path}",
+            target="this run is",
+            fix="resume with the interrupted run's settings, or start a new run with ckpt_path=null",
         )
-    finetune = plain(cfg.finetune)
+    except RunMismatchError as err:
+        raise ConfigError(str(err)) from err
+    finetune = dict(spec.finetune)
     if meta.get("finetune") is not None and meta["finetune"] != finetune:
         old, new = meta["finetune"], finetune
         if old.get("name") != new.get("name"):
@@ -85,18 +80,16 @@ def check_resume_checkpoint(cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
     """Run one training job; returns the final test metrics (what a sweeper optimises)."""
-    check_train_config(cfg, multirun=multirun)
+    spec = check_train_config(cfg, multirun=multirun)
     if cfg.stage == "base":
-        from svfseg.tasks.base_stage import train_base_learner
-
-        return train_base_learner(cfg)
-    ckpt_path = check_resume_checkpoint(cfg)
+        return train_base_learner(cfg, spec)
+    ckpt_path = check_resume_checkpoint(cfg, spec)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg)
+    datamodule = build_datamodule(cfg, spec)
+    module = build_module(cfg, spec)
     # Saved in every checkpoint: credential-like values (e.g. a key typed into a config) are redacted.
     module.run_config = redact_secrets(plain(cfg))
-    callbacks = build_callbacks(cfg, restoring=ckpt_path is not None)
+    callbacks = build_callbacks(cfg, spec, restoring=ckpt_path is not None)
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, callbacks, loggers)
     status = "failed"
