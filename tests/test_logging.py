@@ -31,13 +31,13 @@ from svfseg.lightning.media import (
     GT_COLOUR,
     PRED_COLOUR,
     ExamplePredictionLogger,
-    SingularValueChangeLogger,
     header_height,
     mask_panel,
     panel_origin,
     render_prediction_grid,
 )
 from svfseg.lightning.module import FewShotSegModule
+from svfseg.lightning.sv_logging import SingularValueChangeLogger
 from svfseg.lightning.wandb_logging import (
     REDACTED,
     build_wandb_logger,
@@ -365,7 +365,7 @@ def test_sv_change_logger_is_a_no_op_without_svf_layers(caplog: pytest.LogCaptur
             self.logged = {}
 
     model, callback = Plain(), SingularValueChangeLogger()
-    with caplog.at_level(logging.INFO, logger="svfseg.lightning.media"):
+    with caplog.at_level(logging.INFO, logger="svfseg.lightning.sv_logging"):
         for _ in range(3):
             callback.on_validation_epoch_end(_fake_trainer([]), model)
     assert model.logged == {}

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from svfseg.models.registry import method_options
 from svfseg.run_spec import RunSpec
 
 STAGES = ("meta", "base")
@@ -114,8 +115,6 @@ def _backbone_group(name: str) -> str:
 
 def _check_method_options(method: DictConfig) -> None:
     """Unknown method keys (e.g. a misspelt loss weight) fail here, not when the model is built."""
-    from svfseg.models.registry import method_options
-
     allowed = method_options(str(method.name))
     unknown = sorted(set(method) - {"name"} - set(allowed))
     if unknown:

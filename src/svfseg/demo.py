@@ -25,12 +25,30 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
 from rich.console import Console
 from rich.table import Table
 
+from svfseg.analysis import (
+    image_from_dataset,
+    load_run,
+    overlay_cues,
+    plot_before_after,
+    plot_strategy_panels,
+    prepare_image,
+    select_convs,
+    singular_value_changes,
+)
+from svfseg.analysis.cues import cue_maps
+from svfseg.analysis.curves import TRAIN_KEY, VAL_KEY, find_metrics_csv, read_metric_curves
+from svfseg.analysis.export import save_png
+from svfseg.data.io import read_label
 from svfseg.data.synthetic import LAYOUT_CLASSES, make_synthetic
 from svfseg.labels import IGNORE_INDEX
 from svfseg.pretrain.proxy import ProxySpec, build_proxy_weights
+from svfseg.tasks.train import train
 
 SETTING = "baseline, 1-shot, fold 0, proxy-pretrained synthetic"
 DISCLAIMER = (
@@ -95,9 +113,6 @@ class DemoSettings:
 
 
 def _compose(overrides: Sequence[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
 
     conf_dir = Path(__file__).resolve().parents[2] / "conf"
     if not conf_dir.is_dir():
@@ -111,8 +126,6 @@ def _compose(overrides: Sequence[str]) -> Any:
 
 
 def _epoch_curves(run_dir: Path) -> dict[str, list[float]]:
-    from svfseg.analysis.curves import TRAIN_KEY, VAL_KEY, find_metrics_csv, read_metric_curves
-
     curves = read_metric_curves(find_metrics_csv(run_dir))
     return {
         "train_miou_per_epoch": list(curves[TRAIN_KEY].values),
@@ -151,8 +164,6 @@ def run_demo(
     extra_overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The four demo steps; ``synthetic`` (make_synthetic options) and ``extra_overrides`` shrink it for tests."""
-    from svfseg.tasks.train import train
-
     console = Console()
     start = time.perf_counter()
     console.print(f"[bold]1/4[/] proxy-pretrained backbone under {weights_dir}")
@@ -227,20 +238,6 @@ def print_comparison(comparison: dict[str, Any], console: Console) -> None:
 
 def write_plots(out: Path, comparison: dict[str, Any], data_root: Path) -> dict[str, str]:
     """Figure 2 (all strategies), Figure 4 and the cue maps (first seed of the SVF run, if it ran)."""
-    from svfseg.analysis import (
-        image_from_dataset,
-        load_run,
-        overlay_cues,
-        plot_before_after,
-        plot_strategy_panels,
-        prepare_image,
-        select_convs,
-        singular_value_changes,
-    )
-    from svfseg.analysis.cues import cue_maps
-    from svfseg.analysis.export import save_png
-    from svfseg.data.io import read_label
-
     strategies = [s for s in comparison.get("demo", {}).get("strategies", STRATEGIES) if s in comparison]
     runs = {s: [out / s / f"seed{seed}" for seed in comparison[s]["seeds"]] for s in strategies}
     plots = {"figure2": out / "figure2_miou_curves.png"}

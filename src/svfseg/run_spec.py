@@ -13,7 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from svfseg.data.fold import FoldSpec
+from svfseg.finetune import build_strategy
+from svfseg.models.backbones import BACKBONE_NAMES
+from svfseg.models.registry import registered_models
 
 
 class RunMismatchError(ValueError):
@@ -45,10 +50,6 @@ class RunSpec:
     finetune: Mapping[str, Any] = field(default_factory=lambda: {"name": "freeze"})
 
     def __post_init__(self) -> None:
-        from svfseg.finetune import build_strategy
-        from svfseg.models.backbones import BACKBONE_NAMES
-        from svfseg.models.registry import registered_models
-
         for key in ("method", "backbone"):
             value = getattr(self, key)
             if not isinstance(value, Mapping) or "name" not in value:
@@ -128,8 +129,6 @@ class RunSpec:
 
 def _plain(value: Any) -> Any:
     """Config node -> plain containers (checkpoints must load with ``weights_only=True``)."""
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else copy.deepcopy(value)
 
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from torch import nn
 
 from svfseg.data.io import read_image
+from svfseg.lightning.module import FewShotSegModule
+from svfseg.models.base import find_backbone
 from svfseg.run_spec import check_identity
 
-if TYPE_CHECKING:
-    from svfseg.lightning.module import FewShotSegModule
+__all__ = ["dataset_root", "find_backbone", "image_from_dataset", "load_run", "parse_run_dirs"]
 
 
 def load_run(
@@ -39,9 +39,6 @@ def load_run(
             f"checkpoint {path} not found; training writes them to <run dir>/checkpoints/*.ckpt "
             "(set SVFSEG_CKPT or pass the path)"
         )
-    # Imported here: the Lightning stack is heavy and only this function needs it.
-    from svfseg.lightning.module import FewShotSegModule
-
     module = FewShotSegModule.load_from_checkpoint(
         path, map_location="cpu", weights_only=True, strict=True, load_pretrained=False
     )
@@ -60,31 +57,6 @@ def load_run(
     )
     module.eval()
     return module, dict(module.run_config or {})
-
-
-def find_backbone(module: nn.Module) -> nn.Module:
-    """The fine-tuned backbone inside a LightningModule, a few-shot model, or the backbone itself.
-
-    For BAM this is the meta branch's backbone (the one SVF converts), not the frozen base learner's.
-    """
-    from svfseg.models.backbones.base import Backbone
-
-    current: nn.Module = module
-    for _ in range(3):
-        if isinstance(current, Backbone):
-            return current
-        child = getattr(current, "model", None)
-        if isinstance(child, nn.Module) and not isinstance(getattr(current, "backbone", None), nn.Module):
-            current = child
-            continue
-        backbone = getattr(current, "backbone", None)
-        if isinstance(backbone, nn.Module):
-            return backbone
-        break
-    raise TypeError(
-        f"cannot find a backbone in {type(module).__name__}: pass a FewShotSegModule, a FewShotModel "
-        "(attribute 'backbone') or a svfseg Backbone"
-    )
 
 
 def dataset_root(run_config: dict[str, Any]) -> Path:

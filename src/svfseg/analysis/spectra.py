@@ -14,89 +14,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 from matplotlib.figure import Figure
-from torch import Tensor, nn
+from torch import nn
 
 from svfseg.models.backbones.base import STAGE_NAMES
-from svfseg.svf import SVFConv2d, SVFLayer, svf_layers
+from svfseg.svf import SVFConv2d
+from svfseg.svf.spectrum import (
+    SpectrumChange,
+    preview_names,
+    singular_value_changes,
+    spectrum_change,
+    stage_change_stats,
+    stage_of,
+    svf_layer_map,
+)
 
 KINDS: tuple[str, ...] = ("3x3", "1x1", "all")
-_SHOWN = 8
-
-
-@dataclass(frozen=True)
-class SpectrumChange:
-    """Initial and current singular values of one SVF layer, largest initial value first.
-
-    ``initial`` / ``current``: float64 CPU tensors (R,); ``index``: position of each value in the layer's
-    ``s`` (or ``s_delta``) vector, so directions can be looked up in ``u`` / ``v``.
-    """
-
-    name: str
-    initial: Tensor
-    current: Tensor
-    index: Tensor
-    groups: int
-    group_rank: int
-
-    @property
-    def ratio(self) -> Tensor:
-        """current / initial; NaN where the initial value is zero (no direction to rescale)."""
-        return torch.where(
-            self.initial > 0, self.current / self.initial, torch.full_like(self.initial, math.nan)
-        )
-
-    def top_k(self, k: int) -> SpectrumChange:
-        """The ``k`` largest initial values (all of them when the layer has fewer)."""
-        if k < 1:
-            raise ValueError(f"top_k needs k >= 1, got k={k}")
-        return SpectrumChange(
-            self.name, self.initial[:k], self.current[:k], self.index[:k], self.groups, self.group_rank
-        )
-
-
-def spectrum_change(name: str, layer: SVFLayer) -> SpectrumChange:
-    """Read ``s0`` and the effective singular values of ``layer`` (direct ``s`` or ``s0 * exp(s_delta)``)."""
-    with torch.no_grad():
-        initial = layer.s0.detach().to("cpu", torch.float64)
-        if layer.parametrization == "direct":
-            current = layer.s.detach().to("cpu", torch.float64)
-        else:
-            current = initial * torch.exp(layer.s_delta.detach().to("cpu", torch.float64))
-    # Stable sort: an ungrouped layer keeps its SVD order exactly.
-    order = torch.sort(initial, descending=True, stable=True).indices
-    return SpectrumChange(name, initial[order], current[order], order, layer.groups, layer.group_rank)
-
-
-def _svf_map(model: nn.Module) -> dict[str, SVFLayer]:
-    layers = dict(svf_layers(model))
-    if not layers:
-        raise ValueError(
-            f"{type(model).__name__} holds no SVF layer: analyse a model trained with finetune=svf "
-            "(or convert one with svfseg.svf.apply_svf)"
-        )
-    return layers
-
-
-def _preview(names: Iterable[str]) -> str:
-    items = list(names)
-    more = f", ... ({len(items)} in all)" if len(items) > _SHOWN else ""
-    return "[" + ", ".join(items[:_SHOWN]) + more + "]"
-
-
-def singular_value_changes(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, SpectrumChange]:
-    """:class:`SpectrumChange` of every SVF layer of ``model`` (or of ``names``, in the given order)."""
-    layers = _svf_map(model)
-    wanted = list(layers) if names is None else list(names)
-    unknown = [n for n in wanted if n not in layers]
-    if unknown:
-        raise KeyError(
-            f"{unknown} are not SVF layers of {type(model).__name__}; SVF layers: {_preview(layers)}"
-        )
-    return {n: spectrum_change(n, layers[n]) for n in wanted}
+__all__ = [
+    "KINDS",
+    "SpectrumChange",
+    "plot_before_after",
+    "plot_top_k_change",
+    "select_convs",
+    "singular_value_changes",
+    "spectrum_change",
+    "stage_change_stats",
+    "stage_of",
+]
 
 
 def _stage_position(name: str, stage: str) -> int | None:
@@ -113,7 +59,7 @@ def select_convs(model: nn.Module, stage: str = "layer3", kind: str = "3x3") -> 
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not supported; choose one of {list(KINDS)}")
-    convs = [(n, m) for n, m in _svf_map(model).items() if isinstance(m, SVFConv2d)]
+    convs = [(n, m) for n, m in svf_layer_map(model).items() if isinstance(m, SVFConv2d)]
     in_stage = [(n, m, pos) for n, m in convs if (pos := _stage_position(n, stage)) is not None]
     if not in_stage:
         stages = sorted({p for n, _ in convs for p in n.split(".") if p in STAGE_NAMES})
@@ -141,28 +87,9 @@ def select_convs(model: nn.Module, stage: str = "layer3", kind: str = "3x3") -> 
         chosen = list(last_per_block.values())
     if not chosen:
         raise ValueError(
-            f"stage {stage!r} has no SVF conv of kind {kind!r}; its SVF convs: {_preview(n for n, _, _ in in_stage)}"
+            f"stage {stage!r} has no SVF conv of kind {kind!r}; its SVF convs: {preview_names(n for n, _, _ in in_stage)}"
         )
     return chosen
-
-
-def stage_of(name: str) -> str:
-    """The backbone stage a layer name belongs to (``backbone.layer3.0.conv2`` -> ``layer3``)."""
-    parts = name.split(".")
-    return next((p for p in parts if p in STAGE_NAMES), parts[0] or "(root)")
-
-
-def stage_change_stats(model: nn.Module) -> dict[str, Tensor]:
-    """Relative changes ``s / s0 - 1`` of all singular values per stage (float64, one flat tensor each).
-
-    Zero initial values have no relative change and are left out, so the tensors are NaN-free for
-    histograms (W&B logs one per stage).
-    """
-    stats: dict[str, list[Tensor]] = {}
-    for name, change in singular_value_changes(model).items():
-        keep = change.initial > 0
-        stats.setdefault(stage_of(name), []).append(change.current[keep] / change.initial[keep] - 1.0)
-    return {stage: torch.cat(parts) for stage, parts in stats.items()}
 
 
 def _short(name: str) -> str:

@@ -14,6 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from svfseg.data import io as data_io
 from svfseg.data.layouts import LAYOUTS, Layout, Pair, check_split, get_layout, relativize
 from svfseg.data.selection import DEFAULT_MIN_PIXELS, FewShotList, build_list, pool_classes
@@ -142,8 +145,6 @@ REFERENCE_PASCAL: dict[tuple[int, str, bool], int] = {
 def _summary(
     rows: list[tuple[int, str, FewShotList]], title: str, reference: dict[tuple[int, str], int]
 ) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=title)
     cols = ["fold", "split", "images", "classes", "min pool", "max pool", "empty pools"]

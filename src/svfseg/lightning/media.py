@@ -1,8 +1,5 @@
-"""Logging callbacks: how fine-tuning moved the singular values, and what the model predicts.
+"""Logging callback: what the model predicts on the first validation episodes.
 
-* :class:`SingularValueChangeLogger`: per backbone stage, the relative change ``s / s0 - 1`` of every
-  singular value of the SVF layers, as a histogram (W&B, TensorBoard) and as summary scalars
-  (``sv_change/<stage>_mean_abs``, ``..._mean``, ``..._max_abs``) that every logger, CSV included, records.
 * :class:`ExamplePredictionLogger`: the first validation episodes (a fixed set: the evaluation table does
   not change between epochs) as an image grid, one row per episode: query with its ground truth, support
   with its mask, query with the prediction, ground truth. W&B ``log_image``, TensorBoard ``add_image``,
@@ -24,7 +21,7 @@ from torch import Tensor
 
 from svfseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from svfseg.labels import IGNORE_INDEX
-from svfseg.models.backbones.base import STAGE_NAMES
+from svfseg.lightning.schedule import check_every, due
 
 log = logging.getLogger(__name__)
 
@@ -36,83 +33,6 @@ OVERLAY_ALPHA = 0.5
 GAP = 2  # pixels between panels (white)
 # Loggers the example grid goes to (CSV: as PNG files); with none of them attached nothing is computed.
 IMAGE_LOGGERS = (WandbLogger, TensorBoardLogger, CSVLogger)
-
-
-def _due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
-    return not trainer.sanity_checking and (trainer.current_epoch + 1) % every_n_epochs == 0
-
-
-def _check_every(every_n_epochs: int) -> int:
-    if int(every_n_epochs) < 1:
-        raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
-    return int(every_n_epochs)
-
-
-# ---------------------------------------------------------------------------------------- singular values
-class SingularValueChangeLogger(pl.Callback):
-    """Logs the per-stage distribution of ``s / s0 - 1`` over the SVF layers of the backbone.
-
-    Runs at the end of every ``every_n_epochs``-th validation epoch. A model without SVF layers (finetune
-    other than svf) is left alone, with one info message.
-    """
-
-    def __init__(self, every_n_epochs: int = 1, num_bins: int = 64, prefix: str = "sv_change") -> None:
-        super().__init__()
-        self.every_n_epochs = _check_every(every_n_epochs)
-        self.num_bins = int(num_bins)
-        self.prefix = prefix
-        self._reported_no_svf = False
-
-    def stage_changes(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
-        """``{stage: flat float64 tensor of s / s0 - 1}`` in stage order; empty without SVF layers."""
-        from svfseg.analysis.checkpoint import find_backbone
-        from svfseg.analysis.spectra import stage_change_stats
-        from svfseg.svf import svf_layers
-
-        try:
-            backbone = find_backbone(pl_module)
-        except TypeError:
-            backbone = pl_module
-        if next(svf_layers(backbone), None) is None:
-            return {}
-        stats = stage_change_stats(backbone)
-        order = [s for s in STAGE_NAMES if s in stats] + sorted(s for s in stats if s not in STAGE_NAMES)
-        return {s: stats[s] for s in order if stats[s].numel() > 0}
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not _due(trainer, self.every_n_epochs):
-            return
-        changes = self.stage_changes(pl_module)
-        if not changes:
-            if not self._reported_no_svf:
-                log.info("SingularValueChangeLogger: the model has no SVF layers; nothing to log")
-                self._reported_no_svf = True
-            return
-        for stage, values in changes.items():
-            summary = {
-                "mean_abs": values.abs().mean(),
-                "mean": values.mean(),
-                "max_abs": values.abs().max(),
-            }
-            for name, value in summary.items():
-                pl_module.log(f"{self.prefix}/{stage}_{name}", float(value), sync_dist=False)
-        if trainer.is_global_zero:
-            log_histograms(trainer, {f"{self.prefix}/{s}": v for s, v in changes.items()}, self.num_bins)
-
-
-def log_histograms(trainer: pl.Trainer, values: dict[str, Tensor], num_bins: int = 64) -> None:
-    """Send histograms to every attached logger that can show them (W&B, TensorBoard)."""
-    step = trainer.global_step
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            import wandb
-
-            logger.log_metrics(
-                {k: wandb.Histogram(v.numpy(), num_bins=num_bins) for k, v in values.items()}, step=step
-            )
-        elif isinstance(logger, TensorBoardLogger):
-            for key, v in values.items():
-                logger.experiment.add_histogram(key, v.numpy(), global_step=step)
 
 
 # ---------------------------------------------------------------------------------------- predictions
@@ -213,7 +133,7 @@ class ExamplePredictionLogger(pl.Callback):
         if int(n_examples) < 1:
             raise ValueError(f"n_examples must be >= 1, got {n_examples}")
         self.n_examples = int(n_examples)
-        self.every_n_epochs = _check_every(every_n_epochs)
+        self.every_n_epochs = check_every(every_n_epochs)
         self.dirpath = None if dirpath is None else Path(dirpath)
         self.tag = tag
         self._rows: list[dict[str, Tensor]] = []
@@ -222,7 +142,7 @@ class ExamplePredictionLogger(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._rows = []
         shows_images = any(isinstance(lg, IMAGE_LOGGERS) for lg in trainer.loggers)
-        self._collecting = shows_images and trainer.is_global_zero and _due(trainer, self.every_n_epochs)
+        self._collecting = shows_images and trainer.is_global_zero and due(trainer, self.every_n_epochs)
 
     def on_validation_batch_end(
         self,

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from svfseg.models.backbones.base import Backbone
+
 
 @dataclass
 class FewShotOutput:
@@ -89,3 +91,26 @@ class FewShotModel(nn.Module):
             for m in self.frozen_modules():
                 m.eval()
         return self
+
+
+def find_backbone(module: nn.Module) -> nn.Module:
+    """The fine-tuned backbone inside a LightningModule, a few-shot model, or the backbone itself.
+
+    For BAM this is the meta branch's backbone (the one SVF converts), not the frozen base learner's.
+    """
+    current: nn.Module = module
+    for _ in range(3):
+        if isinstance(current, Backbone):
+            return current
+        child = getattr(current, "model", None)
+        if isinstance(child, nn.Module) and not isinstance(getattr(current, "backbone", None), nn.Module):
+            current = child
+            continue
+        backbone = getattr(current, "backbone", None)
+        if isinstance(backbone, nn.Module):
+            return backbone
+        break
+    raise TypeError(
+        f"cannot find a backbone in {type(module).__name__}: pass a FewShotSegModule, a FewShotModel "
+        "(attribute 'backbone') or a svfseg Backbone"
+    )

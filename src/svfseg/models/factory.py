@@ -12,6 +12,8 @@ from typing import Any
 from svfseg.data.fold import FoldSpec
 from svfseg.models.backbones import build_backbone
 from svfseg.models.base import FewShotModel
+from svfseg.models.pspnet import PSPNet, backbone_shell, base_learner_num_classes, load_base_learner
+from svfseg.models.registry import build_model
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +26,6 @@ def build_fewshot_model(
     load_pretrained: bool = True,
 ) -> FewShotModel:
     """The configured method on the configured backbone (BAM: on its stage-1 PSPNet backbone)."""
-    import svfseg.models.bam  # noqa: F401  (registers "bam")
-    from svfseg.models.registry import build_model
-
     options = dict(method)
     name = options.pop("name")
     spec = dict(backbone)
@@ -39,8 +38,6 @@ def build_fewshot_model(
         raise ValueError(f"unknown backbone options {sorted(spec)} for {bb_name}")
 
     if name == "bam":
-        from svfseg.models.pspnet import PSPNet, backbone_shell, base_learner_num_classes, load_base_learner
-
         split_dataset = fold.split_dataset
         path = options.pop("base_learner", None)
         if load_pretrained:

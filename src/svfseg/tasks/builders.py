@@ -14,6 +14,7 @@ from svfseg.config_checks import world_size
 from svfseg.data.datamodule import FewShotDataModule
 from svfseg.lightning.callbacks import FinetuneCallback
 from svfseg.lightning.module import FewShotSegModule
+from svfseg.lightning.wandb_logging import build_wandb_logger
 from svfseg.run_spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,6 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
         if node is None or "_target_" not in node:
             continue
         if name == "wandb":
-            from svfseg.lightning.wandb_logging import build_wandb_logger
-
             loggers.append(build_wandb_logger(node))
         else:
             loggers.append(hydra.utils.instantiate(node))
