@@ -380,6 +380,12 @@ def _tiny(tmp_path: Path, extra: list[str]) -> DictConfig:
             r"^method\.base_learner is null: .*python train\.py stage=base method=bam dataset=synthetic fold=0",
         ),
         (
+            ["+dataset.n_episode=5"],
+            False,
+            r"^dataset\.n_episode: not an argument of FewShotDataModule nor a run-level dataset key; "
+            r"allowed: .*'n_episodes'",
+        ),
+        (
             ["method=pfenet", "+method.aux_wieght=0.5"],
             False,
             r"^method\.aux_wieght: not an option of method=pfenet; allowed: .*'aux_weight'",
@@ -407,3 +413,16 @@ def test_the_same_settings_pass_when_valid(tmp_path: Path) -> None:
         ),
         multirun=True,
     )
+
+
+def test_every_datamodule_argument_can_be_set_from_the_dataset_config(tmp_path: Path) -> None:
+    """conf/dataset keys reach the DataModule by name (no hand mapping): also the loader options."""
+    tables = tmp_path / "tables"
+    cfg = _tiny(
+        tmp_path,
+        [f"dataset.table_dir={tables}", "dataset.pin_memory=true", "dataset.persistent_workers=true"],
+    )
+    check_train_config(cfg)
+    dm = build_datamodule(cfg)
+    assert dm.table_dir == tables and dm.pin_memory is True and dm.persistent_workers is True
+    assert dm.batch_size == cfg.dataset.batch_size and dm.seed == cfg.seed

@@ -6,16 +6,24 @@ second rather than after hours of list building or training.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
 
+import hydra
 from omegaconf import DictConfig
 
 from svfseg.models.registry import method_options
 from svfseg.run_spec import RunSpec
 
 STAGES = ("meta", "base")
+DEFAULT_DATAMODULE = "svfseg.data.datamodule.FewShotDataModule"
+# Keys of conf/dataset/*.yaml that describe the run, not the DataModule: read by the run spec (name,
+# coco_split), the trainer (epochs), the per-process batch (batch_size), BAM's stage 1 (base_stage).
+DATASET_RUN_KEYS = ("_target_", "name", "num_classes", "epochs", "batch_size", "coco_split", "base_stage")
+# DataModule arguments the run supplies (from the spec, the trainer and the top-level seed).
+RUN_SUPPLIED_ARGUMENTS = ("split", "batch_size", "seed", "with_base_label")
 
 
 class ConfigError(ValueError):
@@ -71,6 +79,7 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
             "each job with torchrun (README, 'Multi-GPU')."
         )
     _check_method_options(cfg.method)
+    _check_dataset_keys(cfg.dataset)
     _check_file(cfg.backbone.get("pretrained"), "backbone.pretrained", "README section 'ImageNet weights'")
     if cfg.method.name == "bam" and stage == "meta":
         stage1 = (
@@ -111,6 +120,23 @@ def check_writable_dir(path: Any, key: str) -> None:
 
 def _backbone_group(name: str) -> str:
     return {"vgg16_bn": "vgg16"}.get(name, name)
+
+
+def _check_dataset_keys(dataset: DictConfig) -> None:
+    """Every key of ``dataset`` is a run-level key or an argument of its DataModule (typos fail here)."""
+    target = str(dataset.get("_target_", DEFAULT_DATAMODULE))
+    try:
+        cls = hydra.utils.get_class(target)
+    except Exception as err:
+        raise ConfigError(f"dataset._target_={target} cannot be imported: {err}") from err
+    arguments = set(inspect.signature(cls).parameters) - set(RUN_SUPPLIED_ARGUMENTS)
+    unknown = sorted(set(dataset) - set(DATASET_RUN_KEYS) - arguments)
+    if unknown:
+        keys = ", ".join(f"dataset.{k}" for k in unknown)
+        raise ConfigError(
+            f"{keys}: not an argument of {cls.__name__} nor a run-level dataset key; allowed: "
+            f"{sorted(arguments | set(DATASET_RUN_KEYS) - {'_target_'})}"
+        )
 
 
 def _check_method_options(method: DictConfig) -> None:

@@ -10,7 +10,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from svfseg.config_checks import world_size
+from svfseg.config_checks import DATASET_RUN_KEYS, DEFAULT_DATAMODULE, world_size
 from svfseg.data.datamodule import FewShotDataModule
 from svfseg.lightning.callbacks import FinetuneCallback
 from svfseg.lightning.module import FewShotSegModule
@@ -27,33 +27,32 @@ def plain(node: Any) -> Any:
     return node
 
 
+def datamodule_arguments(dataset: DictConfig) -> dict[str, Any]:
+    """The ``conf/dataset`` keys that are DataModule arguments (all but :data:`DATASET_RUN_KEYS`)."""
+    return {k: v for k, v in plain(dataset).items() if k not in DATASET_RUN_KEYS}
+
+
 def build_datamodule(
     cfg: DictConfig, spec: RunSpec | None = None, *, with_base_label: bool | None = None
 ) -> FewShotDataModule:
-    """The FewShotDataModule of the run (``spec``; built from ``cfg`` when not given)."""
+    """The DataModule of ``cfg.dataset._target_`` for the run (``spec``; built from ``cfg`` when not given).
+
+    Every key of ``conf/dataset/*.yaml`` but the run-level ones is a constructor argument; the run adds
+    the fold (``split``), the per-process batch, the seed and whether BAM's base labels are needed.
+    """
     spec = spec if spec is not None else RunSpec.from_config(cfg)
-    d = cfg.dataset
-    world = world_size(cfg.trainer)
+    target = cfg.dataset.get("_target_", DEFAULT_DATAMODULE)  # older saved configs have none
     if with_base_label is None:
         with_base_label = spec.method_name == "bam"
-    return FewShotDataModule(
+    # A partial: the run's arguments (a FoldSpec among them) go in as they are, not through OmegaConf.
+    make = hydra.utils.instantiate(
+        {"_target_": target, "_partial_": True, **datamodule_arguments(cfg.dataset)}, _convert_="all"
+    )
+    return make(
         split=spec.fold,
-        root=str(d.root),
-        train_size=d.train_size,
-        eval_size=d.eval_size,
-        batch_size=int(d.batch_size) // world,
-        eval_batch_size=d.eval_batch_size,
-        num_workers=d.num_workers,
+        batch_size=int(cfg.dataset.batch_size) // world_size(cfg.trainer),
         seed=cfg.seed,
-        eval_seeds=list(d.eval_seeds),
-        n_episodes=d.n_episodes,
-        train_episodes_for_curve=d.train_episodes_for_curve,
-        filter_novel=d.filter_novel,
-        min_pixels=d.min_pixels,
-        source_lists=plain(d.source_lists),
-        cache_dir=d.cache_dir,
         with_base_label=with_base_label,
-        scale=tuple(d.scale),
     )
 
 
