@@ -19,16 +19,11 @@ from svfseg.data.fold import FoldSpec
 from svfseg.finetune import build_strategy
 from svfseg.models.backbones import BACKBONE_NAMES
 from svfseg.models.registry import registered_models
+from svfseg.svf.options import check_choice
 
 
 class RunMismatchError(ValueError):
     """A checkpoint or file belongs to another run (fold, shot, dataset, method, backbone, ...)."""
-
-
-def _check_name(key: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r} is invalid: choose one of {list(allowed)}")
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -55,8 +50,8 @@ class RunSpec:
             if not isinstance(value, Mapping) or "name" not in value:
                 raise ValueError(f"{key}={value!r} is invalid: expected a mapping with a 'name' key")
             object.__setattr__(self, key, copy.deepcopy(dict(value)))
-        _check_name("method", self.method["name"], registered_models())
-        _check_name("backbone.name", self.backbone["name"], BACKBONE_NAMES)
+        check_choice("method", self.method["name"], registered_models())
+        check_choice("backbone.name", self.backbone["name"], BACKBONE_NAMES)
         options = dict(copy.deepcopy(dict(self.finetune)))
         name = options.pop("name", None)
         if name is None:

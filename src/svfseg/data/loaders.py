@@ -69,12 +69,11 @@ class ResumableEpisodeLoader(DataLoader):
     """The training loader: a DataLoader that saves and restores the training position (mid-epoch resume).
 
     Lightning counts only a loader with ``state_dict`` / ``load_state_dict`` as resumable mid-epoch (it
-    warns that results are unreliable otherwise), saves its state with the fit loop and loads it when the
-    loader is built after the loops were restored. In Lightning 2.6 the loader is built earlier, while
-    ``configure_optimizers`` asks for ``estimated_stepping_batches``, so the position that takes effect
-    is the copy in :meth:`~svfseg.data.datamodule.FewShotDataModule.state_dict`, restored before any loader exists. Both paths
-    call :func:`start_sampler_at`, which is idempotent. ``position`` reads ``{"epoch", "consumed"}`` from
-    the trainer's batch progress.
+    warns that results are unreliable otherwise). The position is restored in one place: the copy in
+    :meth:`~svfseg.data.datamodule.FewShotDataModule.state_dict`, read back before any loader exists and
+    applied when the sampler is built. ``load_state_dict`` here only checks that this happened, so a
+    Lightning release that restores in another order fails loudly instead of resuming at the wrong
+    episode. ``position`` reads ``{"epoch", "consumed"}`` from the trainer's batch progress.
     """
 
     def __init__(self, *args: Any, position: Callable[[], dict[str, int] | None], **kwargs: Any) -> None:
@@ -87,9 +86,15 @@ class ResumableEpisodeLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         start = state_dict.get("train_position")
-        if start is not None:
-            assert isinstance(self.sampler, EpisodeSampler)
-            start_sampler_at(self.sampler, start)
+        if start is None or not isinstance(self.sampler, EpisodeSampler):
+            return
+        wanted = (int(start["epoch"]), int(start["consumed"]))
+        if self.sampler.start != wanted and int(start["consumed"]) > 0:
+            raise RuntimeError(
+                f"resume: the training sampler starts at {self.sampler.start}, the checkpoint's loader state "
+                f"says {wanted}; the DataModule's state was not restored before the loader was built "
+                "(an unsupported Lightning version?)"
+            )
 
 
 def start_sampler_at(sampler: EpisodeSampler, position: Mapping[str, int]) -> None:
