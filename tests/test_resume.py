@@ -468,13 +468,12 @@ def test_training_resumes_the_sampler_at_the_recorded_position(
     dm.setup("fit")
     state = dm.state_dict()
     assert "train_position" not in state  # no trainer: nothing to record
-    if via == "datamodule":
-        dm.load_state_dict({**state, "train_position": {"epoch": 1, "consumed": 6}})
-        loader = dm.train_dataloader()
-    else:  # Lightning's path when the loader is built after the loops were restored
-        loader = dm.train_dataloader()
+    position = {"epoch": 1, "consumed": 6}
+    dm.load_state_dict({**state, "train_position": position})
+    loader = dm.train_dataloader()
+    if via == "loader":  # Lightning then hands the loop's copy to the loader: only a consistency check
         assert loader.state_dict() == {}
-        loader.load_state_dict({"train_position": {"epoch": 1, "consumed": 6}})
+        loader.load_state_dict({"train_position": position})
     sampler = loader.sampler
     assert isinstance(sampler, EpisodeSampler)
     # Lightning's order on resume: the iterator first (workers fetch their first indices at once), then
@@ -487,6 +486,20 @@ def test_training_resumes_the_sampler_at_the_recorded_position(
     for b in range(3):
         assert next(iterator)["episode_idx"].tolist() == expected[b * BATCH : (b + 1) * BATCH]
     del iterator
+
+
+def test_loader_state_without_the_datamodule_restore_is_refused(synthetic_pascal, tmp_path: Path) -> None:
+    """The position is restored in one place (the DataModule); a loader that did not get it says so."""
+    from svfseg.tasks.builders import build_datamodule
+
+    dm = build_datamodule(_tiny(synthetic_pascal, tmp_path, ["dataset.num_workers=0"]))
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    loader.load_state_dict({"train_position": {"epoch": 1, "consumed": 0}})  # an epoch start: nothing to skip
+    with pytest.raises(
+        RuntimeError, match=r"sampler starts at None, the checkpoint's loader state says \(1, 6\)"
+    ):
+        loader.load_state_dict({"train_position": {"epoch": 1, "consumed": 6}})
 
 
 def test_last_checkpoint_rejects_invalid_options(tmp_path: Path) -> None:
