@@ -426,3 +426,19 @@ def test_every_datamodule_argument_can_be_set_from_the_dataset_config(tmp_path: 
     dm = build_datamodule(cfg)
     assert dm.table_dir == tables and dm.pin_memory is True and dm.persistent_workers is True
     assert dm.batch_size == cfg.dataset.batch_size and dm.seed == cfg.seed
+
+
+def test_paper_rows_use_the_reference_network_layout(experiments: dict[str, Built]) -> None:
+    """Baseline / PFENet ResNet rows: torchvision dilation (the SVF code); BAM and VGG: uniform (PSPNet)."""
+    layouts = {}
+    for name, b in experiments.items():
+        method, backbone = b.cfg.method.name, b.cfg.backbone.name
+        expected = (
+            "torchvision" if method in ("baseline", "pfenet") and backbone.startswith("resnet") else "uniform"
+        )
+        assert b.cfg.backbone.dilation == expected, name
+        layouts[expected] = layouts.get(expected, 0) + 1
+        if expected == "torchvision":  # the built network: layer3's first block keeps dilation 1
+            layer3 = b.module.model.backbone.layer3
+            assert layer3[0].conv2.dilation == (1, 1) and layer3[1].conv2.dilation == (2, 2), name
+    assert layouts == {"torchvision": 50, "uniform": 18}

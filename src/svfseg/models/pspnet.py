@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from svfseg.data.splits import base_classes
+from svfseg.files import atomic_write
 from svfseg.models.backbones import Backbone, build_backbone
 from svfseg.models.backbones.base import scale_width
 from svfseg.models.components import cross_entropy
@@ -142,7 +143,7 @@ def base_learner_meta(pspnet: PSPNet, meta: Mapping[str, Any]) -> dict[str, Any]
 
 
 def save_base_learner(pspnet: PSPNet, path: str | Path, meta: Mapping[str, Any]) -> Path:
-    """Write ``{"state_dict", "meta"}`` to ``path`` (parents created); returns the path.
+    """Write ``{"state_dict", "meta"}`` to ``path`` (parents created, atomically); returns the path.
 
     ``meta`` must hold ``dataset`` and ``fold``; it may add plain values (epoch, val mIoU, ...). Tensors
     are moved to CPU so the file loads anywhere with ``weights_only=True``.
@@ -151,8 +152,8 @@ def save_base_learner(pspnet: PSPNet, path: str | Path, meta: Mapping[str, Any])
     record = base_learner_meta(pspnet, meta)
     state = {k: v.detach().cpu() for k, v in pspnet.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "meta": record}, path)
-    return path
+    # Atomic: a killed writer never leaves a partial file that stage 2 would try to load.
+    return atomic_write(path, lambda tmp: torch.save({"state_dict": state, "meta": record}, tmp))
 
 
 def _listing(keys: Sequence[str]) -> str:
