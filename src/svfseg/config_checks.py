@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from svfseg.models.registry import method_options
 from svfseg.run_spec import RunSpec
@@ -21,9 +22,25 @@ STAGES = ("meta", "base")
 DEFAULT_DATAMODULE = "svfseg.data.datamodule.FewShotDataModule"
 # Keys of conf/dataset/*.yaml that describe the run, not the DataModule: read by the run spec (name,
 # coco_split), the trainer (epochs), the per-process batch (batch_size), BAM's stage 1 (base_stage).
-DATASET_RUN_KEYS = ("_target_", "name", "num_classes", "epochs", "batch_size", "coco_split", "base_stage")
+DATASET_RUN_KEYS = (
+    "_target_",
+    "name",
+    "num_classes",
+    "epochs",
+    "batch_size",
+    "eval_batch_size",
+    "coco_split",
+    "base_stage",
+)
 # DataModule arguments the run supplies (from the spec, the trainer and the top-level seed).
-RUN_SUPPLIED_ARGUMENTS = ("split", "batch_size", "seed", "with_base_label")
+RUN_SUPPLIED_ARGUMENTS = ("split", "batch_size", "eval_batch_size", "seed", "with_base_label")
+# Every batch size in the config is the total over all processes (the paper's 8 = 4 GPUs x 2).
+TOTAL_BATCH_KEYS = (
+    "dataset.batch_size",
+    "dataset.eval_batch_size",
+    "dataset.base_stage.batch_size",
+    "dataset.base_stage.eval_batch_size",
+)
 
 
 class ConfigError(ValueError):
@@ -65,12 +82,9 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
             f"stage=base trains BAM's base learner; it needs method=bam (got method={cfg.method.name})"
         )
     world = world_size(cfg.trainer)
-    batch = int(cfg.dataset.batch_size)
-    if batch < 1 or batch % world:
-        raise ConfigError(
-            f"dataset.batch_size={batch} is the total batch over {world} processes "
-            f"(trainer.devices x trainer.num_nodes); it must be a positive multiple of {world}"
-        )
+    for key in TOTAL_BATCH_KEYS:
+        per_process_batch(OmegaConf.select(cfg, key), world, key)
+    _check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", "auto"))
     if multirun and uses_multiprocess_ddp(cfg.trainer):
         raise ConfigError(
             "hydra multirun (-m) cannot drive multi-process DDP (trainer.strategy="
@@ -97,6 +111,47 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
         raise ConfigError(f"ckpt_path={ckpt} does not exist (use a checkpoint file, 'last' or null)")
     check_writable_dir(cfg.paths.output_dir, "paths.output_dir")
     return spec
+
+
+def per_process_batch(total: Any, world: int, key: str) -> int:
+    """``total // world`` for a batch size ``key`` that is the total over ``world`` processes.
+
+    Raises :class:`ConfigError` when it does not divide: each process would get another batch.
+    """
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1 or total % world:
+        raise ConfigError(
+            f"{key}={total!r} is the total batch over {world} processes (trainer.devices x trainer.num_nodes); "
+            f"it must be a positive multiple of {world}"
+        )
+    return total // world
+
+
+def _check_sync_batchnorm(value: Any) -> None:
+    """``auto`` / true / false; anything else names the key."""
+    if value not in ("auto", True, False):
+        raise ConfigError(f"trainer.sync_batchnorm={value!r} is invalid: use auto, true or false")
+
+
+def sync_batchnorm(trainer: DictConfig | dict[str, Any], bn_trains: bool) -> bool:
+    """Resolve ``trainer.sync_batchnorm``: ``auto`` is on exactly when BN trains in train mode under DDP.
+
+    Frozen BN (eval mode, every strategy but ``bn``) never uses batch statistics, so syncing it would
+    only cost communication; BN in train mode (``finetune=bn``, BAM's stage 1) at 2-3 images per GPU
+    needs the statistics of the whole batch, as the reference's SyncBN gives.
+    """
+    value = trainer.get("sync_batchnorm", "auto")
+    _check_sync_batchnorm(value)
+    on_cpu = trainer.get("accelerator", "auto") == "cpu" or (
+        trainer.get("accelerator", "auto") == "auto" and not torch.cuda.is_available()
+    )
+    if value == "auto":
+        # PyTorch's SyncBatchNorm has no CPU kernel: CPU DDP (tests, debugging) keeps per-process BN.
+        return bn_trains and world_size(trainer) > 1 and not on_cpu
+    if value and on_cpu and world_size(trainer) > 1:
+        raise ConfigError(
+            "trainer.sync_batchnorm=true needs GPUs: PyTorch's SyncBatchNorm has no CPU kernel; use auto or false"
+        )
+    return bool(value)
 
 
 def check_writable_dir(path: Any, key: str) -> None:

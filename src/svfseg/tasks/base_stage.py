@@ -24,13 +24,14 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from svfseg.config_checks import per_process_batch, world_size
 from svfseg.data.base_seg import BaseSegDataModule
 from svfseg.labels import IGNORE_INDEX
 from svfseg.lightning.optim import OptimConfig, build_scheduler
 from svfseg.models.backbones import build_backbone
 from svfseg.models.pspnet import PSPNet, base_learner_num_classes, save_base_learner
 from svfseg.run_spec import RunSpec
-from svfseg.tasks.builders import build_loggers, plain
+from svfseg.tasks.builders import build_loggers, plain, trainer_arguments
 from svfseg.tasks.reporting import close_loggers
 
 log = logging.getLogger(__name__)
@@ -108,14 +109,15 @@ def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     stage = cfg.dataset.base_stage
     fold = spec.fold
+    world = world_size(cfg.trainer)
     num_classes = base_learner_num_classes(fold.split_dataset, fold.fold, fold.coco_split)
     datamodule = BaseSegDataModule(
         split=fold,
         root=str(cfg.dataset.root),
         train_size=stage.train_size,
         eval_size=stage.eval_size,
-        batch_size=int(stage.batch_size),
-        eval_batch_size=int(stage.eval_batch_size),
+        batch_size=per_process_batch(stage.batch_size, world, "dataset.base_stage.batch_size"),
+        eval_batch_size=per_process_batch(stage.eval_batch_size, world, "dataset.base_stage.eval_batch_size"),
         num_workers=cfg.dataset.num_workers,
         seed=cfg.seed,
         source_lists=plain(cfg.dataset.source_lists),
@@ -136,8 +138,7 @@ def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
         save_last=True,
     )
     loggers = build_loggers(cfg)
-    trainer_cfg = dict(plain(cfg.trainer))
-    trainer_cfg.pop("_target_", None)
+    trainer_cfg = trainer_arguments(cfg, bn_trains=True)  # stage 1 trains BN (the reference: SyncBN)
     trainer_cfg["max_epochs"] = int(stage.epochs)
     trainer_cfg["use_distributed_sampler"] = False
     trainer = pl.Trainer(

@@ -10,8 +10,15 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from svfseg.config_checks import DATASET_RUN_KEYS, DEFAULT_DATAMODULE, world_size
+from svfseg.config_checks import (
+    DATASET_RUN_KEYS,
+    DEFAULT_DATAMODULE,
+    per_process_batch,
+    sync_batchnorm,
+    world_size,
+)
 from svfseg.data.datamodule import FewShotDataModule
+from svfseg.finetune import STRATEGIES
 from svfseg.lightning.callbacks import FinetuneCallback
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.lightning.wandb_logging import build_wandb_logger
@@ -48,9 +55,11 @@ def build_datamodule(
     make = hydra.utils.instantiate(
         {"_target_": target, "_partial_": True, **datamodule_arguments(cfg.dataset)}, _convert_="all"
     )
+    world = world_size(cfg.trainer)
     return make(
         split=spec.fold,
-        batch_size=int(cfg.dataset.batch_size) // world_size(cfg.trainer),
+        batch_size=per_process_batch(cfg.dataset.batch_size, world, "dataset.batch_size"),
+        eval_batch_size=per_process_batch(cfg.dataset.eval_batch_size, world, "dataset.eval_batch_size"),
         seed=cfg.seed,
         with_base_label=with_base_label,
     )
@@ -91,12 +100,25 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return loggers
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
+def trainer_arguments(cfg: DictConfig, *, bn_trains: bool) -> dict[str, Any]:
+    """``cfg.trainer`` as Trainer keyword arguments, ``sync_batchnorm: auto`` resolved (see config_checks)."""
     trainer_cfg = dict(plain(cfg.trainer))
     target = trainer_cfg.pop("_target_", "pytorch_lightning.Trainer")
     if target != "pytorch_lightning.Trainer":
         raise ValueError(f"trainer._target_={target}: svfseg uses one Lightning namespace, pytorch_lightning")
-    return pl.Trainer(callbacks=callbacks, logger=loggers or False, **trainer_cfg)
+    trainer_cfg["sync_batchnorm"] = sync_batchnorm(trainer_cfg, bn_trains)
+    return trainer_cfg
+
+
+def build_trainer(
+    cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], spec: RunSpec | None = None
+) -> pl.Trainer:
+    """The Trainer of a meta-stage run; SyncBN is on under DDP when the strategy trains BN (``finetune=bn``)."""
+    spec = spec if spec is not None else RunSpec.from_config(cfg)
+    bn_trains = not STRATEGIES[spec.finetune["name"]].frozen_bn
+    return pl.Trainer(
+        callbacks=callbacks, logger=loggers or False, **trainer_arguments(cfg, bn_trains=bn_trains)
+    )
 
 
 def output_dir(cfg: DictConfig) -> Path:

@@ -20,7 +20,7 @@ from pytorch_lightning.callbacks import RichProgressBar
 from svfseg.config_checks import check_writable_dir
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.run_spec import RunSpec, check_identity
-from svfseg.tasks.builders import build_datamodule, plain
+from svfseg.tasks.builders import build_datamodule, plain, trainer_arguments
 from svfseg.tasks.reporting import metrics_record, print_metrics
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = FewShotSegModule.load_from_checkpoint(
         ckpt, map_location="cpu", weights_only=True, strict=True, load_pretrained=False
     )
-    trainer_cfg = dict(plain(cfg.trainer))
-    trainer_cfg.pop("_target_", None)
+    trainer_cfg = trainer_arguments(cfg, bn_trains=False)  # evaluation never trains BN
     trainer_cfg.update(logger=False, enable_checkpointing=False)
     show_progress = trainer_cfg.get("enable_progress_bar", True)
     trainer = pl.Trainer(callbacks=[RichProgressBar()] if show_progress else [], **trainer_cfg)

@@ -91,7 +91,7 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
     module.run_config = redact_secrets(plain(cfg))
     callbacks = build_callbacks(cfg, spec, restoring=ckpt_path is not None)
     loggers = build_loggers(cfg)
-    trainer = build_trainer(cfg, callbacks, loggers)
+    trainer = build_trainer(cfg, callbacks, loggers, spec)
     status = "failed"
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

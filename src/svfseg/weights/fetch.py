@@ -1,0 +1,175 @@
+"""Download, convert and check ImageNet backbone weights (``python -m svfseg.weights fetch NAME``).
+
+Every file is written to a temporary name next to its target, loaded once into the backbone it is for
+(svfseg's strict loader), and only then renamed into place: an interrupted or corrupt download never
+leaves a file that loads. A ``<file>.json`` record next to it says where it came from and its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from svfseg.files import atomic_write
+from svfseg.models.backbones import build_backbone
+from svfseg.weights.sources import SOURCES, WeightSource
+
+BACKBONE_OF_GROUP = {"resnet50": "resnet50", "resnet101": "resnet101", "vgg16": "vgg16_bn"}
+# timm's deep stem is one Sequential conv1 (conv, bn, act, conv, bn, act, conv) plus bn1.
+TIMM_STEM = {
+    "conv1.0.": "conv1.",
+    "conv1.1.": "bn1.",
+    "conv1.3.": "conv2.",
+    "conv1.4.": "bn2.",
+    "conv1.6.": "conv3.",
+}
+
+
+class WeightsFetchError(RuntimeError):
+    """A download or file that cannot become the requested weights; the message says what to do."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def timm_deep_stem_to_pspnet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """timm ``resnet*s`` names -> PSPNet v2 names; a stem key outside the known layout is an error."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("bn1."):
+            new = "bn3." + key.removeprefix("bn1.")
+        elif key.startswith("conv1."):
+            prefix = next((p for p in TIMM_STEM if key.startswith(p)), None)
+            if prefix is None:
+                raise WeightsFetchError(
+                    f"timm stem key {key!r} is not part of the deep stem conv1.{{0,1,3,4,6}}"
+                )
+            new = TIMM_STEM[prefix] + key.removeprefix(prefix)
+        else:
+            new = key
+        out[new] = value
+    return out
+
+
+def check_loads(path: Path, source: WeightSource, width_mult: float = 1.0) -> None:
+    """Load ``path`` strictly into the backbone ``source`` is for; the loader's error names what is wrong."""
+    build_backbone(BACKBONE_OF_GROUP[source.backbone], pretrained=str(path), width_mult=width_mult)
+
+
+def record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _write_checked(
+    target: Path, source: WeightSource, state: Mapping[str, Tensor], width_mult: float, origin: str
+) -> Path:
+    def write(tmp: Path) -> None:
+        torch.save(dict(state), tmp)
+        check_loads(tmp, source, width_mult)
+
+    atomic_write(target, write)
+    record = {
+        "kind": "svfseg-fetched-weights",
+        "name": source.name,
+        "origin": origin,
+        "sha256": sha256_file(target),
+    }
+    atomic_write(record_path(target), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    return target
+
+
+def _from_hub(source: WeightSource) -> tuple[dict[str, Tensor], str]:
+    from huggingface_hub import hf_hub_download  # the hub client is only needed for hub sources
+    from safetensors.torch import load_file
+
+    try:
+        local = hf_hub_download(source.repo_id, source.filename, revision=source.revision)
+    except Exception as err:
+        raise WeightsFetchError(
+            f"could not get {source.repo_id}/{source.filename} from the Hugging Face hub ({err}); check the "
+            "network (or HF_ENDPOINT / HF_HUB_OFFLINE with a filled cache) and run the command again"
+        ) from err
+    try:
+        state = load_file(local)
+    except Exception as err:
+        raise WeightsFetchError(
+            f"{local} is not a readable safetensors file (corrupt cache?): {err}"
+        ) from err
+    return state, f"hf://{source.repo_id}@{source.revision}/{source.filename}"
+
+
+def _from_url(source: WeightSource, target: Path, url: str) -> tuple[dict[str, Tensor], str]:
+    download = target.with_name(f".{target.name}.{os.getpid()}.download")
+    try:
+        torch.hub.download_url_to_file(
+            url, str(download), hash_prefix=source.sha256_prefix or None, progress=False
+        )
+        state = torch.load(download, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsFetchError(
+            f"download of {url} failed or did not match its recorded sha256 prefix {source.sha256_prefix!r} "
+            f"({err}); nothing was written, run the command again"
+        ) from err
+    finally:
+        download.unlink(missing_ok=True)
+    return state, url
+
+
+def fetch(
+    source: WeightSource, weights_dir: str | Path, *, url: str | None = None, width_mult: float = 1.0
+) -> tuple[Path, bool]:
+    """Put ``source``'s weights at ``weights_dir / source.file``; returns (path, downloaded now).
+
+    An existing file is checked (it must load) and kept. ``url`` replaces the source's address (a
+    mirror); ``width_mult`` is for narrow test files.
+    """
+    target = Path(weights_dir) / source.file
+    if target.is_file():
+        check_loads(target, source, width_mult)
+        return target, False
+    if source.kind == "manual":
+        raise WeightsFetchError(f"{source.name} cannot be downloaded by a program: {source.note} ({target})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.kind == "hf":
+        state, origin = _from_hub(source)
+    else:
+        state, origin = _from_url(source, target, url or source.url)
+    if source.convert == "timm_deep_stem":
+        state = timm_deep_stem_to_pspnet(state)
+    try:
+        return _write_checked(target, source, state, width_mult, origin), True
+    except Exception as err:
+        raise WeightsFetchError(
+            f"the downloaded {source.name} weights do not fit backbone={source.backbone}: {err}"
+        ) from err
+
+
+def status(weights_dir: str | Path) -> list[dict[str, str]]:
+    """One row per source: name, backbone, paper, kind, file and whether it is present."""
+    rows = []
+    for s in SOURCES:
+        path = Path(weights_dir) / s.file
+        rows.append(
+            {
+                "name": s.name,
+                "backbone": s.backbone,
+                "paper": "yes" if s.paper else "alternative",
+                "get": {"hf": "fetch (Hugging Face)", "url": "fetch (torchvision)", "manual": "by hand"}[
+                    s.kind
+                ],
+                "file": str(path),
+                "present": "yes" if path.is_file() else "no",
+            }
+        )
+    return rows
