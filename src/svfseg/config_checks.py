@@ -94,7 +94,11 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
         )
     _check_method_options(cfg.method)
     _check_dataset_keys(cfg.dataset)
-    _check_file(cfg.backbone.get("pretrained"), "backbone.pretrained", "README section 'ImageNet weights'")
+    _check_file(
+        cfg.backbone.get("pretrained"),
+        "backbone.pretrained",
+        "python -m svfseg.weights fetch NAME (python -m svfseg.weights list shows the names; README 'Getting the weights')",
+    )
     if cfg.method.name == "bam" and stage == "meta":
         stage1 = (
             f"the stage-1 command: python train.py stage=base method=bam dataset={dataset} fold={fold} "

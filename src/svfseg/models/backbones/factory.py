@@ -45,7 +45,7 @@ def build_backbone(
         log.warning(
             "backbone %s has no pretrained weights (pretrained=None): it is randomly initialised, so "
             "few-shot results are meaningless without ImageNet weights. Fine for smoke tests only; set "
-            "backbone.pretrained to the weight file for real runs (README, 'ImageNet weights').",
+            "backbone.pretrained to the weight file for real runs (README, 'Getting the weights': python -m svfseg.weights list).",
             name,
         )
     elif pretrained is not None:

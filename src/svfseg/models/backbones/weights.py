@@ -81,9 +81,10 @@ def _listing(keys: Iterable[str]) -> str:
 def missing_file_message(path: Path, backbone_name: str | None) -> str:
     default = DEFAULT_FILES.get(backbone_name or "", "initmodel/<backbone>.pth")
     return (
-        f"backbone weights file {path} does not exist. Download the ImageNet weights of "
-        f"{backbone_name or 'the backbone'} and put them there (default location {default}; see the README "
-        "section 'ImageNet weights'), or set backbone.pretrained=null for a random init (smoke tests only)."
+        f"backbone weights file {path} does not exist. Get the ImageNet weights of "
+        f"{backbone_name or 'the backbone'} with `python -m svfseg.weights list` / `fetch NAME` and put them "
+        f"there (default location {default}; README section 'Getting the weights'), or set "
+        "backbone.pretrained=null for a random init (smoke tests only)."
     )
 
 
