@@ -33,7 +33,15 @@ def test_train_writes_metrics_and_eval_reproduces_them(synthetic_pascal, tmp_pat
     assert ckpt.is_file() and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
     eval_cfg = compose_config(
-        "eval", [f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'eval'}", "trainer.accelerator=cpu"]
+        "eval",
+        [
+            f"ckpt_path={ckpt}",
+            f"paths.output_dir={tmp_path / 'eval'}",
+            "trainer.accelerator=cpu",
+            f"n_episodes={cfg.dataset.n_episodes}",  # the same episodes, so the numbers must be identical
+            "table=table11",
+            "row='baseline + SVF (${n_episodes} episodes)'",
+        ],
     )
     result = evaluate(eval_cfg)
     # same checkpoint, same fixed episodes: the numbers are identical, not merely close
@@ -42,6 +50,11 @@ def test_train_writes_metrics_and_eval_reproduces_them(synthetic_pascal, tmp_pat
     assert result["per_seed"]["321"]["class_iou"] == record["per_seed"]["321"]["class_iou"]
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["fold"] == 0 and saved["shot"] == 1 and saved["config"]["finetune"]["name"] == "svf"
+    # the eval-only relabelling (Table 11 re-tests a trained model over episode counts)
+    assert (saved["run"]["table"], saved["run"]["row"]) == (
+        "table11",
+        f"baseline + SVF ({cfg.dataset.n_episodes} episodes)",
+    )
 
 
 @pytest.mark.slow

@@ -77,6 +77,9 @@ def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> D
     if cfg.get("eval_batch_size") is not None:
         run.dataset.eval_batch_size = int(cfg.eval_batch_size)
     run.dataset.num_workers = int(cfg.get("num_workers", run.dataset.num_workers))
+    for label in ("table", "row"):  # an eval-only sweep files the numbers under another table's rows
+        if cfg.get(label) is not None:
+            run[label] = str(cfg[label])
     run.trainer = cfg.trainer
     return run
 
