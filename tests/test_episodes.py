@@ -203,7 +203,8 @@ def _same(a: dict[int, dict[str, torch.Tensor]], b: dict[int, dict[str, torch.Te
     assert a.keys() == b.keys()
     for e in a:
         for k in a[e]:
-            assert torch.equal(a[e][k], b[e][k]), (e, k)
+            same = torch.equal(a[e][k], b[e][k]) if torch.is_tensor(a[e][k]) else a[e][k] == b[e][k]
+            assert same, (e, k)
 
 
 def test_training_batches_independent_of_workers_and_batch_size(data: dict[str, Any]) -> None:

@@ -346,7 +346,8 @@ def test_base_map_excludes_episode_class_in_training_only() -> None:
         torch.testing.assert_close(got[b, 0], q[b, keep].sum(dim=0))
     with pytest.raises(ValueError, match="needs class_idx"):
         bam.base_map(q, None)
-    with pytest.raises(ValueError, match=r"class_idx values \[15\]"):
+    # checked on the device (no host sync per step): the error surfaces at once on CPU
+    with pytest.raises(RuntimeError, match=r"class_idx is outside \[0, 15\)"):
         bam.base_map(q, torch.tensor([0, 15]))
     bam.eval()
     torch.testing.assert_close(bam.base_map(q, class_idx), q[:, 1:].sum(dim=1, keepdim=True))

@@ -120,6 +120,7 @@ class BaseClassSegValDataset(Dataset):
             "index": int(index),
             "label_ori": torch.from_numpy(pad_square(label)).long(),
             "ori_size": torch.tensor(label.shape, dtype=torch.long),
+            "ori_hw": (int(label.shape[0]), int(label.shape[1])),  # host copy: no device sync to read it
         }
 
 

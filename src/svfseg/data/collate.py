@@ -17,6 +17,9 @@ from svfseg.labels import IGNORE_INDEX
 
 # Keys holding variable-size square labels.
 RAGGED_LABEL_KEYS = frozenset({"query_label_ori", "label_ori"})
+# Keys kept as Python values on the host: Lightning moves tensors to the device, and reading a device
+# tensor back (e.g. the original sizes, needed as Python ints to slice) would sync every batch.
+HOST_KEYS = frozenset({"ori_hw"})
 
 
 def pad_square_stack(labels: Sequence[Tensor], fill: int = IGNORE_INDEX) -> Tensor:
@@ -33,16 +36,18 @@ def pad_square_stack(labels: Sequence[Tensor], fill: int = IGNORE_INDEX) -> Tens
     return out
 
 
-def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
-    """Collate a list of sample dicts (tensors or ints) into a batch dict of tensors."""
+def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Collate a list of sample dicts (tensors or ints) into a batch dict of tensors (``HOST_KEYS``: lists)."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
     keys = samples[0].keys()
-    batch: dict[str, Tensor] = {}
+    batch: dict[str, Any] = {}
     for key in keys:
         values = [s[key] for s in samples]
         if key in RAGGED_LABEL_KEYS:
             batch[key] = pad_square_stack(values)
+        elif key in HOST_KEYS:
+            batch[key] = [tuple(v) for v in values]
         elif isinstance(values[0], Tensor):
             batch[key] = torch.stack(values)
         else:

@@ -382,4 +382,5 @@ class EvalEpisodes(Dataset):
             "episode_idx": index,
             "query_label_ori": torch.from_numpy(pad_square(q_label)).long(),
             "ori_size": torch.tensor(label.shape, dtype=torch.long),
+            "ori_hw": (int(label.shape[0]), int(label.shape[1])),  # host copy: no device sync to read it
         }

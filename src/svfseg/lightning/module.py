@@ -59,15 +59,21 @@ class FewShotSegModule(pl.LightningModule):
             load_pretrained=load_pretrained,
         )
         self.num_eval_classes = len(self.spec.fold.novel_classes)
-        self.val_iou = FewShotIoU(self.num_eval_classes)
-        self.train_episode_iou = FewShotIoU(len(self.spec.fold.base_classes))
-        self.test_ious = nn.ModuleList([FewShotIoU(self.num_eval_classes)])
+        self.val_iou = self._metric(self.num_eval_classes)
+        self.train_episode_iou = self._metric(len(self.spec.fold.base_classes))
+        self.test_ious = nn.ModuleList([self._metric(self.num_eval_classes)])
         self.test_results_per_loader: list[dict[str, Tensor]] = []
         self.finetune_spec: dict[str, Any] | None = None
         self.param_groups: list[dict[str, Any]] | None = None
         # The resolved run config (plain containers), saved in checkpoints so eval.py can rebuild the data.
         self.run_config: dict[str, Any] | None = None
         self.test_results: dict[str, Tensor] = {}
+
+    @staticmethod
+    def _metric(num_classes: int) -> FewShotIoU:
+        # No per-batch value checks: they would read a flag back from the GPU every batch, and the
+        # episodes come from lists whose labels were validated when they were read.
+        return FewShotIoU(num_classes, validate_args=False)
 
     # ------------------------------------------------------------------ fine-tuning
     def apply_finetune(self, spec: dict[str, Any], *, from_checkpoint: bool = False) -> None:
@@ -109,6 +115,8 @@ class FewShotSegModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self(batch)
         assert out.loss is not None
+        # The one host sync per training step, on purpose: a non-finite loss stops the run before the
+        # optimizer step, so the weights (and every checkpoint) stay finite.
         if not torch.isfinite(out.loss):
             episodes = batch.get("episode_idx")
             raise FloatingPointError(
@@ -125,7 +133,9 @@ class FewShotSegModule(pl.LightningModule):
 
     def _eval_update(self, metric: FewShotIoU, batch: dict[str, Tensor]) -> None:
         logits = self(batch, with_target=False).logits
-        metric.update_from_logits(logits, batch["query_label_ori"], batch["ori_size"], batch["class_idx"])
+        # ori_hw: the original sizes as host ints (collate), so no device tensor is read back per batch
+        sizes = batch.get("ori_hw", batch["ori_size"])
+        metric.update_from_logits(logits, batch["query_label_ori"], sizes, batch["class_idx"])
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         metric = self.val_iou if dataloader_idx == VAL_LOADER else self.train_episode_iou
@@ -135,7 +145,9 @@ class FewShotSegModule(pl.LightningModule):
         # One metric per test loader: the DataModule gives one loader per evaluation seed.
         loaders = self.trainer.test_dataloaders
         n = len(loaders) if isinstance(loaders, (list, tuple)) else 1
-        self.test_ious = nn.ModuleList([FewShotIoU(self.num_eval_classes) for _ in range(n)]).to(self.device)
+        self.test_ious = nn.ModuleList([self._metric(self.num_eval_classes) for _ in range(n)]).to(
+            self.device
+        )
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_update(self.test_ious[dataloader_idx], batch)

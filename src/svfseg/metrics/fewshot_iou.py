@@ -8,6 +8,7 @@ of per-episode IoUs would not be.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +31,9 @@ class FewShotIoU(Metric):
     Args:
         num_classes: classes of the fold's evaluation list; ``class_idx`` indexes this list.
         ignore_index: target value that counts nowhere.
+        validate_args: check label values and class indices in every ``update`` (as torchmetrics
+            metrics do). Each check reads a flag back from the device, i.e. one host sync per batch;
+            the LightningModule turns them off because its batches come from validated data.
     """
 
     full_state_update = False
@@ -43,8 +47,11 @@ class FewShotIoU(Metric):
     fb_union: Tensor
     n_episodes: Tensor
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, **kwargs) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int = IGNORE_INDEX, validate_args: bool = True, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
+        self.validate_args = bool(validate_args)
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if ignore_index in (0, 1):
@@ -77,12 +84,12 @@ class FewShotIoU(Metric):
             raise TypeError(f"class_idx must be an integer tensor, got dtype {class_idx.dtype}")
         class_idx = class_idx.to(torch.int64)
         out_of_range = (class_idx < 0) | (class_idx >= self.num_classes)
-        if bool(out_of_range.any()):
+        if self.validate_args and bool(out_of_range.any()):
             raise ValueError(
                 f"class_idx values {class_idx[out_of_range].tolist()} are outside [0, {self.num_classes}); "
                 "class_idx must index the fold's evaluation class list (novel classes at test time)"
             )
-        inter, union = episode_counts(pred, target, self.ignore_index)
+        inter, union = episode_counts(pred, target, self.ignore_index, validate=self.validate_args)
         inter = inter.to(self.fg_inter.device)
         union = union.to(self.fg_inter.device)
         self.fg_inter.index_add_(0, class_idx, inter[:, 1])
@@ -93,7 +100,11 @@ class FewShotIoU(Metric):
         self.n_episodes += class_idx.shape[0]
 
     def update_from_logits(
-        self, logits: Tensor, label_ori: Tensor, ori_size: Tensor, class_idx: Tensor
+        self,
+        logits: Tensor,
+        label_ori: Tensor,
+        ori_size: Tensor | Sequence[tuple[int, int]],
+        class_idx: Tensor,
     ) -> None:
         """Evaluate logits (B, 2, h, w) at each query's original size (see ``predict_at_original_size``)."""
         pred, target = predict_at_original_size(logits, label_ori, ori_size, self.ignore_index)

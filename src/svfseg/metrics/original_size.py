@@ -8,6 +8,8 @@ single metric update covers the batch and padding counts nowhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,14 +18,18 @@ from svfseg.labels import IGNORE_INDEX
 
 
 def predict_at_original_size(
-    logits: Tensor, label_ori: Tensor, ori_size: Tensor, ignore_index: int = IGNORE_INDEX
+    logits: Tensor,
+    label_ori: Tensor,
+    ori_size: Tensor | Sequence[tuple[int, int]],
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[Tensor, Tensor]:
     """Return ``(pred, target)`` of shape (B, H_max, W_max) at original resolution.
 
     Args:
         logits: (B, 2, h, w) bg/fg scores on the val-size canvas (image pasted top-left).
         label_ori: (B, L, L) original labels, padded bottom/right with ``ignore_index``.
-        ori_size: (B, 2) original (H, W) of each query.
+        ori_size: (B, 2) original (H, W) of each query; a list of (H, W) ints avoids reading a device
+            tensor back to the host (a sync per batch on GPU).
 
     Outside each sample's H x W the target is ``ignore_index`` and the prediction 0.
     """
@@ -32,9 +38,13 @@ def predict_at_original_size(
     b = logits.shape[0]
     if label_ori.ndim != 3 or label_ori.shape[0] != b:
         raise ValueError(f"query_label_ori must be (B={b}, L, L), got {tuple(label_ori.shape)}")
-    if ori_size.shape != (b, 2):
-        raise ValueError(f"ori_size must be (B={b}, 2) holding (H, W), got {tuple(ori_size.shape)}")
-    sizes = [(int(h), int(w)) for h, w in ori_size.tolist()]
+    if isinstance(ori_size, Tensor):
+        if ori_size.shape != (b, 2):
+            raise ValueError(f"ori_size must be (B={b}, 2) holding (H, W), got {tuple(ori_size.shape)}")
+        ori_size = ori_size.tolist()
+    sizes = [(int(h), int(w)) for h, w in ori_size]
+    if len(sizes) != b:
+        raise ValueError(f"ori_size must hold B={b} (H, W) pairs, got {len(sizes)}")
     for i, (h, w) in enumerate(sizes):
         if h < 1 or w < 1 or max(h, w) > min(label_ori.shape[1:]):
             raise ValueError(

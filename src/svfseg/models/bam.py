@@ -154,12 +154,13 @@ class BAM(MetaLearner):
                     "among the fold's base classes) to drop that class from the base map"
                 )
             class_idx = class_idx.to(device=base_prob.device, dtype=torch.long).view(-1)
-            bad = (class_idx < 0) | (class_idx >= self.num_base_classes)
-            if bool(bad.any()):
-                raise ValueError(
-                    f"class_idx values {class_idx[bad].tolist()} are outside [0, {self.num_base_classes}): in "
-                    "training class_idx must index the fold's base classes"
-                )
+            ok = ((class_idx >= 0) & (class_idx < self.num_base_classes)).all()
+            # Checked on the device (no host sync per step); a bad index fails at the next sync point.
+            torch._assert_async(
+                ok,
+                f"BAM: class_idx is outside [0, {self.num_base_classes}): in training class_idx must index "
+                "the fold's base classes",
+            )
             weights[torch.arange(weights.shape[0], device=weights.device), class_idx + 1] = 0.0
         return torch.einsum("bc,bchw->bhw", weights, base_prob).unsqueeze(1)
 

@@ -103,7 +103,7 @@ class SVFLayer(nn.Module, ABC):
         self.register_buffer("s0", factors.s.clone())
         self._disabled = False
         _OptimizerSteps.ensure_hook()
-        self._cache: tuple[tuple[Any, ...], Tensor, list[Tensor]] | None = None
+        self._cache: tuple[tuple[Any, ...], Tensor] | None = None
 
     # ----------------------------------------------------------------- tensors
     def svf_tensors(self) -> list[tuple[str, nn.Parameter]]:
@@ -149,10 +149,10 @@ class SVFLayer(nn.Module, ABC):
     def _cached_weight(self) -> Tensor:
         """Merged weight, rebuilt only when a source tensor changed.
 
-        Change detection: version counter, storage, device and dtype of u / s / v; the count of optimizer
-        steps when one of them trains (fused optimizers skip version counters); the values of the small
-        singular-value tensors (edits through ``.data`` bypass version counters; comparing R numbers is
-        cheap). After editing ``u``/``v`` through ``.data`` call :meth:`clear_cache`.
+        Change detection: version counter, storage, device and dtype of u / s / v, and the count of
+        optimizer steps when one of them trains (fused optimizers skip version counters). Everything is
+        read on the host, so a cached forward never waits for the GPU. Edits through ``.data`` bypass
+        version counters: after editing u / s / v that way, call :meth:`clear_cache`.
         """
         sources = self._sources()
         if any(t.is_inference() for t in sources):
@@ -166,14 +166,13 @@ class SVFLayer(nn.Module, ABC):
             steps,
             *((id(t), t.data_ptr(), t._version, t.device, t.dtype) for t in sources),
         )
-        small = [t for t in sources if t is not self.u and t is not self.v]
         cache = self._cache
-        if cache is not None and cache[0] == key and all(map(torch.equal, cache[2], small)):
+        if cache is not None and cache[0] == key:
             return cache[1]
         # A normal (non-inference) tensor, so the cache also serves later grad-mode calls.
         with torch.inference_mode(False), torch.no_grad():
             weight = self.merged_weight()
-            self._cache = (key, weight, [t.detach().clone() for t in small])
+            self._cache = (key, weight)
         return weight
 
     def clear_cache(self) -> None:

@@ -70,7 +70,7 @@ class BaseLearnerModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         logits, _ = self.model(batch["image"])
-        for i, (h, w) in enumerate(batch["ori_size"].tolist()):
+        for i, (h, w) in enumerate(batch["ori_hw"]):
             side = max(h, w)
             up = F.interpolate(logits[i : i + 1], size=(side, side), mode="bilinear", align_corners=True)
             self.val_iou.update(up.argmax(1)[:, :h, :w], batch["label_ori"][i : i + 1, :h, :w])
