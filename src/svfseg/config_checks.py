@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from svfseg.models.registry import method_options
+from svfseg.precision import check_matmul_precision
 from svfseg.run_spec import RunSpec
 
 STAGES = ("meta", "base")
@@ -85,6 +86,11 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
     for key in TOTAL_BATCH_KEYS:
         per_process_batch(OmegaConf.select(cfg, key), world, key)
     _check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", "auto"))
+    try:
+        check_matmul_precision(cfg.get("matmul_precision", "highest"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    _check_deterministic(cfg.trainer)
     if multirun and uses_multiprocess_ddp(cfg.trainer):
         raise ConfigError(
             "hydra multirun (-m) cannot drive multi-process DDP (trainer.strategy="
@@ -128,6 +134,18 @@ def per_process_batch(total: Any, world: int, key: str) -> int:
             f"it must be a positive multiple of {world}"
         )
     return total // world
+
+
+def _check_deterministic(trainer: DictConfig) -> None:
+    """``deterministic=true`` cannot run on CUDA: refuse it at start, with the setting that works."""
+    accelerator = trainer.get("accelerator", "auto")
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if trainer.get("deterministic") is True and on_cuda:
+        raise ConfigError(
+            "trainer.deterministic=true fails on CUDA at the first backward: bilinear upsampling's backward "
+            "and index_add_ have no deterministic CUDA kernel. Use trainer.deterministic=warn (deterministic "
+            "kernels where they exist, a warning for the others)."
+        )
 
 
 def _check_sync_batchnorm(value: Any) -> None:

@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import RichProgressBar
 
 from svfseg.config_checks import check_writable_dir
 from svfseg.lightning.module import FewShotSegModule
+from svfseg.precision import apply_matmul_precision
 from svfseg.run_spec import RunSpec, check_identity
 from svfseg.tasks.builders import build_datamodule, plain, trainer_arguments
 from svfseg.tasks.reporting import metrics_record, print_metrics
@@ -88,6 +89,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on every seed's fixed episodes; rank 0 writes ``metrics.json``."""
     ckpt = Path(str(cfg.ckpt_path))
     check_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+    apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
     checkpoint = load_checkpoint_dict(ckpt)
     run = run_config_from_checkpoint(checkpoint, cfg)
     del checkpoint

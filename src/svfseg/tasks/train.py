@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from svfseg.config_checks import ConfigError, check_train_config
 from svfseg.lightning.wandb_logging import redact_secrets
+from svfseg.precision import apply_matmul_precision
 from svfseg.run_spec import RunMismatchError, RunSpec, check_identity
 from svfseg.tasks.base_stage import train_base_learner
 from svfseg.tasks.builders import (
@@ -81,6 +82,7 @@ def check_resume_checkpoint(cfg: DictConfig, spec: RunSpec) -> str | None:
 def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
     """Run one training job; returns the final test metrics (what a sweeper optimises)."""
     spec = check_train_config(cfg, multirun=multirun)
+    apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
     if cfg.stage == "base":
         return train_base_learner(cfg, spec)
     ckpt_path = check_resume_checkpoint(cfg, spec)
