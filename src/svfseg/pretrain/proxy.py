@@ -16,7 +16,6 @@ a file that does not match its record, or was built with another recipe, is refu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -32,7 +31,7 @@ from filelock import FileLock
 from torch import Tensor, nn
 
 from svfseg.data.transforms import normalize_to_tensor
-from svfseg.files import atomic_write
+from svfseg.files import atomic_write, sha256_file
 from svfseg.models.backbones.base import Backbone
 from svfseg.models.backbones.provenance import PROXY_RECORD_KIND, read_record, record_path
 from svfseg.models.backbones.resnet import DEEP_STEM, build_resnet
@@ -98,14 +97,6 @@ class ProxyResult:
     path: Path
     record: dict[str, Any]
     built: bool  # False: returned from the cache
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pspnet_state_dict(backbone: Backbone, head: nn.Conv2d) -> dict[str, Tensor]:
@@ -249,7 +240,7 @@ def _check_cached(path: Path, spec: ProxySpec, weights_dir: Path) -> dict[str, A
         raise ProxyWeightsError(
             f"{path} was built with another recipe ({diff}). Choose another --out, or {rebuild}."
         )
-    if not path.is_file() or sha256_of(path) != record.get("sha256"):
+    if not path.is_file() or sha256_file(path) != record.get("sha256"):
         raise ProxyWeightsError(
             f"{path} does not match the sha256 in its record {record_path(path)} (truncated or edited): {rebuild}."
         )
@@ -278,7 +269,7 @@ def build_proxy_weights(
         record = {
             "kind": PROXY_RECORD_KIND,
             "file": path.name,
-            "sha256": sha256_of(path),
+            "sha256": sha256_file(path),
             "spec": asdict(spec),
             "rebuild": spec.command(weights_dir),
             "use": f"backbone={spec.backbone} backbone.width_mult={spec.width_mult:g} backbone.pretrained={path}",

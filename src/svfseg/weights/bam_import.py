@@ -14,7 +14,6 @@ conv1, bn1, relu, conv2, bn2, relu, conv3, bn3, relu, maxpool (so parameters at 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from svfseg.data.fold import FoldSpec
+from svfseg.files import sha256_file
 from svfseg.models.pspnet import (
     BaseLearnerCheckpointError,
     PSPNet,
@@ -151,7 +151,7 @@ def import_bam_base_learner(
         load_exact_state(model, state, source, how)
     except BaseLearnerCheckpointError as err:
         raise BAMImportError(f"{err} (keys renamed from BAM's names; is it a {backbone} PSPNet?)") from err
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    digest = sha256_file(source)
     meta: dict[str, Any] = {
         "dataset": dataset,
         "fold": fold,

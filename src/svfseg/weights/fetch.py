@@ -7,7 +7,6 @@ leaves a file that loads. A ``<file>.json`` record next to it says where it came
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from svfseg.files import atomic_write
+from svfseg.files import atomic_write, sha256_file
 from svfseg.models.backbones import build_backbone
 from svfseg.weights.sources import SOURCES, WeightSource
 
@@ -33,14 +32,6 @@ TIMM_STEM = {
 
 class WeightsFetchError(RuntimeError):
     """A download or file that cannot become the requested weights; the message says what to do."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def timm_deep_stem_to_pspnet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
