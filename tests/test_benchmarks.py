@@ -24,3 +24,26 @@ def test_pipeline_benchmark_index_part_writes_only_its_section(tmp_path: Path) -
     # a second run replaces the section instead of appending another
     subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
     assert doc.read_text().count("## Pipeline (CPU): class index build time") == 1
+
+
+def test_gpu_check_runs_in_its_cpu_smoke_mode_and_writes_its_table(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.sh's Python part end to end on CPU at tiny size (the GPU run needs a GPU)."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--out", str(tmp_path), "--device", "cpu",
+           "--settings", "65:1,65:2", "--eval-settings", "65:1", "--repeats", "1", "--warmup", "0",
+           "--eval-episodes", "2", "--width", "0.125", "--reduce-dim", "32"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    record = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert sorted(record["steps"]) == ["65 px 1-shot", "65 px 2-shot"]
+    keys = {f"{v}/{p}" for v in ("freeze", "full", "svf", "svf_ckpt") for p in ("fp32", "bf16")}
+    assert all(set(rows) == keys for rows in record["steps"].values())
+    assert all(
+        r["median_s"] > 0 and r["peak_mib"] is None
+        for rows in record["steps"].values()
+        for r in rows.values()
+    )
+    text = (tmp_path / "gpu_check.md").read_text()
+    assert text.count("| 65 px 1-shot | bf16 |") == 4 and "| 65 px 1-shot | 1.0 |" not in text
+    assert "| 65 px 1-shot |" in text.split("episodes/s")[1]

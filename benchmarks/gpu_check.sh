@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One GPU check (about 3-6 minutes on one GPU): step time and peak memory of freeze / full / SVF /
+# SVF + checkpointing at 473 px 1- and 5-shot and 641 px 5-shot in fp32 and bf16, and eval episodes/s.
+# Usage: bash benchmarks/gpu_check.sh OUT_DIR   (writes OUT_DIR/gpu_check.md and gpu_check.json)
+set -euo pipefail
+out="${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}"
+here="$(cd "$(dirname "$0")" && pwd)"
+python="${PYTHON:-$here/../.venv/bin/python}"
+[ -x "$python" ] || python=python3
+"$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible')"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+timeout 480 "$python" "$here/bench_gpu.py" --out "$out" --device cuda
