@@ -7,8 +7,10 @@ needed for U's weight gradient). With U and V frozen only V^T x is needed: scali
 grouped 1x1 GEMM t = U^T dL/dy for both dL/ds = sum(t * V^T x) and dL/d(V^T x) = s * t. Same math as
 the reference's three ops, about half their extra activation memory.
 
-Single differentiation only (``once_differentiable``); layers whose U or V train, autocast regions and
-``execution="three_op"`` use the composed autograd graph instead.
+Under autocast (``trainer.precision=bf16-mixed``) the layer passes x, V and U in the autocast dtype:
+U diag(s) is formed in float32 and cast once, and dL/ds is accumulated in float32, so s and its gradient
+stay float32 as for the composed graph. Single differentiation only (``once_differentiable``); layers
+whose U or V train and ``execution="three_op"`` use the composed autograd graph instead.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class FactorisedConv2d(torch.autograd.Function):
         groups: int,
     ) -> Tensor:
         h = F.conv2d(x, v, None, stride, padding, dilation, groups)
-        y = F.conv2d(h, _scaled_u(u, s, groups), bias, 1, 0, 1, groups)
+        scaled = _scaled_u(u.to(s.dtype), s, groups).to(h.dtype)  # U diag(s) in s's precision, cast once
+        y = F.conv2d(h, scaled, bias, 1, 0, 1, groups)
         ctx.save_for_backward(h, v, s, u)
         ctx.x_shape = x.shape
         ctx.options = (stride, padding, dilation, groups)
@@ -62,10 +65,10 @@ class FactorisedConv2d(torch.autograd.Function):
         if need_x or need_s:
             t = conv2d_input(h.shape, u, grad_y, 1, 0, 1, groups)  # U^T dL/dy, per group
             if need_x:
-                grad_h = t * s.reshape(-1, 1, 1)
+                grad_h = t * s.reshape(-1, 1, 1).to(t.dtype)
                 grad_x = conv2d_input(ctx.x_shape, v, grad_h, stride, padding, dilation, groups)
-            if need_s:
-                grad_s = t.mul_(h).sum(dim=(0, 2, 3))
+            if need_s:  # accumulated in s's precision (float32 also under bf16 autocast)
+                grad_s = t.to(s.dtype).mul_(h.to(s.dtype)).sum(dim=(0, 2, 3))
         if need_b and ctx.has_bias:
             grad_b = grad_y.sum(dim=(0, 2, 3))
         return grad_x, None, grad_s, None, grad_b, None, None, None, None

@@ -361,11 +361,7 @@ class SVFConv2d(SVFLayer):
 
     def _use_fused(self, x: Tensor) -> bool:
         """Fused autograd Function when only s (and bias) can train; the composed graph otherwise."""
-        return (
-            self.execution != "three_op"
-            and not (self.u.requires_grad or self.v.requires_grad)
-            and not torch.is_autocast_enabled(x.device.type)
-        )
+        return self.execution != "three_op" and not (self.u.requires_grad or self.v.requires_grad)
 
     def _forward_factorised(self, x: Tensor, s: Tensor) -> Tensor:
         v = self.v.reshape(self.rank, self.in_channels // self.groups, *self.kernel_size)
@@ -376,17 +372,25 @@ class SVFConv2d(SVFLayer):
                 mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
                 x, padding = F.pad(x, self._pad, mode=mode), (0, 0)
             unbatched = x.dim() == 3
-            y = FactorisedConv2d.apply(
-                x.unsqueeze(0) if unbatched else x,
-                v,
-                s,
-                u,
-                self.bias,
-                self.stride,
-                padding,
-                self.dilation,
-                self.groups,
-            )
+            bias = self.bias
+            device = x.device.type
+            autocast = torch.is_autocast_enabled(device)
+            if autocast:  # the convs in the autocast dtype, s (and dL/ds) stays float32
+                dtype = torch.get_autocast_dtype(device)
+                x, v, u = x.to(dtype), v.to(dtype), u.to(dtype)
+                bias = None if bias is None else bias.to(dtype)
+            with torch.autocast(device, enabled=False):
+                y = FactorisedConv2d.apply(
+                    x.unsqueeze(0) if unbatched else x,
+                    v,
+                    s,
+                    u,
+                    bias,
+                    self.stride,
+                    padding,
+                    self.dilation,
+                    self.groups,
+                )
             return y.squeeze(0) if unbatched else y
         h = self._conv(x, v, None) * s.reshape(-1, 1, 1)
         return F.conv2d(h, u, self.bias, 1, 0, 1, self.groups)
