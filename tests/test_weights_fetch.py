@@ -84,6 +84,7 @@ def test_url_download_is_checked_converted_and_recorded(tmp_path: Path, server: 
         record["origin"] == f"{base}/vgg16_bn.pth"
         and record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     )
+    assert record["sha256"] == digest  # the publisher's bytes, kept as downloaded (no re-save)
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["vgg16_bn.pth", "vgg16_bn.pth.json"]
     assert fetch(spec, tmp_path / "w", url="http://127.0.0.1:1/unused", width_mult=WIDTH) == (path, False)
     rows = {r["name"]: r for r in status(tmp_path / "w")}

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
 from torch import Tensor
 
 from svfseg.files import atomic_write, sha256_file
@@ -70,6 +72,11 @@ def _write_checked(
         check_loads(tmp, source, width_mult)
 
     atomic_write(target, write)
+    _write_record(target, source, origin)
+    return target
+
+
+def _write_record(target: Path, source: WeightSource, origin: str) -> None:
     record = {
         "kind": "svfseg-fetched-weights",
         "name": source.name,
@@ -77,13 +84,13 @@ def _write_checked(
         "sha256": sha256_file(target),
     }
     atomic_write(record_path(target), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
-    return target
+
+
+def _convert(source: WeightSource, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return timm_deep_stem_to_pspnet(state) if source.convert == "timm_deep_stem" else dict(state)
 
 
 def _from_hub(source: WeightSource) -> tuple[dict[str, Tensor], str]:
-    from huggingface_hub import hf_hub_download  # the hub client is only needed for hub sources
-    from safetensors.torch import load_file
-
     try:
         local = hf_hub_download(source.repo_id, source.filename, revision=source.revision)
     except Exception as err:
@@ -100,21 +107,47 @@ def _from_hub(source: WeightSource) -> tuple[dict[str, Tensor], str]:
     return state, f"hf://{source.repo_id}@{source.revision}/{source.filename}"
 
 
-def _from_url(source: WeightSource, target: Path, url: str) -> tuple[dict[str, Tensor], str]:
+def _download(source: WeightSource, target: Path, url: str) -> Path:
+    """``url`` into a temporary file next to ``target``, its sha256 prefix checked (removed on failure)."""
     download = target.with_name(f".{target.name}.{os.getpid()}.download")
     try:
         torch.hub.download_url_to_file(
             url, str(download), hash_prefix=source.sha256_prefix or None, progress=False
         )
-        state = torch.load(download, map_location="cpu", weights_only=True)
     except Exception as err:
+        download.unlink(missing_ok=True)
         raise WeightsFetchError(
             f"download of {url} failed or did not match its recorded sha256 prefix {source.sha256_prefix!r} "
             f"({err}); nothing was written, run the command again"
         ) from err
+    return download
+
+
+def _fetch_url(source: WeightSource, target: Path, url: str, width_mult: float) -> Path:
+    """A file already in the layout the config expects keeps its downloaded bytes (its sha256 stays the
+    publisher's): it is checked in place and renamed; otherwise it is converted and written once."""
+    download = _download(source, target, url)
+    try:
+        try:  # mmap: a readability check that reads no tensor data
+            state = torch.load(download, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:
+            raise WeightsFetchError(
+                f"download of {url} failed: the file does not read as a PyTorch checkpoint (truncated?) "
+                f"({err}); nothing was written, run the command again"
+            ) from err
+        try:
+            if source.convert != "none":
+                return _write_checked(target, source, _convert(source, state), width_mult, url)
+            check_loads(download, source, width_mult)
+        except Exception as err:
+            raise WeightsFetchError(
+                f"the downloaded {source.name} weights do not fit backbone={source.backbone}: {err}"
+            ) from err
+        os.replace(download, target)
+        _write_record(target, source, url)
+        return target
     finally:
         download.unlink(missing_ok=True)
-    return state, url
 
 
 def fetch(
@@ -132,14 +165,11 @@ def fetch(
     if source.kind == "manual":
         raise WeightsFetchError(f"{source.name} cannot be downloaded by a program: {source.note} ({target})")
     target.parent.mkdir(parents=True, exist_ok=True)
-    if source.kind == "hf":
-        state, origin = _from_hub(source)
-    else:
-        state, origin = _from_url(source, target, url or source.url)
-    if source.convert == "timm_deep_stem":
-        state = timm_deep_stem_to_pspnet(state)
+    if source.kind == "url":
+        return _fetch_url(source, target, url or source.url, width_mult), True
+    state, origin = _from_hub(source)
     try:
-        return _write_checked(target, source, state, width_mult, origin), True
+        return _write_checked(target, source, _convert(source, state), width_mult, origin), True
     except Exception as err:
         raise WeightsFetchError(
             f"the downloaded {source.name} weights do not fit backbone={source.backbone}: {err}"
