@@ -89,7 +89,7 @@ def run_learning(
     result = {
         "miou": float(metrics["miou"]),
         "fbiou": float(metrics["fbiou"]),
-        "class_iou": [float(v) for v in record["class_iou"]],
+        "class_iou": [float(v["iou"]) for v in record["class_iou"].values()],
         "record_miou": float(record["miou"]),
         "epoch_loss": [float(np.mean(per_epoch[e])) for e in sorted(per_epoch)],
         "steps_per_epoch": min(len(v) for v in per_epoch.values()),

@@ -2,10 +2,11 @@
 
 A host sync is reading a tensor back as a Python value (``.item()``, ``.tolist()``, ``bool()``, ``int()``,
 ``float()``, ``.cpu()``, ``.numpy()``, ``torch.equal``): on a GPU each one waits for every queued
-kernel. The test counts such calls made *from svfseg's own code* (the data pipeline excluded: it works
-on host tensors before the transfer) during two short runs that differ only in their number of training
-and validation batches. The difference is the per-step cost: exactly one sync per training step (the
-non-finite loss check, which keeps the weights finite) and none per validation batch.
+kernel. The test counts such calls from any code, svfseg's and Lightning's (the data pipeline excluded:
+it works on host tensors before the transfer), during two short runs that differ only in their number
+of training and validation batches. The difference is the per-step cost: none per training step and
+none per validation batch. Lightning's own reads every ``log_every_n_steps`` and svfseg's non-finite
+check every ``optim.nonfinite_check_every`` steps are not per step; both intervals exceed the runs here.
 """
 
 from __future__ import annotations
@@ -23,26 +24,23 @@ from svfseg.tasks.train import train
 from tests.hydra_helpers import tiny_train_config
 
 SRC = str(Path(__file__).resolve().parents[1] / "src" / "svfseg")
-EXCLUDED = (f"{SRC}/data/",)
+TORCH_DATA = str(Path(torch.utils.data.__file__).parent)
+EXCLUDED = (f"{SRC}/data/", TORCH_DATA)
 EPOCH_LEVEL = frozenset({"compute"})  # torchmetrics' compute runs once per epoch, not per step
 TENSOR_METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy")
 
 
 @contextmanager
 def count_host_syncs() -> Iterator[dict[str, int]]:
-    """Count tensor -> Python conversions whose immediate caller is svfseg code (``{"file:line": n}``)."""
+    """Count tensor -> Python conversions by their immediate caller (``{"file:line": n}``)."""
     counts: dict[str, int] = {}
 
     def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
         def counted(*args: Any, **kwargs: Any) -> Any:
             frame = sys._getframe(1)
             name = frame.f_code.co_filename
-            if (
-                name.startswith(SRC)
-                and not name.startswith(EXCLUDED)
-                and frame.f_code.co_name not in EPOCH_LEVEL
-            ):
-                where = f"{name.removeprefix(SRC + '/')}:{frame.f_lineno}"
+            if not name.startswith(EXCLUDED) and frame.f_code.co_name not in EPOCH_LEVEL:
+                where = f"{name}:{frame.f_lineno}"
                 counts[where] = counts.get(where, 0) + 1
             return original(*args, **kwargs)
 
@@ -83,7 +81,7 @@ def _run(
 
 
 @pytest.mark.parametrize("finetune", ["svf", "freeze"])
-def test_one_sync_per_training_step_and_none_per_validation_batch(
+def test_no_sync_per_training_step_or_validation_batch(
     synthetic_pascal: Any, tmp_path: Path, finetune: str
 ) -> None:
     short = _run(synthetic_pascal, tmp_path / "short", finetune, train_batches=2, val_batches=1)
@@ -91,6 +89,6 @@ def test_one_sync_per_training_step_and_none_per_validation_batch(
     per_step = {k: long.get(k, 0) - short.get(k, 0) for k in set(short) | set(long)}
     per_step = {k: v for k, v in per_step.items() if v}
     # 2 more training steps, 2 x 2 more validation batches (novel episodes + train-episode curve)
-    assert len(per_step) == 1 and list(per_step.values()) == [2], per_step
-    (where,) = per_step
-    assert where.startswith("lightning/module.py:"), where  # the non-finite loss check
+    assert per_step == {}, per_step
+    # the counter does see syncs: the epoch-end metric logging reads values back in both runs
+    assert sum(short.values()) > 0

@@ -16,10 +16,11 @@ import math
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from torch import Tensor, nn
 
+from svfseg.data.class_names import class_names
 from svfseg.finetune import build_strategy
+from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
 from svfseg.lightning.optim import OptimConfig, build_optimizer, build_scheduler
 from svfseg.metrics import FewShotIoU
 from svfseg.models.base import FewShotModel, FewShotOutput
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 VAL_LOADER, TRAIN_EPISODES_LOADER = 0, 1
 
 
-class FewShotSegModule(pl.LightningModule):
+class FewShotSegModule(GuardedTraining, pl.LightningModule):
     """Training, validation and test of one few-shot method on one fold.
 
     Args:
@@ -59,6 +60,13 @@ class FewShotSegModule(pl.LightningModule):
             load_pretrained=load_pretrained,
         )
         self.num_eval_classes = len(self.spec.fold.novel_classes)
+        names = class_names(self.spec.fold.dataset)
+        # metric names per class index (``<prefix>/iou/<name>``): novel classes for val/test, base for the
+        # training-episode curve
+        self.class_keys = {
+            split: [names[c].replace(" ", "_") for c in self.spec.fold.classes(split)]
+            for split in ("train", "val")
+        }
         self.val_iou = self._metric(self.num_eval_classes)
         self.train_episode_iou = self._metric(len(self.spec.fold.base_classes))
         self.test_ious = nn.ModuleList([self._metric(self.num_eval_classes)])
@@ -68,6 +76,7 @@ class FewShotSegModule(pl.LightningModule):
         # The resolved run config (plain containers), saved in checkpoints so eval.py can rebuild the data.
         self.run_config: dict[str, Any] | None = None
         self.test_results: dict[str, Tensor] = {}
+        self.nonfinite = NonFiniteGuard(self.optim_cfg.nonfinite_check_every)
 
     @staticmethod
     def _metric(num_classes: int) -> FewShotIoU:
@@ -115,18 +124,19 @@ class FewShotSegModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self(batch)
         assert out.loss is not None
-        # The one host sync per training step, on purpose: a non-finite loss stops the run before the
-        # optimizer step, so the weights (and every checkpoint) stay finite.
-        if not torch.isfinite(out.loss):
-            episodes = batch.get("episode_idx")
-            raise FloatingPointError(
-                f"non-finite training loss {out.loss.item()} at global step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}, episodes "
-                f"{episodes.tolist() if episodes is not None else 'unknown'}); the last good checkpoint "
-                "is kept. Lower optim.lr or check the data of these episodes."
-            )
+        # Recorded on the device; read back every optim.nonfinite_check_every steps (see NonFiniteGuard).
+        self.nonfinite.observe_loss(
+            out.loss,
+            step=self.global_step,
+            epoch=self.current_epoch,
+            batch_idx=batch_idx,
+            episodes=batch.get("episode_idx"),
+        )
+        if self.nonfinite.check_every == 1:
+            self.check_finite()
         batch_size = batch["query_img"].shape[0]
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size)
+        # no prog_bar: Lightning would read it back every batch; SparseMetricsProgressBar shows it
+        self.log("train/loss", out.loss, batch_size=batch_size)
         for name, value in out.losses.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
         return out.loss
@@ -152,21 +162,21 @@ class FewShotSegModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_update(self.test_ious[dataloader_idx], batch)
 
-    def _log_metric(self, prefix: str, metric: FewShotIoU) -> dict[str, Tensor]:
+    def _log_metric(self, prefix: str, metric: FewShotIoU, split: str = "val") -> dict[str, Tensor]:
         if int(metric.n_episodes) == 0 and not self.trainer.world_size > 1:
             return {}
         values = metric.compute()
         self.log(f"{prefix}/miou", values["miou"], sync_dist=False)
         self.log(f"{prefix}/fbiou", values["fbiou"], sync_dist=False)
         self.log(f"{prefix}/n_episodes", values["n_episodes"].float(), sync_dist=False)
-        for k, v in enumerate(values["class_iou"]):
-            self.log(f"{prefix}/class_iou_{k}", v, sync_dist=False)
+        for name, v in zip(self.class_keys[split], values["class_iou"].reshape(-1), strict=True):
+            self.log(f"{prefix}/iou/{name}", v, sync_dist=False)
         metric.reset()
         return values
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric("val", self.val_iou)
-        self._log_metric("train_episodes", self.train_episode_iou)
+        self._log_metric("train_episodes", self.train_episode_iou, split="train")
 
     def on_test_epoch_end(self) -> None:
         self.test_results_per_loader = [
@@ -197,6 +207,7 @@ class FewShotSegModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # the non-finite check (GuardedTraining)
         checkpoint["svfseg"] = {
             "finetune": self.finetune_spec,
             "identity": self.spec.identity(),

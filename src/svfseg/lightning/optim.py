@@ -28,6 +28,8 @@ class OptimConfig:
     schedule: str = "cosine"
     poly_power: float = 0.9
     min_lr_ratio: float = 0.0
+    # optimizer steps between host-side checks of the non-finite loss record (NonFiniteGuard)
+    nonfinite_check_every: int = 10
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -36,6 +38,8 @@ class OptimConfig:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio < 1.0:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1), got {self.min_lr_ratio}")
+        if int(self.nonfinite_check_every) < 1:
+            raise ValueError(f"optim.nonfinite_check_every must be >= 1, got {self.nonfinite_check_every}")
 
 
 def schedule_factor(schedule: str, step: int, total_steps: int, *, power: float = 0.9, floor: float = 0.0):

@@ -27,7 +27,9 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from svfseg.config_checks import per_process_batch, world_size
 from svfseg.data.base_seg import BaseSegDataModule
 from svfseg.labels import IGNORE_INDEX
+from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
 from svfseg.lightning.optim import OptimConfig, build_scheduler
+from svfseg.lightning.progress import SparseMetricsProgressBar
 from svfseg.models.backbones import build_backbone
 from svfseg.models.pspnet import PSPNet, base_learner_num_classes, save_base_learner
 from svfseg.run_spec import RunSpec
@@ -37,7 +39,7 @@ from svfseg.tasks.reporting import close_loggers
 log = logging.getLogger(__name__)
 
 
-class BaseLearnerModule(pl.LightningModule):
+class BaseLearnerModule(GuardedTraining, pl.LightningModule):
     """PSPNet on base classes with the reference's two-speed SGD (encoder vs PPM + classifier)."""
 
     def __init__(
@@ -49,9 +51,11 @@ class BaseLearnerModule(pl.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         poly_power: float = 0.9,
+        nonfinite_check_every: int = 10,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.nonfinite = NonFiniteGuard(nonfinite_check_every, what="base-learner loss")
         spec = dict(backbone)
         name = spec.pop("name")
         spec["dilation"] = "uniform"  # PSPNet / BAM always use the uniform dilation patch
@@ -63,9 +67,12 @@ class BaseLearnerModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         _, loss = self.model(batch["image"], batch["label"])
         assert loss is not None
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite base-learner loss at step {self.global_step}")
-        self.log("base/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.nonfinite.observe_loss(
+            loss, step=self.global_step, epoch=self.current_epoch, batch_idx=batch_idx
+        )
+        if self.nonfinite.check_every == 1:
+            self.check_finite()
+        self.log("base/loss", loss, batch_size=batch["image"].shape[0])  # shown by the progress bar
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -78,7 +85,7 @@ class BaseLearnerModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         per_class = self.val_iou.compute()
         # background (index 0) excluded: the reference reports mIoU over the base classes
-        self.log("base/val_miou", per_class[1:].mean(), prog_bar=True)
+        self.log("base/val_miou", per_class[1:].mean())
         self.val_iou.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -128,6 +135,7 @@ def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
         num_classes=num_classes,
         lr=float(stage.lr),
         encoder_lr_mult=float(stage.encoder_lr_mult),
+        nonfinite_check_every=int(cfg.optim.nonfinite_check_every),
     )
     out_dir = Path(str(cfg.paths.output_dir))
     checkpoint = ModelCheckpoint(
@@ -141,8 +149,12 @@ def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
     trainer_cfg = trainer_arguments(cfg, bn_trains=True)  # stage 1 trains BN (the reference: SyncBN)
     trainer_cfg["max_epochs"] = int(stage.epochs)
     trainer_cfg["use_distributed_sampler"] = False
+    callbacks: list[pl.Callback] = [checkpoint, LearningRateMonitor(logging_interval="step")]
+    if trainer_cfg.get("enable_progress_bar", True):
+        every = int(trainer_cfg.get("log_every_n_steps", 10))
+        callbacks.append(SparseMetricsProgressBar(metrics_every=every, show=("base/loss", "base/val_miou")))
     trainer = pl.Trainer(
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        callbacks=callbacks,
         logger=loggers or False,
         **trainer_cfg,
     )

@@ -12,16 +12,40 @@ from pytorch_lightning.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
+from svfseg.data.class_names import class_names
+from svfseg.run_spec import RunSpec
+
 log = logging.getLogger(__name__)
 
 
-def _floats(values: dict[str, Any]) -> dict[str, Any]:
+def _floats(values: dict[str, Any], class_ids: Sequence[int]) -> dict[str, Any]:
+    ious = [float(v) for v in values["class_iou"]]
+    if len(ious) != len(class_ids):
+        raise ValueError(
+            f"{len(ious)} class IoUs for the {len(class_ids)} evaluation classes {list(class_ids)}"
+        )
     return {
         "miou": float(values["miou"]),
         "fbiou": float(values["fbiou"]),
-        "class_iou": [float(v) for v in values["class_iou"]],
+        "class_iou": {str(c): iou for c, iou in zip(class_ids, ious, strict=True)},
         "n_episodes": int(values["n_episodes"]),
     }
+
+
+def per_class_summary(per_seed: dict[int, dict[str, Any]], names: dict[int, str]) -> dict[str, Any]:
+    """``{class id: {name, iou (mean over seeds), std (population), per_seed}}`` from ``_floats`` records."""
+    first = next(iter(per_seed.values()))
+    out: dict[str, Any] = {}
+    for cid in first["class_iou"]:
+        values = {str(seed): v["class_iou"][cid] for seed, v in per_seed.items()}
+        ious = list(values.values())
+        out[cid] = {
+            "name": names[int(cid)],
+            "iou": statistics.fmean(ious),
+            "std": statistics.pstdev(ious) if len(ious) > 1 else 0.0,
+            "per_seed": values,
+        }
+    return out
 
 
 def seeds_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -59,15 +83,18 @@ def metrics_record(
     seeds: Sequence[int],
     config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``metrics.json`` record: headline numbers (first seed / mean), per-seed values, run identity."""
+    """The ``metrics.json`` record: headline numbers (mean over seeds), per-class and per-seed values, run identity.
+
+    ``class_iou`` maps each evaluation class id to its name and IoU (mean and std over seeds, and per seed).
+    """
     per_seed = values if all(isinstance(k, int) for k in values) else {int(seeds[0]): values}
-    per_seed = {int(s): _floats(v) for s, v in per_seed.items()}  # type: ignore[union-attr]
+    class_ids = RunSpec.from_config(cfg).fold.novel_classes
+    per_seed = {int(s): _floats(v, class_ids) for s, v in per_seed.items()}  # type: ignore[union-attr]
     summary = seeds_summary(per_seed)
-    first = per_seed[int(seeds[0])]
     return {
         "miou": summary["miou_mean"],
         "fbiou": summary["fbiou_mean"],
-        "class_iou": first["class_iou"] if len(per_seed) == 1 else None,
+        "class_iou": per_class_summary(per_seed, class_names(str(cfg.dataset.name))),
         **summary,
         "per_seed": {str(s): v for s, v in per_seed.items()},
         "n_episodes": int(n_episodes),
@@ -93,7 +120,14 @@ def print_metrics(record: dict[str, Any], *, title: str) -> None:
             f"{100 * record['fbiou_mean']:.2f} ± {100 * record['fbiou_std']:.2f}",
             "",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    per_class = Table(title="per class (mean ± std over seeds)")
+    for col in ("class", "name", "IoU"):
+        per_class.add_column(col, justify="right" if col != "name" else "left")
+    for cid, v in record["class_iou"].items():
+        per_class.add_row(cid, v["name"], f"{100 * v['iou']:.2f} ± {100 * v['std']:.2f}")
+    console.print(per_class)
 
 
 def close_loggers(loggers: Sequence[Any], *, status: str = "success") -> None:
