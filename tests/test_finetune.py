@@ -147,8 +147,10 @@ R50_HEAD = 2048 * 2 + 2
     ("name", "options", "expected"),
     [
         ("freeze", {}, {}),
-        ("full", {}, {"layer0": 112_320, "layer1": 233_472, "layer2": 1_212_416, "layer3": 7_077_888,
-                      "layer4": 14_942_208}),
+        ("full", {}, {"layer0": 112_320 + 512, "layer1": 233_472 + 2_816, "layer2": 1_212_416 + 7_168,
+                      "layer3": 7_077_888 + 20_480, "layer4": 14_942_208 + 22_528}),
+        ("full", {"train_bn": False}, {"layer0": 112_320, "layer1": 233_472, "layer2": 1_212_416,
+                                       "layer3": 7_077_888, "layer4": 14_942_208}),
         ("part", {"stages": ["layer4"]}, {"layer4": 14_942_208}),
         ("part", {"stages": [4], "train_bn": True}, {"layer4": 14_942_208 + 22_528}),
         ("part", {"conv_type": "3x3"}, {"layer2": 589_824, "layer3": 3_538_944, "layer4": 7_077_888}),
@@ -170,12 +172,14 @@ def test_resnet50_full_width_counts(name: str, options: dict, expected: dict[str
 
 def test_full_width_totals() -> None:
     r50 = meta_model("resnet50")
-    build_strategy("full", train_bn=True).apply(r50)
+    build_strategy("full").apply(r50)  # "all the parameters in the backbone"
     assert backbone_trainable(r50) == sum(p.numel() for p in r50.backbone.parameters()) == 23_631_808
     build_strategy("bn").apply(r50)
     assert backbone_trainable(r50) == 53_504
     vgg = meta_model("vgg16_bn")
     build_strategy("full").apply(vgg)
+    assert backbone_trainable(vgg) == sum(p.numel() for p in vgg.backbone.parameters()) == 14_723_136
+    build_strategy("full", train_bn=False).apply(vgg)
     assert backbone_trainable(vgg) == 14_714_688  # conv weights + biases, no BN
     build_strategy("bn").apply(vgg)
     assert backbone_trainable(vgg) == 8_448

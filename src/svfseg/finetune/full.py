@@ -1,4 +1,4 @@
-"""``full``: fine-tune every conv of the backbone (paper Table 5, "fully fine-tune")."""
+"""``full``: fine-tune every parameter of the backbone (paper Table 5, "fully fine-tune")."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from svfseg.models.backbones.base import STAGE_NAMES
 
 
 class FullStrategy(PartStrategy):
-    """Every conv weight and bias of layer0-layer4 trains; BN affine only with ``train_bn`` (see ``part``).
+    """Every parameter of layer0-layer4 trains: conv weights and biases and the BN affine.
 
-    BN stays in eval mode (running statistics frozen), as in the reference code's ``fix_bn``. With
-    ``train_bn=True`` this is literally "all the parameters in the backbone".
+    The paper defines full fine-tuning as "all the parameters in the backbone". BN stays in eval mode
+    (running statistics frozen), as the reference training loop does for every strategy.
+    ``train_bn=False`` leaves the BN affine out, so that only the convs differ from SVF.
     """
 
     name = "full"
@@ -21,7 +22,7 @@ class FullStrategy(PartStrategy):
     def __init__(
         self,
         *,
-        train_bn: bool = False,
+        train_bn: bool = True,
         backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT,
         checkpointing: bool = False,
     ) -> None:
