@@ -1,12 +1,13 @@
 """Gather the ``metrics.json`` of a sweep into the paper's table form.
 
-    python -m svfseg.tables SWEEP_DIR [--layout table1] [--metric miou] [--out OUT_PREFIX]
+    python -m svfseg.tables SWEEP_DIR [--layout table1] [--metric miou] [--out OUT_PREFIX] [--per-class]
 
 Each run directory holds a ``metrics.json`` (written by train.py and eval.py) with ``miou``, ``fbiou``,
 ``fold``, ``shot`` and a ``row`` label (set by the experiment file, e.g. "baseline + SVF"; derived from
 method / backbone / finetune otherwise). Rows are settings, columns are folds 0-3 and their mean, per shot;
 ``delta`` is the difference of the mean from the layout's baseline row (the first row unless named).
 Output: Markdown on stdout, plus ``OUT_PREFIX.md`` / ``OUT_PREFIX.csv`` when ``--out`` is given.
+``--per-class`` adds one table per (shot, fold): settings x that fold's evaluation classes, by name.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import csv
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ class RunResult:
     shot: int
     metrics: dict[str, float]
     path: Path
+    # class id -> (name, IoU mean over seeds); empty for records written before class names existed
+    class_iou: dict[int, tuple[str, float]] = field(default_factory=dict)
 
 
 def default_row_label(meta: dict[str, Any]) -> str:
@@ -60,6 +63,7 @@ def load_runs(sweep_dir: Path) -> list[RunResult]:
                     shot=int(data["shot"]),
                     metrics={"miou": float(data["miou"]), "fbiou": float(data["fbiou"])},
                     path=path,
+                    class_iou=_class_iou(data.get("class_iou")),
                 )
             )
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as err:
@@ -67,6 +71,38 @@ def load_runs(sweep_dir: Path) -> list[RunResult]:
     if not runs:
         raise FileNotFoundError(f"no metrics.json found below {sweep_dir}: did the runs finish?")
     return runs
+
+
+def _class_iou(value: Any) -> dict[int, tuple[str, float]]:
+    if not isinstance(value, dict):
+        return {}
+    return {int(cid): (str(v["name"]), float(v["iou"])) for cid, v in value.items()}
+
+
+def per_class_tables(runs: list[RunResult], *, layout: str | None = None) -> list[tuple[str, str]]:
+    """(title, Markdown) per (shot, fold): one row per setting, one column per evaluation class (IoU %)."""
+    if layout:
+        runs = [r for r in runs if r.table == layout]
+    missing = [str(r.path) for r in runs if not r.class_iou]
+    if missing:
+        raise ValueError(
+            f"{missing[0]} (and {len(missing) - 1} more) has no per-class record with class names; "
+            "re-evaluate it with eval.py to write one"
+        )
+    groups: dict[tuple[int, int], list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault((run.shot, run.fold), []).append(run)
+    out = []
+    for (shot, fold), group in sorted(groups.items()):
+        classes = sorted({cid: name for r in group for cid, (name, _) in r.class_iou.items()}.items())
+        head = ["setting", *[f"{name} ({cid})" for cid, name in classes], "mean"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for run in group:
+            cells = [run.class_iou.get(cid) for cid, _ in classes]
+            values = ["" if c is None else f"{100 * c[1]:.2f}" for c in cells]
+            lines.append("| " + " | ".join([run.row, *values, f"{100 * run.metrics['miou']:.2f}"]) + " |")
+        out.append((f"{shot}-shot, fold {fold}: IoU per class (%)", "\n".join(lines)))
+    return out
 
 
 @dataclass
@@ -154,11 +190,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", choices=("miou", "fbiou"), default="miou")
     parser.add_argument("--baseline", default=None, help="row label the delta column refers to")
     parser.add_argument("--out", type=Path, default=None, help="write OUT.md and OUT.csv")
-    args = parser.parse_args(argv)
-    table = build_table(
-        load_runs(args.sweep_dir), metric=args.metric, layout=args.layout, baseline=args.baseline
+    parser.add_argument(
+        "--per-class", action="store_true", help="add a per-class IoU table per fold and shot"
     )
-    md = table.to_markdown()
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.sweep_dir)
+        table = build_table(runs, metric=args.metric, layout=args.layout, baseline=args.baseline)
+        md = table.to_markdown()
+        if args.per_class:
+            tables = per_class_tables(runs, layout=args.layout)
+            md += "".join(f"\n\n{title}\n\n{body}" for title, body in tables)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(md)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

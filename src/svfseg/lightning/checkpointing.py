@@ -143,6 +143,23 @@ def write_svf_artifact(pl_module: pl.LightningModule, checkpoint_path: str | Pat
     return atomic_write(svf_artifact_path(checkpoint_path), lambda tmp: torch.save(state, tmp))
 
 
+def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
+    """Read an svfseg checkpoint safely (weights_only) with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    if not isinstance(checkpoint, dict) or "svfseg" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(
+            f"{path} was not written by svfseg's train.py (no 'svfseg'/'state_dict' entries); "
+            "a BAM base learner (pspnet.pt) is read by method.base_learner, not by eval.py"
+        )
+    return checkpoint
+
+
 class BestCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that writes the SVF artifact next to each checkpoint it saves (rank 0 only)."""
 
@@ -186,6 +203,7 @@ __all__ = [
     "LastCheckpoint",
     "StepSeed",
     "first_non_finite",
+    "load_checkpoint_dict",
     "svf_artifact_path",
     "write_svf_artifact",
 ]

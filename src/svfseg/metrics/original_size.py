@@ -17,6 +17,17 @@ from torch import Tensor
 from svfseg.labels import IGNORE_INDEX
 
 
+def mask_at_original_size(logits: Tensor, height: int, width: int) -> Tensor:
+    """(H, W) int64 argmax of one sample's (2, h, w) canvas scores at its original size.
+
+    The canvas holds the image pasted top-left, resized so its long side fills it; upsampling the scores to
+    an L x L square (L = max(H, W)) and cropping H x W maps them back, as the references evaluate.
+    """
+    side = max(height, width)
+    up = F.interpolate(logits[None].float(), size=(side, side), mode="bilinear", align_corners=True)
+    return up[0].argmax(dim=0)[:height, :width]
+
+
 def predict_at_original_size(
     logits: Tensor,
     label_ori: Tensor,
@@ -56,8 +67,6 @@ def predict_at_original_size(
     pred = torch.zeros((b, h_max, w_max), dtype=torch.int64, device=logits.device)
     target = torch.full((b, h_max, w_max), ignore_index, dtype=torch.int64, device=logits.device)
     for i, (h, w) in enumerate(sizes):
-        side = max(h, w)
-        up = F.interpolate(logits[i : i + 1].float(), size=(side, side), mode="bilinear", align_corners=True)
-        pred[i, :h, :w] = up[0].argmax(dim=0)[:h, :w]
+        pred[i, :h, :w] = mask_at_original_size(logits[i], h, w)
         target[i, :h, :w] = label_ori[i, :h, :w].to(device=logits.device, dtype=torch.int64)
     return pred, target

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import RichProgressBar
 
 from svfseg.config_checks import check_writable_dir
+from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.precision import apply_matmul_precision
 from svfseg.run_spec import RunSpec, check_identity
@@ -34,22 +35,6 @@ ASKED_KEYS = {
     "method_name": "method",
     "backbone_name": "backbone",
 }
-
-
-def load_checkpoint_dict(path: Path) -> dict[str, Any]:
-    """Read a checkpoint safely (weights_only) with errors that name the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
-    if "svfseg" not in checkpoint or "state_dict" not in checkpoint:
-        raise ValueError(
-            f"{path} was not written by svfseg's train.py (no 'svfseg'/'state_dict' entries); "
-            "a BAM base learner (pspnet.pt) is read by method.base_learner, not by eval.py"
-        )
-    return checkpoint
 
 
 def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> DictConfig:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from svfseg.config_checks import ConfigError, check_train_config
+from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.wandb_logging import redact_secrets
 from svfseg.precision import apply_matmul_precision
 from svfseg.run_spec import RunMismatchError, RunSpec, check_identity
@@ -25,7 +26,6 @@ from svfseg.tasks.builders import (
     output_dir,
     plain,
 )
-from svfseg.tasks.evaluate import load_checkpoint_dict
 from svfseg.tasks.reporting import close_loggers, metrics_record, print_metrics
 
 log = logging.getLogger(__name__)
