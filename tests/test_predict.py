@@ -17,6 +17,7 @@ from PIL import Image
 from svfseg.data.class_names import class_names
 from svfseg.inference import PredictInputError, Predictor, read_supports
 from svfseg.inference.export import load_exported
+from svfseg.inference.figure import TILE, make_figure
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.metrics.original_size import predict_at_original_size
 from svfseg.svf import svf_layers, svf_state_dict
@@ -340,3 +341,11 @@ def test_tables_print_a_per_class_table(trained: SimpleNamespace, tmp_path: Path
     assert header in proc.stdout
     values = " | ".join(f"{100 * record['class_iou'][str(c)]['iou']:.2f}" for c in range(1, 6))
     assert f"| baseline resnet50 svf | {values} | {100 * record['miou']:.2f} |" in proc.stdout
+
+
+def test_readme_figure_tool_draws_the_support_and_query_overlays(
+    trained: SimpleNamespace, tmp_path: Path
+) -> None:
+    path = make_figure(trained.ckpt, tmp_path / "fig.png", n_queries=1)
+    with Image.open(path) as im:
+        assert im.size == (2 * TILE + 8, TILE) and im.mode == "RGB"

@@ -83,6 +83,7 @@ class Predictor:
             raise ValueError(
                 "the checkpoint has no saved run config with dataset.eval_size; re-save it with train.py"
             )
+        self.run_config = config  # the training run's resolved config (plain containers)
         self.spec = module.spec
         self.identity = module.spec.identity()
         self.device = pick_device(device)

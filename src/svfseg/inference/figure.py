@@ -1,0 +1,80 @@
+"""A picture of predict.py at work: one support with its mask, and the overlays of queries of its class.
+
+    python -m svfseg.inference.figure CKPT --out docs/images/predict_overlays.png [--queries 4]
+
+The support and the queries come from the run's own fixed evaluation episodes (the first class of the
+fold that has enough episodes), so the picture shows the model on classes it never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from PIL import Image
+
+from svfseg.inference.inputs import read_supports
+from svfseg.inference.outputs import overlay
+from svfseg.inference.predictor import Predictor, resolve_checkpoint
+from svfseg.tasks.builders import build_datamodule
+
+SUPPORT_COLOUR = np.array([40, 200, 80], np.float32)
+TILE = 192
+
+
+def _tile(image: np.ndarray) -> Image.Image:
+    return Image.fromarray(image).resize((TILE, TILE), Image.Resampling.BILINEAR)
+
+
+def support_view(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    out = image.astype(np.float32)
+    fg = mask == 1
+    out[fg] = 0.5 * out[fg] + 0.5 * SUPPORT_COLOUR
+    return out.round().astype(np.uint8)
+
+
+def make_figure(ckpt: str | Path, out: str | Path, *, n_queries: int = 4, device: str = "cpu") -> Path:
+    predictor = Predictor.from_checkpoint(resolve_checkpoint(ckpt), device=device)
+    module_cfg = OmegaConf.create(predictor.run_config)
+    datamodule = build_datamodule(module_cfg)
+    datamodule.setup("test")
+    table = datamodule.eval_dataloader(int(module_cfg.dataset.eval_seeds[0])).dataset.table
+    root = Path(str(module_cfg.dataset.root))
+    for class_id in table.classes:
+        episodes = [i for i, c in enumerate(table.class_ids) if c == class_id]
+        if len(episodes) > n_queries:
+            break
+    else:
+        raise ValueError(f"no class has more than {n_queries} evaluation episodes; lower --queries")
+    first = episodes[0]
+    img, lab = table.supports[first][0]
+    supports = read_supports([root / img], [root / lab], class_id)
+    queries = list(dict.fromkeys(root / table.queries[i][0] for i in episodes[1:]))[:n_queries]
+    tiles = [_tile(support_view(supports[0].image, supports[0].mask))]
+    tiles += [_tile(overlay(p.image, p.mask)) for p in predictor.predict(supports, queries)]
+    canvas = Image.new("RGB", (TILE * len(tiles) + 8 * (len(tiles) - 1), TILE), "white")
+    for k, tile in enumerate(tiles):
+        canvas.paste(tile, (k * (TILE + 8), 0))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, optimize=True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m svfseg.inference.figure", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("ckpt", help="a train.py checkpoint or run directory")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--queries", type=int, default=4)
+    args = parser.parse_args(argv)
+    print(make_figure(args.ckpt, args.out, n_queries=args.queries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
