@@ -15,6 +15,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from svfseg.models.backbones.vit import VIT_MODELS
+from svfseg.models.factory import BAM_ON_VIT
 from svfseg.models.registry import method_options
 from svfseg.precision import check_matmul_precision
 from svfseg.run_spec import RunSpec
@@ -105,6 +107,8 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
         "backbone.pretrained",
         "python -m svfseg.weights fetch NAME (python -m svfseg.weights list shows the names; README 'Getting the weights')",
     )
+    if cfg.method.name == "bam" and cfg.backbone.name in VIT_MODELS:
+        raise ConfigError(f"backbone={cfg.backbone.name}: {BAM_ON_VIT}")
     if cfg.method.name == "bam" and stage == "meta":
         stage1 = (
             f"the stage-1 command: python train.py stage=base method=bam dataset={dataset} fold={fold} "

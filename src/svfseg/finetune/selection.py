@@ -51,3 +51,18 @@ def conv_params(backbone: nn.Module, stages: tuple[str, ...], conv_type: str) ->
         for name, m in chosen:
             out += _own_params(name, m)
     return out
+
+
+def stage_params(backbone: nn.Module, stages: tuple[str, ...]) -> NamedParams:
+    """Every parameter of ``stages``: convs, linears, norms, position embeddings (any architecture)."""
+    return [(f"{stage}.{n}", p) for stage in stages for n, p in getattr(backbone, stage).named_parameters()]
+
+
+def weight_layer_params(backbone: nn.Module, stages: tuple[str, ...]) -> NamedParams:
+    """Weights and biases of every Conv2d and Linear of ``stages`` (no norm layers, no embeddings)."""
+    out: NamedParams = []
+    for stage in stages:
+        for name, m in getattr(backbone, stage).named_modules(prefix=stage):
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                out += _own_params(name, m)
+    return out

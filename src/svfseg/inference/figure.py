@@ -60,7 +60,7 @@ def make_figure(ckpt: str | Path, out: str | Path, *, n_queries: int = 4, device
         canvas.paste(tile, (k * (TILE + 8), 0))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, optimize=True)
+    canvas.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)  # small PNG
     return path
 
 

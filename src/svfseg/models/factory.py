@@ -11,11 +11,18 @@ from typing import Any
 
 from svfseg.data.fold import FoldSpec
 from svfseg.models.backbones import build_backbone
+from svfseg.models.backbones.vit import VIT_MODELS
 from svfseg.models.base import FewShotModel
 from svfseg.models.pspnet import PSPNet, backbone_shell, base_learner_num_classes, load_base_learner
 from svfseg.models.registry import build_model
 
 log = logging.getLogger(__name__)
+
+BAM_ON_VIT = (
+    "method=bam needs a dilated CNN backbone: its base learner is a PSPNet trained on ResNet/VGG features "
+    "(stage=base), and BAM's released base learners are ResNet-50/VGG-16 files; use method=baseline or "
+    "method=pfenet with a ViT backbone"
+)
 
 
 def build_fewshot_model(
@@ -34,10 +41,11 @@ def build_fewshot_model(
     weights_format = spec.pop("weights_format", "auto")
     width_mult = float(spec.pop("width_mult", 1.0))
     dilation = spec.pop("dilation", "uniform")
-    if spec:
-        raise ValueError(f"unknown backbone options {sorted(spec)} for {bb_name}")
+    extra = spec  # ViT options (timm_name, stage_blocks, ...); build_backbone refuses them elsewhere
 
     if name == "bam":
+        if bb_name in VIT_MODELS:
+            raise ValueError(BAM_ON_VIT)
         split_dataset = fold.split_dataset
         path = options.pop("base_learner", None)
         if load_pretrained:
@@ -66,5 +74,6 @@ def build_fewshot_model(
         dilation=dilation,
         width_mult=width_mult,
         warn_if_random=load_pretrained,
+        **extra,
     )
     return build_model(name, bb, shot=fold.shot, **options)

@@ -137,6 +137,17 @@ def apply_svf(
             f"already SVF layers: {_preview(converted_already)}; exclude them or call merge_svf first"
         )
 
+    packed = [
+        s.name for s in selected if any(isinstance(parent, nn.MultiheadAttention) for parent, _ in s.slots)
+    ]
+    if packed:
+        mha = sorted({n.rsplit(".", 1)[0] for n in packed})
+        raise SVFSelectionError(
+            f"apply_svf: {_preview(mha)} is an nn.MultiheadAttention, whose fused kernel reads its packed "
+            "q/k/v projection (in_proj_weight) as a raw parameter and its out_proj directly, so SVF cannot "
+            f"replace them; exclude them (exclude=['{mha[0]}.*']) or use an attention whose projections "
+            "are nn.Linear modules (timm's ViTs: the packed qkv Linear is decomposed as one matrix)"
+        )
     todo: list[_Site] = []
     for site in selected:
         if type(site.module) not in (nn.Conv2d, nn.Linear):

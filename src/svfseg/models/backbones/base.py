@@ -14,7 +14,7 @@ from torch import Tensor, nn
 STAGE_NAMES: tuple[str, ...] = ("layer0", "layer1", "layer2", "layer3", "layer4")
 
 # Which family of weight files fits a backbone; the weight loader checks a file against it.
-FAMILIES = ("resnet_deep", "resnet_tv", "vgg")
+FAMILIES = ("resnet_deep", "resnet_tv", "vgg", "vit")
 
 
 def scale_width(channels: int, width_mult: float) -> int:
