@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from svfseg.models.backbones import build_backbone
 from svfseg.models.backbones.vgg import VGG_SLICES
+from svfseg.models.backbones.vit import create_timm_vit
 from svfseg.weights.fetch import WeightsFetchError, fetch, record_path, status
 from svfseg.weights.sources import source
 
@@ -128,7 +130,6 @@ def test_manual_sources_say_where_to_get_the_file(tmp_path: Path) -> None:
 
 
 def _fill_hub_cache(cache: Path, repo_id: str, state: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / f"models--{repo_id.replace('/', '--')}"
@@ -163,4 +164,21 @@ def test_hub_weights_in_offline_mode_are_converted_to_the_pspnet_layout(tmp_path
     assert all(torch.equal(loaded[k], ours[k]) for k in ours if not k.endswith("num_batches_tracked"))
     assert json.loads(record_path(path).read_text())["origin"].startswith(
         "hf://timm/resnet50s.gluon_in1k@main/"
+    )
+
+
+def test_vit_weights_from_an_offline_hub_cache_are_kept_in_timm_format(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    timm_state = create_timm_vit("dinov2_vits14").state_dict()  # full size: what the CLI checks against
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "OMP_NUM_THREADS": "1"}
+    _fill_hub_cache(tmp_path / "hub", "timm/vit_small_patch14_dinov2.lvd142m", timm_state)
+    cmd = [sys.executable, "-m", "svfseg.weights", "fetch", "dinov2_vits14", "--dir", str(tmp_path / "w")]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "w" / "dinov2_vits14.safetensors"
+    assert load_file(str(path)).keys() == timm_state.keys()
+    bb = build_backbone("dinov2_vits14", pretrained=str(path))
+    assert torch.equal(bb.layer4.blocks[-1].mlp.fc2.weight, timm_state["blocks.11.mlp.fc2.weight"])
+    assert json.loads(record_path(path).read_text())["origin"].startswith(
+        "hf://timm/vit_small_patch14_dinov2.lvd142m@main/"
     )

@@ -14,14 +14,20 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import hf_hub_download
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from svfseg.files import atomic_write, sha256_file
 from svfseg.models.backbones import build_backbone
+from svfseg.models.backbones.vit import VIT_MODELS
 from svfseg.weights.sources import SOURCES, WeightSource
 
-BACKBONE_OF_GROUP = {"resnet50": "resnet50", "resnet101": "resnet101", "vgg16": "vgg16_bn"}
+BACKBONE_OF_GROUP = {
+    "resnet50": "resnet50",
+    "resnet101": "resnet101",
+    "vgg16": "vgg16_bn",
+    **{name: name for name in VIT_MODELS},
+}
 # timm's deep stem is one Sequential conv1 (conv, bn, act, conv, bn, act, conv) plus bn1.
 TIMM_STEM = {
     "conv1.0.": "conv1.",
@@ -68,7 +74,10 @@ def _write_checked(
     target: Path, source: WeightSource, state: Mapping[str, Tensor], width_mult: float, origin: str
 ) -> Path:
     def write(tmp: Path) -> None:
-        torch.save(dict(state), tmp)
+        if target.suffix == ".safetensors":  # timm's format, what the ViT loader reads
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        else:
+            torch.save(dict(state), tmp)
         check_loads(tmp, source, width_mult)
 
     atomic_write(target, write)

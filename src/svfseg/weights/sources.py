@@ -98,6 +98,37 @@ SOURCES: tuple[WeightSource, ...] = (
         filename="model.safetensors",
         convert="timm_deep_stem",
     ),
+    # Vision Transformers (beyond the paper): timm's own files, used as they are.
+    WeightSource(
+        name="dinov2_vits14",
+        backbone="dinov2_vits14",
+        file="dinov2_vits14.safetensors",
+        kind="hf",
+        paper=False,
+        note="timm vit_small_patch14_dinov2.lvd142m (DINOv2 ViT-S/14; beyond the paper)",
+        repo_id="timm/vit_small_patch14_dinov2.lvd142m",
+        filename="model.safetensors",
+    ),
+    WeightSource(
+        name="dinov2_vitb14",
+        backbone="dinov2_vitb14",
+        file="dinov2_vitb14.safetensors",
+        kind="hf",
+        paper=False,
+        note="timm vit_base_patch14_dinov2.lvd142m (DINOv2 ViT-B/14; beyond the paper)",
+        repo_id="timm/vit_base_patch14_dinov2.lvd142m",
+        filename="model.safetensors",
+    ),
+    WeightSource(
+        name="vit_b16",
+        backbone="vit_b16",
+        file="vit_b16.safetensors",
+        kind="hf",
+        paper=False,
+        note="timm vit_base_patch16_224.augreg2_in21k_ft_in1k (ViT-B/16; beyond the paper)",
+        repo_id="timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        filename="model.safetensors",
+    ),
 )
 
 

@@ -152,7 +152,9 @@ def read_vit_state_dict(path: str | Path) -> dict[str, Tensor]:
             f"backbone.pretrained={p} does not exist; put the timm weight file there "
             "(python -m svfseg.weights list shows what each backbone needs)"
         )
-    if p.suffix == ".safetensors":
+    with p.open("rb") as fh:
+        zipped = fh.read(2) == b"PK"  # torch.save's zip container; safetensors starts with its header size
+    if not zipped:
         try:
             return load_file(str(p))
         except Exception as err:
