@@ -53,7 +53,9 @@ def test_bad_precision_settings_are_refused_at_start(
 
 
 def test_train_applies_the_configured_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    check_train_config(_cfg(tmp_path, ["trainer.accelerator=gpu", "trainer.deterministic=warn"]))  # accepted
+    with monkeypatch.context() as gpu:  # as on a GPU machine: the accelerator check passes
+        gpu.setattr(torch.cuda, "is_available", lambda: True)
+        check_train_config(_cfg(tmp_path, ["trainer.accelerator=gpu", "trainer.deterministic=warn"]))
     seen: list[str] = []
 
     class Stop(Exception):

@@ -6,6 +6,7 @@ second rather than after hours of list building or training.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 from pathlib import Path
@@ -102,6 +103,8 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
         )
     _check_method_options(cfg.method)
     _check_dataset_keys(cfg.dataset)
+    check_accelerator(cfg.trainer)
+    check_loggers(cfg.get("logger"))
     _check_file(
         cfg.backbone.get("pretrained"),
         "backbone.pretrained",
@@ -178,6 +181,34 @@ def sync_batchnorm(trainer: DictConfig | dict[str, Any], bn_trains: bool) -> boo
             "trainer.sync_batchnorm=true needs GPUs: PyTorch's SyncBatchNorm has no CPU kernel; use auto or false"
         )
     return bool(value)
+
+
+def check_accelerator(trainer: Any) -> None:
+    """Refuse a GPU trainer on a machine without a visible CUDA device, naming the CPU equivalent."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        strategy = trainer.get("strategy", "auto")
+        cpu = "trainer.accelerator=cpu" + (
+            f" trainer.strategy={strategy}" if str(strategy).startswith("ddp") else ""
+        )
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA device is visible on this machine; run on CPU "
+            f"with {cpu} (multi-process CPU DDP: trainer.accelerator=cpu trainer.strategy=ddp "
+            "trainer.devices=2), or on a machine with GPUs"
+        )
+
+
+def check_loggers(loggers: Any) -> None:
+    """A logger whose package is missing fails here, with the install command, not after the model is built."""
+    for name, node in (loggers or {}).items():
+        target = str((node or {}).get("_target_", ""))
+        if target.endswith("TensorBoardLogger") and not (
+            importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+        ):
+            raise ConfigError(
+                f"logger={name} needs the tensorboard package, which is not installed: "
+                "pip install -e '.[tensorboard]' (or choose logger=csv / wandb / none)"
+            )
 
 
 def check_writable_dir(path: Any, key: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 from svfseg.config_checks import (
     DATASET_RUN_KEYS,
@@ -116,6 +117,8 @@ def build_trainer(
     """The Trainer of a meta-stage run; SyncBN is on under DDP when the strategy trains BN (``finetune=bn``)."""
     spec = spec if spec is not None else RunSpec.from_config(cfg)
     bn_trains = not STRATEGIES[spec.finetune["name"]].frozen_bn
+    if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return pl.Trainer(
         callbacks=callbacks, logger=loggers or False, **trainer_arguments(cfg, bn_trains=bn_trains)
     )

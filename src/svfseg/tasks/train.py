@@ -117,6 +117,15 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
                 print_metrics(
                     results, title=f"test episodes of {Path(best).name if best else 'final weights'}"
                 )
+                log.info(
+                    "test (%s, %d episodes of seed %s): mIoU %.2f, FB-IoU %.2f; wrote %s",
+                    Path(best).name if best else "final weights",
+                    results["n_episodes"],
+                    results["seeds"][0],
+                    100 * results["miou"],
+                    100 * results["fbiou"],
+                    path,
+                )
             del test
         status = "success"
         return results
