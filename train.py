@@ -3,6 +3,7 @@
 python train.py method=bam backbone=resnet50 finetune=svf dataset=coco fold=2
 python train.py -m finetune=freeze,full,svf fold=0,1,2,3
 python train.py stage=base method=bam dataset=pascal fold=0      # BAM stage 1 (base learner)
+python train.py -m hydra/launcher=slurm_4gpu trainer=ddp experiment=table1/resnet50_baseline_svf fold=0,1,2,3
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> float | None:
     from svfseg.tasks.train import train
 
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hydra_cfg = HydraConfig.get()
+    # A SLURM launcher runs each sweep job as its own job, whose tasks Lightning joins as DDP ranks; any
+    # other multirun would have every DDP rank start the sweep again.
+    slurm = "SlurmLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN and not slurm
     metrics = train(cfg, multirun=multirun)
     value = metrics.get(str(cfg.optimized_metric).split("/")[-1]) if metrics else None
     return None if value is None else float(value)

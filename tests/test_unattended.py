@@ -90,3 +90,40 @@ def test_debug_presets_get_their_own_run_directory_and_base_learner_file() -> No
     assert "fold0-1shot-seed321\n" in real and "fold0-1shot-seed321-tiny\n" in tiny
     assert "base_learner/synthetic/fold0/resnet50/pspnet.pt" in real
     assert "base_learner/synthetic/fold0/resnet50-tiny/pspnet.pt" in tiny
+
+
+def test_a_submitit_local_sweep_runs_each_job_and_writes_its_metrics(
+    synthetic_pascal: Any, tmp_path: Path
+) -> None:
+    root, min_pixels = synthetic_pascal
+    sweep = tmp_path / "sweep"
+    run_cli(
+        [
+            "train.py",
+            "-m",
+            "hydra/launcher=submitit_local",
+            "dataset=synthetic",
+            "debug=tiny",
+            f"dataset.root={root}",
+            f"dataset.min_pixels={min_pixels}",
+            "fold=0,1",
+            f"hydra.sweep.dir={sweep}",
+            f"paths.log_dir={tmp_path}",
+        ],
+        REPO,
+        timeout=300,
+    )
+    records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
+    assert sorted(records) == [
+        "0-baseline-resnet50-svf-fold0-1shot-tiny",
+        "1-baseline-resnet50-svf-fold1-1shot-tiny",
+    ]
+    assert [r["fold"] for _, r in sorted(records.items())] == [0, 1]
+
+
+def test_the_slurm_preset_runs_one_task_per_gpu() -> None:
+    out = run_cli(["train.py", "hydra/launcher=slurm_4gpu", "trainer=ddp", "--cfg", "hydra"], REPO).stdout
+    launcher = out[out.index("launcher:") :]
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in launcher
+    for line in ("gpus_per_node: 4", "tasks_per_node: 4", "nodes: 1", "timeout_min: 1440"):
+        assert line in launcher, line

@@ -98,8 +98,9 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
         raise ConfigError(
             "hydra multirun (-m) cannot drive multi-process DDP (trainer.strategy="
             f"{cfg.trainer.strategy}, trainer.devices={cfg.trainer.devices}): Lightning re-runs the script per "
-            "rank and every rank would start its own sweep. Run the sweep with trainer.devices=1, or launch "
-            "each job with torchrun (README, 'Multi-GPU')."
+            "rank and every rank would start its own sweep. Run the sweep on SLURM with hydra/launcher=slurm_4gpu "
+            "(one SLURM job per sweep job, its tasks are the DDP ranks), with trainer.devices=1, or launch each "
+            "job with torchrun (README, 'Multi-GPU')."
         )
     _check_method_options(cfg.method)
     _check_dataset_keys(cfg.dataset)
