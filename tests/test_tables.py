@@ -1,6 +1,7 @@
 """Sweep directories into paper tables."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,58 @@ def test_layout_filter(tmp_path: Path) -> None:
     _write(tmp_path, "a", "freeze", 0, 1, 0.5, table="table5")
     with pytest.raises(ValueError, match="no run of layout 'table7'"):
         build_table(load_runs(tmp_path), layout="table7")
+
+
+def _record(
+    root: Path, name: str, *, fold: int, miou: float, seed: int, ckpt: str, dataset: str = "pascal"
+) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    record = {
+        "miou": miou,
+        "fbiou": miou,
+        "fold": fold,
+        "shot": 1,
+        "n_episodes": 1000,
+        "checkpoint": ckpt,
+        "run": {"row": "svf", "table": "t", "seed": seed, "dataset": dataset},
+    }
+    path = d / "metrics.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_evaluations_of_one_checkpoint_are_grouped_latest_wins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = _record(tmp_path, "eval_a", fold=0, miou=0.50, seed=0, ckpt="/runs/f0/best.ckpt")
+    new = _record(tmp_path, "eval_b", fold=0, miou=0.55, seed=0, ckpt="/runs/f0/best.ckpt")
+    os.utime(old, (1_000, 1_000))
+    os.utime(new, (2_000, 2_000))
+    table = build_table(load_runs(tmp_path))
+    assert table.cells[("svf", 1, 0)] == [pytest.approx(55.0)]
+    assert f"{old}: an older evaluation of /runs/f0/best.ckpt; using {new}" in capsys.readouterr().err
+
+
+def test_training_seeds_give_mean_and_std_and_the_header_names_the_data(tmp_path: Path) -> None:
+    values = {0: [0.60, 0.70, 0.64, 0.56], 1: [0.62, 0.72, 0.62, 0.60]}
+    for seed, per_fold in values.items():
+        for f, v in enumerate(per_fold):
+            _record(
+                tmp_path,
+                f"s{seed}f{f}",
+                fold=f,
+                miou=v,
+                seed=seed,
+                ckpt=f"/runs/s{seed}f{f}.ckpt",
+                dataset="synthetic",
+            )
+    table = build_table(load_runs(tmp_path))
+    rec = table.records()[0]
+    assert rec[1] == "61.00 ± 1.00" and rec[2] == "71.00 ± 1.00"
+    fold_means = [sum(v) / 4 * 100 for v in values.values()]  # 62.5, 64.0
+    assert rec[5] == f"{sum(fold_means) / 2:.2f} ± {abs(fold_means[0] - fold_means[1]) / 2:.2f}"
+    md = table.to_markdown()
+    assert md.splitlines()[0] == (
+        "dataset: synthetic (generated data: not the paper's benchmark); evaluation episodes per run: 1000; runs: 8"
+    )

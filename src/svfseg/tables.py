@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import math
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,11 @@ class RunResult:
     path: Path
     # class id -> (name, IoU mean over seeds); empty for records written before class names existed
     class_iou: dict[int, tuple[str, float]] = field(default_factory=dict)
+    checkpoint: str | None = None  # the evaluated checkpoint: re-evaluations of one are grouped
+    train_seed: int | None = None  # the training run's seed: several seeds of a cell are averaged
+    dataset: str = ""
+    n_episodes: int = 0
+    mtime: float = 0.0
 
 
 def default_row_label(meta: dict[str, Any]) -> str:
@@ -64,6 +70,11 @@ def load_runs(sweep_dir: Path) -> list[RunResult]:
                     metrics={"miou": float(data["miou"]), "fbiou": float(data["fbiou"])},
                     path=path,
                     class_iou=_class_iou(data.get("class_iou")),
+                    checkpoint=data.get("checkpoint"),
+                    train_seed=None if meta.get("seed") is None else int(meta["seed"]),
+                    dataset=str(meta.get("dataset") or ""),
+                    n_episodes=int(data.get("n_episodes") or 0),
+                    mtime=path.stat().st_mtime,
                 )
             )
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as err:
@@ -71,6 +82,34 @@ def load_runs(sweep_dir: Path) -> list[RunResult]:
     if not runs:
         raise FileNotFoundError(f"no metrics.json found below {sweep_dir}: did the runs finish?")
     return runs
+
+
+def latest_evaluations(runs: list[RunResult]) -> tuple[list[RunResult], list[str]]:
+    """One record per evaluated checkpoint and cell: the latest (by file time) wins; notes say what was dropped."""
+    keep: dict[tuple[Any, ...], RunResult] = {}
+    notes = []
+    for run in runs:
+        if run.checkpoint is None:
+            keep[(run.row, run.shot, run.fold, "path", str(run.path))] = run
+            continue
+        key = (run.row, run.shot, run.fold, "ckpt", run.checkpoint)
+        old = keep.get(key)
+        if old is not None:
+            newer, older = (run, old) if run.mtime >= old.mtime else (old, run)
+            keep[key] = newer
+            notes.append(f"{older.path}: an older evaluation of {run.checkpoint}; using {newer.path}")
+        else:
+            keep[key] = run
+    return list(keep.values()), notes
+
+
+def describe_runs(runs: list[RunResult]) -> str:
+    """The header line: dataset(s), episodes per evaluation, number of runs (synthetic data marked)."""
+    datasets = sorted({r.dataset for r in runs if r.dataset}) or ["unknown"]
+    marked = [f"{d} (generated data: not the paper's benchmark)" if d == "synthetic" else d for d in datasets]
+    episodes = sorted({r.n_episodes for r in runs if r.n_episodes})
+    count = ", ".join(map(str, episodes)) if episodes else "unknown"
+    return f"dataset: {', '.join(marked)}; evaluation episodes per run: {count}; runs: {len(runs)}"
 
 
 def _class_iou(value: Any) -> dict[int, tuple[str, float]]:
@@ -111,14 +150,27 @@ class Table:
 
     shots: list[int]
     rows: list[str]
-    cells: dict[tuple[str, int, int], float]
+    cells: dict[tuple[str, int, int], list[float]]  # one value per training seed (or run)
     baseline: str
+    header_line: str = ""
+
+    def cell(self, row: str, shot: int, fold: int) -> float | None:
+        values = self.cells.get((row, shot, fold))
+        return None if not values else statistics.fmean(values)
 
     def mean(self, row: str, shot: int) -> float:
-        values = [self.cells.get((row, shot, f)) for f in FOLDS]
+        values = [self.cell(row, shot, f) for f in FOLDS]
         if any(v is None for v in values):
             return math.nan
         return sum(values) / len(values)  # type: ignore[arg-type]
+
+    def seed_std(self, row: str, shot: int) -> float | None:
+        """Std over training seeds of the fold mean, when every fold has the same k > 1 seeds."""
+        per_fold = [self.cells.get((row, shot, f)) or [] for f in FOLDS]
+        k = len(per_fold[0])
+        if k < 2 or any(len(v) != k for v in per_fold):
+            return None
+        return statistics.pstdev(statistics.fmean(v[i] for v in per_fold) for i in range(k))
 
     def header(self) -> list[str]:
         cols = ["setting"]
@@ -132,10 +184,17 @@ class Table:
             rec = [row]
             for shot in self.shots:
                 for f in FOLDS:
-                    v = self.cells.get((row, shot, f))
-                    rec.append("" if v is None else f"{v:.2f}")
+                    values = self.cells.get((row, shot, f)) or []
+                    if not values:
+                        rec.append("")
+                    elif len(values) == 1:
+                        rec.append(f"{values[0]:.2f}")
+                    else:
+                        rec.append(f"{statistics.fmean(values):.2f} ± {statistics.pstdev(values):.2f}")
                 m, b = self.mean(row, shot), self.mean(self.baseline, shot)
-                rec.append("" if math.isnan(m) else f"{m:.2f}")
+                std = self.seed_std(row, shot)
+                mean_text = "" if math.isnan(m) else f"{m:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+                rec.append(mean_text)
                 delta = m - b
                 rec.append("" if math.isnan(delta) or row == self.baseline else f"{delta:+.2f}")
             out.append(rec)
@@ -143,7 +202,8 @@ class Table:
 
     def to_markdown(self) -> str:
         head = self.header()
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines = [self.header_line, ""] if self.header_line else []
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in self.records()]
         return "\n".join(lines)
 
@@ -162,25 +222,32 @@ def build_table(
         runs = [r for r in runs if r.table == layout]
         if not runs:
             raise ValueError(f"no run of layout {layout!r}: set `table: {layout}` in the experiment files")
-    cells: dict[tuple[str, int, int], float] = {}
-    origin: dict[tuple[str, int, int], Path] = {}
+    runs, notes = latest_evaluations(runs)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    cells: dict[tuple[str, int, int], list[float]] = {}
+    origin: dict[tuple[str, int, int], list[RunResult]] = {}
     rows: list[str] = []
     shots: set[int] = set()
-    for run in runs:
+    for run in sorted(runs, key=lambda r: (r.train_seed is None, r.train_seed or 0, str(r.path))):
         key = (run.row, run.shot, run.fold)
-        if key in cells:
+        seen = origin.setdefault(key, [])
+        clash = next((o for o in seen if o.train_seed == run.train_seed), None)
+        if clash is not None:
             raise ValueError(
-                f"two runs for row {run.row!r} fold {run.fold} {run.shot}-shot: {origin[key]} and {run.path}"
+                f"two runs for row {run.row!r} fold {run.fold} {run.shot}-shot with the same training seed "
+                f"{run.train_seed}: {clash.path} and {run.path} (different checkpoints); move one out of the "
+                "sweep folder or give them different rows"
             )
-        cells[key] = 100.0 * run.metrics[metric]
-        origin[key] = run.path
+        seen.append(run)
+        cells.setdefault(key, []).append(100.0 * run.metrics[metric])
         shots.add(run.shot)
         if run.row not in rows:
             rows.append(run.row)
     base = baseline or rows[0]
     if base not in rows:
         raise ValueError(f"baseline row {base!r} not among {rows}")
-    return Table(shots=sorted(shots), rows=rows, cells=cells, baseline=base)
+    return Table(shots=sorted(shots), rows=rows, cells=cells, baseline=base, header_line=describe_runs(runs))
 
 
 def main(argv: list[str] | None = None) -> int:
