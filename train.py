@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from svfseg.config_checks import ConfigError, report_config_problems
     from svfseg.tasks.train import train
 
     hydra_cfg = HydraConfig.get()
@@ -23,7 +24,10 @@ def main(cfg: DictConfig) -> float | None:
     # other multirun would have every DDP rank start the sweep again.
     slurm = "SlurmLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
     multirun = hydra_cfg.mode == RunMode.MULTIRUN and not slurm
-    metrics = train(cfg, multirun=multirun)
+    try:
+        metrics = train(cfg, multirun=multirun)
+    except ConfigError as err:  # every problem of the config, one line each, no traceback; exit status 2
+        report_config_problems(err, "train.py")
     value = metrics.get(str(cfg.optimized_metric).split("/")[-1]) if metrics else None
     return None if value is None else float(value)
 

@@ -402,7 +402,7 @@ def test_invalid_settings_raise_config_errors_naming_the_keys(
     tmp_path: Path, overrides: list[str], multirun: bool, pattern: str
 ) -> None:
     cfg = _tiny(tmp_path, overrides)
-    with pytest.raises(ConfigError, match=pattern):
+    with pytest.raises(ConfigError, match="(?m)" + pattern):  # one line per problem
         check_train_config(cfg, multirun=multirun)
 
 

@@ -127,3 +127,30 @@ def test_the_slurm_preset_runs_one_task_per_gpu() -> None:
     assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in launcher
     for line in ("gpus_per_node: 4", "tasks_per_node: 4", "nodes: 1", "timeout_min: 1440"):
         assert line in launcher, line
+
+
+def test_pre_flight_reports_every_problem_at_once_without_a_traceback(tmp_path: Path) -> None:
+    proc = run_cli(
+        [
+            "train.py",
+            "dataset=synthetic",
+            "shot=0",
+            "matmul_precision=fast",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "dataset.batch_size=3",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        REPO,
+        ok=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("  - ")]
+    assert proc.stderr.splitlines()[0] == f"train.py: {len(lines)} problems in the config, nothing was run:"
+    for expected in (
+        "shot=0 is invalid",
+        "dataset.batch_size=3 is the total batch over 2 processes",
+        "matmul_precision='fast'",
+    ):
+        assert sum(expected in line for line in lines) == 1, (expected, lines)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import torch
@@ -71,29 +73,26 @@ def uses_multiprocess_ddp(trainer: DictConfig) -> bool:
     return world_size(trainer) > 1 and "ddp" in strategy and "spawn" not in strategy
 
 
-def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
-    """The run's :class:`RunSpec`; raises :class:`ConfigError` on the first invalid setting of a train.py config."""
-    stage = cfg.get("stage", "meta")
-    if stage not in STAGES:
-        raise ConfigError(f"stage={stage!r} is invalid: choose one of {list(STAGES)}")
+def report_config_problems(err: ConfigError, program: str) -> NoReturn:
+    """Print a ConfigError's problems to stderr, one line each, and exit with status 2 (no traceback)."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    noun = "problem" if len(lines) == 1 else "problems"
+    print(f"{program}: {len(lines)} {noun} in the config, nothing was run:", file=sys.stderr)
+    for line in lines:
+        print(f"  - {line}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _collect(problems: list[str], check: Callable[[], Any]) -> Any:
+    """Run one check; its ConfigError (or ValueError) becomes one line of ``problems``."""
     try:
-        spec = RunSpec.from_config(cfg)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(str(err)) from err
-    dataset, fold = spec.fold.dataset, spec.fold.fold
-    if stage == "base" and cfg.method.name != "bam":
-        raise ConfigError(
-            f"stage=base trains BAM's base learner; it needs method=bam (got method={cfg.method.name})"
-        )
-    world = world_size(cfg.trainer)
-    for key in TOTAL_BATCH_KEYS:
-        per_process_batch(OmegaConf.select(cfg, key), world, key)
-    _check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", "auto"))
-    try:
-        check_matmul_precision(cfg.get("matmul_precision", "highest"))
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    _check_deterministic(cfg.trainer)
+        return check()
+    except (ConfigError, ValueError, TypeError) as err:
+        problems.append(str(err))
+        return None
+
+
+def _check_multirun(cfg: DictConfig, multirun: bool) -> None:
     if multirun and uses_multiprocess_ddp(cfg.trainer):
         raise ConfigError(
             "hydra multirun (-m) cannot drive multi-process DDP (trainer.strategy="
@@ -102,32 +101,84 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
             "(one SLURM job per sweep job, its tasks are the DDP ranks), with trainer.devices=1, or launch each "
             "job with torchrun (README, 'Multi-GPU')."
         )
-    _check_method_options(cfg.method)
-    _check_dataset_keys(cfg.dataset)
-    check_accelerator(cfg.trainer)
-    check_loggers(cfg.get("logger"))
-    _check_file(
-        cfg.backbone.get("pretrained"),
-        "backbone.pretrained",
-        "python -m svfseg.weights fetch NAME (python -m svfseg.weights list shows the names; README 'Getting the weights')",
-    )
-    if cfg.method.name == "bam" and cfg.backbone.name in VIT_MODELS:
+
+
+def _check_precision(cfg: DictConfig) -> None:
+    try:
+        check_matmul_precision(cfg.get("matmul_precision", "highest"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def _check_bam(cfg: DictConfig, spec: RunSpec | None, stage: str) -> None:
+    if cfg.method.name != "bam":
+        return
+    if cfg.backbone.name in VIT_MODELS:
         raise ConfigError(f"backbone={cfg.backbone.name}: {BAM_ON_VIT}")
-    if cfg.method.name == "bam" and stage == "meta":
-        stage1 = (
-            f"the stage-1 command: python train.py stage=base method=bam dataset={dataset} fold={fold} "
-            f"backbone={_backbone_group(cfg.backbone.name)}"
+    if stage != "meta" or spec is None:
+        return
+    tag = str(cfg.get("run_tag") or "")
+    extra = " debug=tiny" if tag == "-tiny" else (" debug=fdr" if tag == "-fdr" else "")
+    stage1 = (
+        f"the stage-1 command: python train.py stage=base method=bam dataset={cfg.dataset.name} "
+        f"fold={spec.fold.fold} backbone={_backbone_group(cfg.backbone.name)}{extra}"
+    )
+    if cfg.method.get("base_learner") is None:
+        raise ConfigError(
+            f"method.base_learner is null: BAM's meta stage needs the stage-1 base learner. Make it with "
+            f"{stage1}, then set method.base_learner to the written file."
         )
-        if cfg.method.get("base_learner") is None:
-            raise ConfigError(
-                f"method.base_learner is null: BAM's meta stage needs the stage-1 base learner. Make it with "
-                f"{stage1}, then set method.base_learner to the written file."
-            )
-        _check_file(cfg.method.base_learner, "method.base_learner", stage1, nullable=False)
+    _check_file(cfg.method.base_learner, "method.base_learner", stage1, nullable=False)
+
+
+def _check_ckpt(cfg: DictConfig) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist (use a checkpoint file, 'last' or null)")
-    check_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+
+
+def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
+    """The run's :class:`RunSpec`, after every check of a train.py config.
+
+    All problems are collected and raised together as one :class:`ConfigError`, one line each, so a
+    config is fixed in one round instead of one error per attempt.
+    """
+    problems: list[str] = []
+    stage = cfg.get("stage", "meta")
+    if stage not in STAGES:
+        problems.append(f"stage={stage!r} is invalid: choose one of {list(STAGES)}")
+    spec: RunSpec | None = _collect(problems, lambda: RunSpec.from_config(cfg))
+    if stage == "base" and cfg.method.name != "bam":
+        problems.append(
+            f"stage=base trains BAM's base learner; it needs method=bam (got method={cfg.method.name})"
+        )
+    world = world_size(cfg.trainer)
+    for key in TOTAL_BATCH_KEYS:
+        _collect(problems, lambda key=key: per_process_batch(OmegaConf.select(cfg, key), world, key))
+    checks: list[Callable[[], Any]] = [
+        lambda: _check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", "auto")),
+        lambda: _check_precision(cfg),
+        lambda: _check_deterministic(cfg.trainer),
+        lambda: _check_multirun(cfg, multirun),
+        lambda: _check_method_options(cfg.method),
+        lambda: _check_dataset_keys(cfg.dataset),
+        lambda: check_accelerator(cfg.trainer),
+        lambda: check_loggers(cfg.get("logger")),
+        lambda: _check_file(
+            cfg.backbone.get("pretrained"),
+            "backbone.pretrained",
+            "python -m svfseg.weights fetch NAME (python -m svfseg.weights list shows the names; README "
+            "'Getting the weights')",
+        ),
+        lambda: _check_bam(cfg, spec, stage),
+        lambda: _check_ckpt(cfg),
+        lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"),
+    ]
+    for check in checks:
+        _collect(problems, check)
+    if problems:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))
+    assert spec is not None
     return spec
 
 
