@@ -90,6 +90,8 @@ def test_debug_presets_get_their_own_run_directory_and_base_learner_file() -> No
     assert "fold0-1shot-seed321\n" in real and "fold0-1shot-seed321-tiny\n" in tiny
     assert "base_learner/synthetic/fold0/resnet50/pspnet.pt" in real
     assert "base_learner/synthetic/fold0/resnet50-tiny/pspnet.pt" in tiny
+    stage1 = run_cli([*args, "stage=base", "--cfg", "all", "--resolve"], REPO).stdout
+    assert "bam-resnet50-svf/fold0-1shot-seed321-stage1\n" in stage1  # BAM's stage 1: its own folder
 
 
 def test_a_submitit_local_sweep_runs_each_job_and_writes_its_metrics(
