@@ -109,7 +109,15 @@ def test_base_learner_round_trip(tmp_path: Path) -> None:
 def test_missing_base_learner_names_stage1_command(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as err:
         load_base_learner(tmp_path / "nope.pth", backbone_name="vgg16_bn", dataset="coco", fold=3)
-    assert "python train.py stage=base method=bam dataset=coco fold=3 backbone=vgg16_bn" in str(err.value)
+    assert str(err.value).endswith("python train.py stage=base method=bam dataset=coco fold=3 backbone=vgg16")
+    with pytest.raises(FileNotFoundError) as err:  # the run's own dataset name and width
+        load_base_learner(
+            tmp_path / "nope.pth", backbone_name="resnet50", dataset="pascal", dataset_name="synthetic",
+            fold=0, width_mult=0.125,
+        )  # fmt: skip
+    assert str(err.value).endswith(
+        "python train.py stage=base method=bam dataset=synthetic fold=0 backbone=resnet50 backbone.width_mult=0.125"
+    )
 
 
 @pytest.mark.parametrize(

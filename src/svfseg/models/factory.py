@@ -55,6 +55,7 @@ def build_fewshot_model(
                 path,
                 backbone_name=bb_name,
                 dataset=split_dataset,
+                dataset_name=fold.dataset,
                 fold=fold.fold,
                 width_mult=width_mult,
                 coco_split=fold.coco_split,

@@ -112,9 +112,15 @@ class BaseLearnerCheckpointError(RuntimeError):
     """A base-learner file that is missing, malformed or made for other settings."""
 
 
-def stage1_command(dataset: str, fold: int, backbone: str) -> str:
-    """The command that trains (and saves) the base learner for these settings."""
-    return f"python train.py stage=base method=bam dataset={dataset} fold={fold} backbone={backbone}"
+def stage1_command(dataset: str, fold: int, backbone: str, width_mult: float = 1.0) -> str:
+    """The command that trains (and saves) the base learner for these settings.
+
+    ``dataset`` is the config's dataset name (``synthetic`` stays ``synthetic``), ``backbone`` a backbone
+    name (``vgg16_bn`` becomes its config group ``vgg16``); a narrow width is passed on.
+    """
+    group = {"vgg16_bn": "vgg16"}.get(backbone, backbone)
+    width = "" if float(width_mult) == 1.0 else f" backbone.width_mult={float(width_mult):g}"
+    return f"python train.py stage=base method=bam dataset={dataset} fold={fold} backbone={group}{width}"
 
 
 def base_learner_meta(pspnet: PSPNet, meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -182,14 +188,17 @@ def load_base_learner(
     width_mult: float = 1.0,
     coco_split: str = "interleaved",
     map_location: str | torch.device = "cpu",
+    dataset_name: str | None = None,
 ) -> PSPNet:
     """Rebuild the stage-1 PSPNet from ``path``, refusing files made for other settings.
 
     The meta record must match ``dataset``, ``fold``, ``backbone_name`` and ``width_mult`` (and
     ``coco_split`` for COCO); the state dict must fill every key of the model and nothing else.
+    ``dataset_name``: the run's dataset config name for the stage-1 command in errors (``dataset`` is the
+    fold structure the file records, e.g. ``pascal`` for ``synthetic``).
     """
     path = Path(path)
-    command = stage1_command(dataset, fold, backbone_name)
+    command = stage1_command(dataset_name or dataset, fold, backbone_name, width_mult)
     if not path.is_file():
         raise FileNotFoundError(
             f"base learner checkpoint {path} does not exist. BAM's stage 2 needs the stage-1 PSPNet of "
