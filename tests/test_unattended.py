@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from svfseg.config_checks import ConfigError, check_train_config
+from svfseg.lightning.progress import LineProgress, SparseMetricsProgressBar, build_progress_bar
 from svfseg.tasks.train import train
 from tests.cli_helpers import REPO, run_cli, tiny_overrides
 from tests.hydra_helpers import compose_config, tiny_train_config
@@ -21,7 +23,12 @@ def test_a_redirected_two_epoch_run_logs_one_line_per_epoch_and_the_test_metrics
     synthetic_pascal: Any, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    overrides = [o for o in tiny_overrides(synthetic_pascal) if not o.startswith("trainer.max_epochs")]
+    # the default progress bar stays: with stdout redirected it becomes log lines
+    overrides = [
+        o
+        for o in tiny_overrides(synthetic_pascal)
+        if not o.startswith(("trainer.max_epochs", "~callbacks.progress_bar"))
+    ]
     proc = run_cli(["train.py", *overrides, "trainer.max_epochs=2", f"hydra.run.dir={out}"], REPO)
     log_file = (out / "train.log").read_text()
     for text in (log_file, proc.stdout + proc.stderr):  # the log file and the redirected console
@@ -29,6 +36,10 @@ def test_a_redirected_two_epoch_run_logs_one_line_per_epoch_and_the_test_metrics
             r"epoch (\d)/2: train loss (\d+\.\d{4}), val mIoU (\d+\.\d\d), FB-IoU (\d+\.\d\d) \(4 steps", text
         )
         assert [n for n, *_ in lines] == ["1", "2"], text[-2000:]
+        progress = re.findall(
+            r"train epoch (\d)/2: 4/4 batches \(100%\), train/loss \d+\.\d{4}, \d+\.\d\d s/batch", text
+        )
+        assert progress == ["1", "2"], text[-2000:]
         test = re.search(
             r"test \(best\.ckpt, 12 episodes of seed 321\): mIoU (\d+\.\d\d), FB-IoU (\d+\.\d\d)", text
         )
@@ -156,3 +167,14 @@ def test_pre_flight_reports_every_problem_at_once_without_a_traceback(tmp_path: 
     ):
         assert sum(expected in line for line in lines) == 1, (expected, lines)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_progress_bar_is_rich_on_a_terminal_and_lines_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    assert isinstance(build_progress_bar(5), SparseMetricsProgressBar)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    bar = build_progress_bar(5)
+    assert isinstance(bar, LineProgress) and bar.every_n_steps == 5
+    assert isinstance(build_progress_bar(5, force="rich"), SparseMetricsProgressBar)
+    with pytest.raises(ValueError, match=r"progress_bar\.force='x' is invalid"):
+        build_progress_bar(5, force="x")

@@ -1,12 +1,21 @@
-"""A progress bar that reads logged values back from the device every N steps, not every step."""
+"""Progress for watched and unwatched runs; logged values are read back every N steps, not every step.
+
+``build_progress_bar`` gives the Rich bar on a terminal and periodic log lines when stdout is redirected
+(a cluster job's log file), where a live bar writes nothing useful.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import RichProgressBar
+from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
+
+log = logging.getLogger("svfseg.train")
 
 
 class SparseMetricsProgressBar(RichProgressBar):
@@ -43,3 +52,75 @@ class SparseMetricsProgressBar(RichProgressBar):
             self._shown = {k: float(logged[k]) for k in self.show if k in logged}
             self._shown_step = step
         return {**metrics, **self._shown}
+
+
+class LineProgress(ProgressBar):
+    """Progress as log lines: every ``every_n_steps`` training batches and at the end of an epoch.
+
+    ``train epoch 2/200: 150/526 batches (29%), train/loss 0.4123, 0.31 s/batch, 1 min 57 s left``.
+    It replaces Lightning's bar (it is a ``ProgressBar``), so nothing draws on a redirected stdout.
+    """
+
+    def __init__(self, every_n_steps: int = 10, show: Sequence[str] = ("train/loss",)) -> None:
+        super().__init__()
+        if int(every_n_steps) < 1:
+            raise ValueError(f"progress_bar.every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = int(every_n_steps)
+        self.show = tuple(show)
+        self._enabled = True
+        self._start = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        total = trainer.num_training_batches
+        done = batch_idx + 1
+        if not self._enabled or not trainer.is_global_zero:
+            return
+        if done % self.every_n_steps and done != total:
+            return
+        elapsed = time.perf_counter() - self._start
+        per = elapsed / done
+        left = per * (total - done) if isinstance(total, int) else float("nan")
+        logged = trainer.callback_metrics
+        values = "".join(f", {k} {float(logged[k]):.4f}" for k in self.show if k in logged)
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        share = f" ({100 * done / total:.0f}%)" if isinstance(total, int) and total else ""
+        log.info(
+            "train epoch %d/%s: %d/%s batches%s%s, %.2f s/batch, %s left",
+            trainer.current_epoch + 1,
+            epochs,
+            done,
+            total,
+            share,
+            values,
+            per,
+            _duration(left),
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # nan
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else (f"{minutes} min {secs} s" if minutes else f"{secs} s")
+
+
+def build_progress_bar(metrics_every: int = 10, force: str | None = None) -> ProgressBar:
+    """The Rich bar on a terminal, log lines when stdout is not one (``force``: ``rich`` or ``lines``)."""
+    mode = force or ("rich" if sys.stdout.isatty() else "lines")
+    if mode not in ("rich", "lines"):
+        raise ValueError(f"progress_bar.force={force!r} is invalid: choose rich, lines or null (auto)")
+    if mode == "rich":
+        return SparseMetricsProgressBar(metrics_every=metrics_every)
+    return LineProgress(every_n_steps=metrics_every)
