@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.environments import SLURMEnvironment
 
 from svfseg.config_checks import ConfigError, check_train_config
 from svfseg.lightning.progress import LineProgress, SparseMetricsProgressBar, build_progress_bar
@@ -178,3 +180,29 @@ def test_the_progress_bar_is_rich_on_a_terminal_and_lines_otherwise(monkeypatch:
     assert isinstance(build_progress_bar(5, force="rich"), SparseMetricsProgressBar)
     with pytest.raises(ValueError, match=r"progress_bar\.force='x' is invalid"):
         build_progress_bar(5, force="x")
+
+
+def test_under_slurm_lightning_takes_the_tasks_as_ranks_instead_of_relaunching(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the slurm_4gpu preset relies on, as far as a CPU machine can show it: with the environment srun
+    gives each of 2 tasks, Lightning's DDP picks the SLURM cluster environment (rank = task id), so no
+    process is launched by Lightning itself."""
+    env = {
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_JOB_ID": "123",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "node1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False
+    )
+    cluster = trainer.strategy.cluster_environment
+    assert isinstance(cluster, SLURMEnvironment) and cluster.creates_processes_externally is not False
+    assert (cluster.world_size(), cluster.global_rank(), cluster.local_rank()) == (2, 1, 1)
