@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import platform
-import random
 import shutil
 import statistics
 import subprocess
@@ -46,7 +45,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from benchlib import WORKER_ENV, measure_peak, retain_freed_memory, write_section
+from benchlib import WORKER_ENV, interleaved_times, measure_peak, retain_freed_memory, write_section
 from torch import nn
 
 from svfseg.finetune import build_strategy
@@ -113,20 +112,7 @@ def time_steps(size: int, shots: tuple[int, ...], repeats: int, warmup: int) -> 
         for v in STEP_VARIANTS:
             model, opt = build_variant(v, shot, base)
             units[f"{v}@{shot}"] = train_step(model, opt, batch)
-    times: dict[str, list[float]] = {k: [] for k in units}
-    rng = random.Random(0)
-    for r in range(warmup + repeats):
-        order = list(units)
-        rng.shuffle(order)
-        for key in order:
-            t0 = time.perf_counter()
-            units[key]()
-            dt_s = time.perf_counter() - t0
-            if r >= warmup:
-                times[key].append(dt_s)
-        print(f"  round {r + 1}/{warmup + repeats}: " + ", ".join(f"{k} {times[k][-1]:.1f}s" for k in order
-                                                                 if times[k]), flush=True)  # fmt: skip
-    return times
+    return interleaved_times(units, repeats, warmup, digits=1)
 
 
 def memory_worker(variant: str, shot: int, size: int) -> dict[str, float]:

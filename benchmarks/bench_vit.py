@@ -16,15 +16,13 @@ import copy
 import datetime as dt
 import logging
 import platform
-import random
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from bench_pipeline import episode, train_step
-from benchlib import write_section
+from benchlib import interleaved_times, write_section
 from torch import nn
 
 from svfseg.finetune import build_strategy
@@ -41,22 +39,6 @@ def _base() -> nn.Module:
     logging.getLogger("svfseg.models.backbones.factory").setLevel(logging.ERROR)
     torch.manual_seed(0)
     return build_model("baseline", build_backbone("dinov2_vits14", pretrained=None), shot=1)
-
-
-def _timed(units: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in units}
-    rng = random.Random(0)
-    for r in range(warmup + rounds):
-        order = list(units)
-        rng.shuffle(order)
-        for key in order:
-            t0 = time.perf_counter()
-            units[key]()
-            if r >= warmup:
-                times[key].append(time.perf_counter() - t0)
-        done = ", ".join(f"{k} {times[k][-1]:.2f}s" for k in order if times[k])
-        print(f"  round {r + 1}/{warmup + rounds}: {done}", flush=True)
-    return times
 
 
 def measure(size: int, repeats: int) -> dict[str, list[float]]:
@@ -86,7 +68,7 @@ def measure(size: int, repeats: int) -> dict[str, list[float]]:
     units["eval/svf_cached"] = forward(svf_eval)
     units["eval/svf_merged"] = forward(merged_eval)
     units["eval/original"] = forward(plain_eval)
-    return _timed(units, repeats, warmup=1)
+    return interleaved_times(units, repeats, warmup=1)
 
 
 def render(args: argparse.Namespace, times: dict[str, list[float]]) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import gc
 import platform
+import random
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,3 +84,23 @@ def write_section(path: Path, section: str, text: str) -> None:
         else old.rstrip("\n") + "\n\n" + text + "\n"
     )
     path.write_text(new.rstrip("\n") + "\n")
+
+
+def interleaved_times(
+    units: dict[str, Callable[[], None]], rounds: int, warmup: int, *, digits: int = 2
+) -> dict[str, list[float]]:
+    """Seconds per call of each unit over ``rounds`` rounds (after ``warmup``), in a fresh seeded order
+    each round, so that machine noise hits every unit alike; prints each round."""
+    times: dict[str, list[float]] = {k: [] for k in units}
+    rng = random.Random(0)
+    for r in range(warmup + rounds):
+        order = list(units)
+        rng.shuffle(order)
+        for key in order:
+            t0 = time.perf_counter()
+            units[key]()
+            if r >= warmup:
+                times[key].append(time.perf_counter() - t0)
+        done = ", ".join(f"{k} {times[k][-1]:.{digits}f}s" for k in order if times[k])
+        print(f"  round {r + 1}/{warmup + rounds}: {done}", flush=True)
+    return times
