@@ -13,6 +13,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.environments import SLURMEnvironment
+from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from svfseg.config_checks import ConfigError, check_train_config
 from svfseg.lightning.progress import LineProgress, SparseMetricsProgressBar, build_progress_bar
@@ -200,9 +202,15 @@ def test_under_slurm_lightning_takes_the_tasks_as_ranks_instead_of_relaunching(
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    # the Trainer sets the process-wide rank-zero flags to this "rank 1": restore them afterwards, or every
+    # later run of this test process would skip its rank-zero-only work (CSV logs)
+    for flag in (rank_zero_only, utils_rank_zero_only):
+        monkeypatch.setattr(flag, "rank", flag.rank)
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False
     )
     cluster = trainer.strategy.cluster_environment
     assert isinstance(cluster, SLURMEnvironment) and cluster.creates_processes_externally is not False
     assert (cluster.world_size(), cluster.global_rank(), cluster.local_rank()) == (2, 1, 1)
+    monkeypatch.undo()
+    assert rank_zero_only.rank == 0 and utils_rank_zero_only.rank == 0
