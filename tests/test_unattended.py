@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import pytorch_lightning as pl
+import tomllib
 import torch
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
@@ -214,3 +215,24 @@ def test_under_slurm_lightning_takes_the_tasks_as_ranks_instead_of_relaunching(
     assert (cluster.world_size(), cluster.global_rank(), cluster.local_rank()) == (2, 1, 1)
     monkeypatch.undo()
     assert rank_zero_only.rank == 0 and utils_rank_zero_only.rank == 0
+
+
+# ----------------------------------------------------------------------------------------- packaging
+def test_the_notebook_default_checkpoint_is_where_the_default_train_run_writes_it() -> None:
+    notebook = json.loads((REPO / "notebooks" / "svf_analysis.ipynb").read_text())
+    source = "".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code")
+    default = re.search(r'os\.environ\.get\("SVFSEG_CKPT", "([^"]+)"\)', source).group(1)
+    resolved = run_cli(["train.py", "--cfg", "all", "--resolve"], REPO).stdout
+    run_dir = re.search(r"^\s+dir: \./(outputs/train/\S+)$", resolved, re.M).group(1)
+    assert default == f"{run_dir}/checkpoints/best.ckpt"
+
+
+def test_packaging_extras_license_and_ignored_folders() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"  # an SPDX expression: no setuptools deprecation warning
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("jupyterlab") for d in extras["notebook"])
+    assert any(d.startswith("hydra-submitit-launcher") for d in extras["slurm"])
+    assert any(d.startswith("tensorboard") for d in extras["tensorboard"])
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    assert {"initmodel/", "results/", "outputs/"} <= set(ignored)
