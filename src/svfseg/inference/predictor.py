@@ -90,6 +90,7 @@ class Predictor:
         self.model = module.model.eval().to(self.device)
         self.merged = merge_svf(self.model) if merge else []
         self.transform = EvalTransform(int(size))
+        self.checkpoint: Path | None = None  # set by from_checkpoint
         self._warned_shot = False
 
     @classmethod
@@ -102,8 +103,6 @@ class Predictor:
         predictor = cls(module, device=device, merge=merge)
         predictor.checkpoint = ckpt
         return predictor
-
-    checkpoint: Path | None = None
 
     @property
     def trained_shot(self) -> int:

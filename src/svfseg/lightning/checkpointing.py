@@ -144,12 +144,13 @@ def write_svf_artifact(pl_module: pl.LightningModule, checkpoint_path: str | Pat
 
 
 def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
-    """Read an svfseg checkpoint safely (weights_only) with errors that name the file."""
+    """Read an svfseg checkpoint safely (weights_only, memory-mapped) with errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # memory-mapped: the callers check the metadata, and the weights are read once, by the loader
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
     if not isinstance(checkpoint, dict) or "svfseg" not in checkpoint or "state_dict" not in checkpoint:

@@ -49,14 +49,13 @@ class NonFiniteGuard:
                 "batch": torch.full((), -1, dtype=torch.long, device=device),
                 "loss": torch.zeros((), dtype=torch.float32, device=device),
                 "pending": torch.zeros((), dtype=torch.bool, device=device),
-                "scratch": torch.zeros((), dtype=torch.long, device=device),
             }
             self._episodes = None
         return self._state
 
     def _remember(self, key: str, value: int, first: Tensor) -> None:
-        state = self._state
-        state[key] = torch.where(first, state["scratch"].fill_(value), state[key])
+        # a Python scalar in torch.where is a kernel argument: no host-to-device copy, no sync
+        self._state[key] = torch.where(first, value, self._state[key])
 
     def observe_loss(
         self, loss: Tensor, *, step: int, epoch: int, batch_idx: int, episodes: Tensor | None = None
@@ -106,7 +105,7 @@ class NonFiniteGuard:
         first = bad & (state["step"] < 0)
         self._remember("step", step, first)
         self._remember("epoch", epoch, first)
-        state["loss"] = torch.where(first, torch.full_like(state["loss"], float("nan")), state["loss"])
+        state["loss"] = torch.where(first, float("nan"), state["loss"])
         for g in grads:
             g.masked_fill_(bad, 0)
         state["count"] = state["count"] + bad.long()
