@@ -8,8 +8,18 @@ svfseg's ``PSPNet`` layout, checks that every key is used and every shape fits, 
 
 BAM's names (its ``model/PSPNet.py``): the ResNet stem is one ``nn.Sequential`` ``layer0`` holding
 conv1, bn1, relu, conv2, bn2, relu, conv3, bn3, relu, maxpool (so parameters at indices 0, 1, 3, 4, 6,
-7); ``layer1..4`` are the ResNet stages; VGG's ``layer0..4`` are slices of ``features``; ``ppm`` and
-``cls`` are the pyramid pooling module and the classifier. DDP training adds a ``module.`` prefix.
+7); ``layer1..4`` are the ResNet stages; VGG's ``layer0..4`` are slices of ``vgg16_bn``'s ``features``
+(``[0:7]``, ``[7:14]``, ``[14:24]``, ``[24:34]``, ``[34:43]``, indices restarting at 0 in each slice);
+``ppm`` and ``cls`` are the pyramid pooling module and the classifier.
+
+What a released ``best.pth`` holds besides those names:
+
+* BAM registers the backbone a second time as ``encoder = nn.Sequential(layer0, ..., layer4)``, so every
+  backbone tensor is also stored as ``encoder.<i>.*`` (the same module as ``layer<i>.*``). Each alias is
+  checked bitwise equal (dtype, shape, values) to its ``layer<i>`` twin and then dropped; an alias that
+  differs or has no twin is refused (the file was edited or is not a BAM PSPNet).
+* DDP training adds a ``module.`` prefix, and the training script wraps the weights as
+  ``{'epoch', 'state_dict', 'optimizer'}``; only ``state_dict`` is read (``epoch`` goes to the record).
 """
 
 from __future__ import annotations
@@ -35,10 +45,19 @@ from svfseg.models.pspnet import (
 RESNET_STEM = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2", "6": "conv3", "7": "bn3"}
 BAM_BACKBONE_DIRS = {"resnet50": "resnet50", "resnet101": "resnet101", "vgg16_bn": "vgg"}
 _LAYOUT = re.compile(r"(?P<dataset>pascal|coco)/split(?P<fold>\d)/(?P<backbone>[a-z0-9_]+)/[^/]+$")
+# BAM's second name of a backbone tensor: ``encoder.<i>.rest`` is ``layer<i>.rest``.
+_ALIAS = re.compile(r"encoder\.(?P<index>\d+)\.(?P<rest>.+)")
+_MAX_LISTED = 20
 
 
 class BAMImportError(ValueError):
     """A BAM checkpoint that cannot become the requested base learner; the message names the fix."""
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(sorted(keys)[:_MAX_LISTED])
+    more = len(keys) - _MAX_LISTED
+    return shown + (f" ... (+{more} more)" if more > 0 else "")
 
 
 def default_output(weights_dir: str | Path, dataset: str, fold: int, backbone: str) -> Path:
@@ -46,8 +65,12 @@ def default_output(weights_dir: str | Path, dataset: str, fold: int, backbone: s
     return Path(weights_dir) / "base_learner" / dataset / f"fold{fold}" / backbone / "pspnet.pt"
 
 
-def read_bam_state(path: Path) -> dict[str, Tensor]:
-    """The tensors of a BAM checkpoint (``state_dict`` entry or a bare state dict), ``module.`` removed."""
+def read_bam_checkpoint(path: Path) -> tuple[dict[str, Tensor], int | None]:
+    """The tensors of a BAM checkpoint, ``module.`` removed, and the wrapper's ``epoch`` (None if absent).
+
+    Accepts BAM's training wrapper ``{'epoch', 'state_dict', 'optimizer'}`` (anything beside
+    ``state_dict`` is ignored) or a bare state dict.
+    """
     if not path.is_file():
         raise BAMImportError(f"{path} does not exist: give the path of BAM's best.pth")
     try:
@@ -59,9 +82,64 @@ def read_bam_state(path: Path) -> dict[str, Tensor]:
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise BAMImportError(
-            f"{path} holds no state dict of tensors (expected BAM's {{'state_dict': ...}} or a bare state dict)"
+            f"{path} holds no state dict of tensors (expected BAM's {{'epoch', 'state_dict', 'optimizer'}} "
+            "or a bare state dict)"
         )
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    epoch = ckpt.get("epoch") if state is not ckpt else None
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        name = key.removeprefix("module.")
+        if name in out:
+            raise BAMImportError(
+                f"{path} holds {name} both with and without the 'module.' prefix; a BAM checkpoint has one "
+                "or the other, so it is not clear which copy to use"
+            )
+        out[name] = value
+    return out, epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def read_bam_state(path: Path) -> dict[str, Tensor]:
+    """The tensors of a BAM checkpoint (``state_dict`` entry or a bare state dict), ``module.`` removed."""
+    return read_bam_checkpoint(path)[0]
+
+
+def drop_encoder_aliases(state: Mapping[str, Tensor], path: Path) -> dict[str, Tensor]:
+    """Drop BAM's ``encoder.<i>.*`` aliases after checking each equals its ``layer<i>.*`` twin bitwise.
+
+    BAM's PSPNet holds ``encoder = nn.Sequential(layer0, ..., layer4)``, the very modules registered as
+    ``layer0..4``; its state dict therefore stores each backbone tensor twice. Anything but an exact copy
+    means the file was edited or is not BAM's, and is refused (naming the keys) rather than guessed.
+    """
+    orphans: list[str] = []
+    differing: list[str] = []
+    for key, value in state.items():
+        match = _ALIAS.fullmatch(key)
+        if match is None:
+            continue
+        twin = f"layer{match['index']}.{match['rest']}"
+        other = state.get(twin)
+        if other is None:
+            orphans.append(key)
+        elif other.dtype != value.dtype or other.shape != value.shape:
+            differing.append(
+                f"{key} ({value.dtype}, {tuple(value.shape)}) vs {twin} ({other.dtype}, {tuple(other.shape)})"
+            )
+        elif not torch.equal(other, value):
+            differing.append(f"{key} vs {twin} (values differ)")
+    if orphans:
+        raise BAMImportError(
+            f"{path}: encoder aliases without a layer twin: [{_listing(orphans)}]. BAM's PSPNet stores its "
+            "backbone both as layer0..4 and as encoder = Sequential(layer0..layer4), so every encoder.<i>.* "
+            "tensor must come with the same layer<i>.* tensor; these do not, so the file is not a BAM PSPNet "
+            "state dict (or was edited)"
+        )
+    if differing:
+        raise BAMImportError(
+            f"{path}: encoder aliases differ from their layer twins: [{_listing(differing)}]. In BAM's PSPNet "
+            "encoder.<i> and layer<i> are one module, so both names must hold identical tensors; a difference "
+            "means the file was edited or corrupted, and which copy is right cannot be told"
+        )
+    return {k: v for k, v in state.items() if _ALIAS.fullmatch(k) is None}
 
 
 def rename_key(key: str, backbone: str) -> str:
@@ -137,7 +215,8 @@ def import_bam_base_learner(
         raise BAMImportError(f"--dataset {dataset!r}: BAM released base learners for pascal and coco only")
     source = Path(source)
     warning = check_source_path(source, split, backbone)
-    state = convert_bam_state(read_bam_state(source), backbone, source)
+    raw, epoch = read_bam_checkpoint(source)
+    state = convert_bam_state(drop_encoder_aliases(raw, source), backbone, source)
     num_classes = len(split.base_classes) + 1
     classifier = state.get("cls.4.weight")
     if classifier is not None and classifier.shape[0] != num_classes:
@@ -161,6 +240,8 @@ def import_bam_base_learner(
         "source_file": source.name,
         "source_sha256": digest,
     }
+    if epoch is not None:
+        meta["source_epoch"] = epoch
     if dataset == "coco":
         meta["coco_split"] = coco_split
     target = Path(out) if out is not None else default_output(weights_dir, dataset, fold, backbone)
