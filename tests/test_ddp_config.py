@@ -23,36 +23,45 @@ def _cfg(tmp_path: Path, extra: list[str]) -> DictConfig:
 @pytest.mark.parametrize(
     ("overrides", "key", "value", "world"),
     [
+        (["trainer.devices=4", "dataset.batch_size=6"], "dataset.batch_size", 6, 4),
         (
-            ["trainer.devices=4", "dataset.batch_size=8", "dataset.eval_batch_size=6"],
-            "dataset.eval_batch_size",
-            6,
-            4,
-        ),
-        (
-            [
-                "trainer.devices=4",
-                "dataset.batch_size=8",
-                "dataset.eval_batch_size=8",
-                "dataset.base_stage.batch_size=6",
-            ],
+            ["stage=base", "method=bam", "trainer.devices=4", "dataset.base_stage.batch_size=6"],
             "dataset.base_stage.batch_size",
             6,
             4,
         ),
         (
-            ["trainer.devices=2", "dataset.batch_size=4", "dataset.base_stage.eval_batch_size=5"],
-            "dataset.base_stage.eval_batch_size",
+            ["stage=base", "method=bam", "trainer.devices=2", "dataset.base_stage.batch_size=5"],
+            "dataset.base_stage.batch_size",
             5,
             2,
         ),
     ],
 )
-def test_every_batch_size_is_a_total_that_must_divide(
+def test_a_training_batch_is_a_total_that_must_divide(
     tmp_path: Path, overrides: list[str], key: str, value: int, world: int
 ) -> None:
     cfg = _cfg(tmp_path, overrides)
-    with pytest.raises(ConfigError, match=rf"^{key}={value} is the total batch over {world} processes"):
+    with pytest.raises(
+        ConfigError, match=rf"^{key}={value} is the total training batch over {world} processes"
+    ):
+        check_train_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "key", ["dataset.eval_batch_size", "dataset.base_stage.eval_batch_size", "dataset.base_stage.batch_size"]
+)
+def test_batches_that_do_not_define_the_meta_stage_never_refuse_it(tmp_path: Path, key: str) -> None:
+    cfg = _cfg(tmp_path, ["trainer.devices=4", "dataset.batch_size=8", f"{key}=7"])
+    check_train_config(cfg)
+
+
+@pytest.mark.parametrize("value", [0, -2, "abc", 2.5])
+def test_an_evaluation_batch_must_still_be_a_positive_integer(tmp_path: Path, value: object) -> None:
+    cfg = _cfg(tmp_path, ["trainer.devices=2", "dataset.batch_size=4", f"dataset.eval_batch_size={value}"])
+    with pytest.raises(
+        ConfigError, match=r"^dataset\.eval_batch_size=.* is invalid: a batch size is a positive"
+    ):
         check_train_config(cfg)
 
 
@@ -60,6 +69,18 @@ def test_each_process_gets_its_share_of_every_batch(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, ["trainer.devices=2", "dataset.batch_size=4", "dataset.eval_batch_size=6"])
     dm = build_datamodule(cfg, RunSpec.from_config(cfg))
     assert (dm.batch_size, dm.eval_batch_size) == (2, 3)
+    odd = _cfg(tmp_path, ["trainer.devices=2", "dataset.batch_size=4", "dataset.eval_batch_size=5"])
+    dm = build_datamodule(odd, RunSpec.from_config(odd))
+    assert (dm.batch_size, dm.eval_batch_size) == (2, 3)  # 5 over 2 processes: at most 3 each
+
+
+def test_evaluation_does_not_hold_the_training_batch_to_its_world_size(tmp_path: Path) -> None:
+    """A checkpoint trained with batch 8 on 4 processes evaluates on 3 (eval.py builds with training=False)."""
+    cfg = _cfg(tmp_path, ["trainer.devices=3", "dataset.batch_size=8", "dataset.eval_batch_size=8"])
+    with pytest.raises(ConfigError, match=r"^dataset\.batch_size=8 is the total training batch over 3"):
+        build_datamodule(cfg, RunSpec.from_config(cfg))
+    dm = build_datamodule(cfg, RunSpec.from_config(cfg), training=False)
+    assert dm.eval_batch_size == 3
 
 
 @pytest.mark.parametrize(

@@ -366,7 +366,7 @@ def _tiny(tmp_path: Path, extra: list[str]) -> DictConfig:
         (
             ["trainer.devices=3", "dataset.batch_size=8"],
             False,
-            r"^dataset\.batch_size=8 is the total batch over 3 processes .*positive multiple of 3$",
+            r"^dataset\.batch_size=8 is the total training batch over 3 processes .*positive multiple of 3: ",
         ),
         (
             ["trainer=ddp", "trainer.devices=4", "dataset.batch_size=8"],

@@ -167,7 +167,7 @@ def test_pre_flight_reports_every_problem_at_once_without_a_traceback(tmp_path: 
     assert proc.stderr.splitlines()[0] == f"train.py: {len(lines)} problems in the config, nothing was run:"
     for expected in (
         "shot=0 is invalid",
-        "dataset.batch_size=3 is the total batch over 2 processes",
+        "dataset.batch_size=3 is the total training batch over 2 processes",
         "matmul_precision='fast'",
     ):
         assert sum(expected in line for line in lines) == 1, (expected, lines)

@@ -40,13 +40,12 @@ DATASET_RUN_KEYS = (
 )
 # DataModule arguments the run supplies (from the spec, the trainer and the top-level seed).
 RUN_SUPPLIED_ARGUMENTS = ("split", "batch_size", "eval_batch_size", "seed", "with_base_label")
-# Every batch size in the config is the total over all processes (the paper's 8 = 4 GPUs x 2).
-TOTAL_BATCH_KEYS = (
-    "dataset.batch_size",
-    "dataset.eval_batch_size",
-    "dataset.base_stage.batch_size",
-    "dataset.base_stage.eval_batch_size",
-)
+# Batch sizes under DDP (docs/design.md, "DDP"). A training batch defines the optimisation: it is the total
+# over all processes (the paper's 8 = 4 GPUs x 2) and must divide by the world size. An evaluation batch
+# changes no result (metrics are exact pixel counts summed over ranks), so it never blocks a launch: the
+# total is split as evenly as possible, ceil(total / world) per process. Only the running stage's keys count.
+TRAIN_BATCH_KEYS = {"meta": "dataset.batch_size", "base": "dataset.base_stage.batch_size"}
+EVAL_BATCH_KEYS = {"meta": "dataset.eval_batch_size", "base": "dataset.base_stage.eval_batch_size"}
 
 
 class ConfigError(ValueError):
@@ -153,8 +152,8 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
             f"stage=base trains BAM's base learner; it needs method=bam (got method={cfg.method.name})"
         )
     world = world_size(cfg.trainer)
-    for key in TOTAL_BATCH_KEYS:
-        _collect(problems, lambda key=key: per_process_batch(OmegaConf.select(cfg, key), world, key))
+    if stage in STAGES:
+        _collect(problems, lambda: stage_batch_sizes(cfg, stage, world))
     checks: list[Callable[[], Any]] = [
         lambda: _check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", "auto")),
         lambda: _check_precision(cfg),
@@ -183,16 +182,46 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
 
 
 def per_process_batch(total: Any, world: int, key: str) -> int:
-    """``total // world`` for a batch size ``key`` that is the total over ``world`` processes.
+    """``total // world`` for a training batch ``key``: the total over ``world`` processes.
 
-    Raises :class:`ConfigError` when it does not divide: each process would get another batch.
+    Raises :class:`ConfigError` when it does not divide: the processes would not make the configured batch.
     """
-    if isinstance(total, bool) or not isinstance(total, int) or total < 1 or total % world:
+    _check_positive_batch(total, key)
+    if total % world:
         raise ConfigError(
-            f"{key}={total!r} is the total batch over {world} processes (trainer.devices x trainer.num_nodes); "
-            f"it must be a positive multiple of {world}"
+            f"{key}={total!r} is the total training batch over {world} processes (trainer.devices x "
+            f"trainer.num_nodes); it must be a positive multiple of {world}: set {key} to a multiple of "
+            f"{world}, or run on a number of processes that divides {total}"
         )
     return total // world
+
+
+def per_process_eval_batch(total: Any, world: int, key: str) -> int:
+    """``ceil(total / world)`` for an evaluation batch ``key``: any positive total runs on any world size.
+
+    Evaluation metrics are exact counts over the episodes, whatever the batch, so the total is only a
+    memory budget, split as evenly as possible.
+    """
+    _check_positive_batch(total, key)
+    return -(-total // world)
+
+
+def stage_batch_sizes(cfg: DictConfig, stage: str, world: int) -> tuple[int, int]:
+    """(training, evaluation) batch per process of ``stage`` (``meta`` or ``base``) on ``world`` processes."""
+    train_key, eval_key = TRAIN_BATCH_KEYS[stage], EVAL_BATCH_KEYS[stage]
+    problems: list[str] = []
+    train = _collect(problems, lambda: per_process_batch(OmegaConf.select(cfg, train_key), world, train_key))
+    evaluation = _collect(
+        problems, lambda: per_process_eval_batch(OmegaConf.select(cfg, eval_key), world, eval_key)
+    )
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return train, evaluation
+
+
+def _check_positive_batch(total: Any, key: str) -> None:
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise ConfigError(f"{key}={total!r} is invalid: a batch size is a positive integer")
 
 
 def _check_deterministic(trainer: DictConfig) -> None:

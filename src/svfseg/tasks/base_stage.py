@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from svfseg.config_checks import per_process_batch, world_size
+from svfseg.config_checks import stage_batch_sizes, world_size
 from svfseg.data.base_seg import BaseSegDataModule
 from svfseg.labels import IGNORE_INDEX
 from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
@@ -116,15 +116,15 @@ def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     stage = cfg.dataset.base_stage
     fold = spec.fold
-    world = world_size(cfg.trainer)
+    train_batch, eval_batch = stage_batch_sizes(cfg, "base", world_size(cfg.trainer))
     num_classes = base_learner_num_classes(fold.split_dataset, fold.fold, fold.coco_split)
     datamodule = BaseSegDataModule(
         split=fold,
         root=str(cfg.dataset.root),
         train_size=stage.train_size,
         eval_size=stage.eval_size,
-        batch_size=per_process_batch(stage.batch_size, world, "dataset.base_stage.batch_size"),
-        eval_batch_size=per_process_batch(stage.eval_batch_size, world, "dataset.base_stage.eval_batch_size"),
+        batch_size=train_batch,
+        eval_batch_size=eval_batch,
         num_workers=cfg.dataset.num_workers,
         seed=cfg.seed,
         source_lists=plain(cfg.dataset.source_lists),

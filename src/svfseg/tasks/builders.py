@@ -15,6 +15,7 @@ from svfseg.config_checks import (
     DATASET_RUN_KEYS,
     DEFAULT_DATAMODULE,
     per_process_batch,
+    per_process_eval_batch,
     sync_batchnorm,
     world_size,
 )
@@ -41,12 +42,18 @@ def datamodule_arguments(dataset: DictConfig) -> dict[str, Any]:
 
 
 def build_datamodule(
-    cfg: DictConfig, spec: RunSpec | None = None, *, with_base_label: bool | None = None
+    cfg: DictConfig,
+    spec: RunSpec | None = None,
+    *,
+    with_base_label: bool | None = None,
+    training: bool = True,
 ) -> FewShotDataModule:
     """The DataModule of ``cfg.dataset._target_`` for the run (``spec``; built from ``cfg`` when not given).
 
     Every key of ``conf/dataset/*.yaml`` but the run-level ones is a constructor argument; the run adds
-    the fold (``split``), the per-process batch, the seed and whether BAM's base labels are needed.
+    the fold (``split``), the per-process batches, the seed and whether BAM's base labels are needed.
+    ``training=False`` (evaluation only): the training batch is not used, so it is not held to the
+    evaluation's world size (a checkpoint trained on 4 processes evaluates on 3).
     """
     spec = spec if spec is not None else RunSpec.from_config(cfg)
     target = cfg.dataset.get("_target_", DEFAULT_DATAMODULE)  # older saved configs have none
@@ -57,10 +64,11 @@ def build_datamodule(
         {"_target_": target, "_partial_": True, **datamodule_arguments(cfg.dataset)}, _convert_="all"
     )
     world = world_size(cfg.trainer)
+    train_batch = per_process_batch if training else per_process_eval_batch
     return make(
         split=spec.fold,
-        batch_size=per_process_batch(cfg.dataset.batch_size, world, "dataset.batch_size"),
-        eval_batch_size=per_process_batch(cfg.dataset.eval_batch_size, world, "dataset.eval_batch_size"),
+        batch_size=train_batch(cfg.dataset.batch_size, world, "dataset.batch_size"),
+        eval_batch_size=per_process_eval_batch(cfg.dataset.eval_batch_size, world, "dataset.eval_batch_size"),
         seed=cfg.seed,
         with_base_label=with_base_label,
     )

@@ -90,7 +90,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for seed in seeds:
         seed_cfg = run.copy()
         seed_cfg.dataset.eval_seeds = [seed]
-        datamodule = build_datamodule(seed_cfg)
+        datamodule = build_datamodule(seed_cfg, training=False)
         trainer.test(module, datamodule=datamodule, verbose=False)
         per_seed[seed] = {
             k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in module.test_results.items()
