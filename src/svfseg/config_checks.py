@@ -38,6 +38,18 @@ DATASET_RUN_KEYS = (
     "coco_split",
     "base_stage",
 )
+# Keys of dataset.base_stage (BAM stage 1), read by tasks/base_stage.py: a misspelt one fails at start.
+BASE_STAGE_KEYS = (
+    "epochs",
+    "lr",
+    "encoder_lr_mult",
+    "batch_size",
+    "eval_batch_size",
+    "train_size",
+    "eval_size",
+    "scale",
+    "limit_val_batches",
+)
 # DataModule arguments the run supplies (from the spec, the trainer and the top-level seed).
 RUN_SUPPLIED_ARGUMENTS = ("split", "batch_size", "eval_batch_size", "seed", "with_base_label")
 # Batch sizes under DDP (docs/design.md, "DDP"). A training batch defines the optimisation: it is the total
@@ -322,6 +334,10 @@ def _check_dataset_keys(dataset: DictConfig) -> None:
         cls = hydra.utils.get_class(target)
     except Exception as err:
         raise ConfigError(f"dataset._target_={target} cannot be imported: {err}") from err
+    unknown_stage = sorted(set(dataset.get("base_stage") or {}) - set(BASE_STAGE_KEYS))
+    if unknown_stage:
+        keys = ", ".join(f"dataset.base_stage.{k}" for k in unknown_stage)
+        raise ConfigError(f"{keys}: not a key of BAM's stage 1; allowed: {list(BASE_STAGE_KEYS)}")
     arguments = set(inspect.signature(cls).parameters) - set(RUN_SUPPLIED_ARGUMENTS)
     unknown = sorted(set(dataset) - set(DATASET_RUN_KEYS) - arguments)
     if unknown:

@@ -111,6 +111,17 @@ class BaseLearnerModule(GuardedTraining, pl.LightningModule):
         }
 
 
+def base_trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """Trainer keyword arguments of stage 1: ``cfg.trainer`` with the stage's epochs and validation bound."""
+    stage = cfg.dataset.base_stage
+    trainer_cfg = trainer_arguments(cfg, bn_trains=True)  # stage 1 trains BN (the reference: SyncBN)
+    trainer_cfg["max_epochs"] = int(stage.epochs)
+    if stage.get("limit_val_batches") is not None:  # debug=tiny: a bounded validation, like stage 2's
+        trainer_cfg["limit_val_batches"] = stage.limit_val_batches
+    trainer_cfg["use_distributed_sampler"] = False
+    return trainer_cfg
+
+
 def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
     """Fit the base learner of the run ``spec``, then write the best epoch to ``cfg.method.base_learner``."""
     pl.seed_everything(cfg.seed, workers=True)
@@ -146,9 +157,7 @@ def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
         save_last=True,
     )
     loggers = build_loggers(cfg)
-    trainer_cfg = trainer_arguments(cfg, bn_trains=True)  # stage 1 trains BN (the reference: SyncBN)
-    trainer_cfg["max_epochs"] = int(stage.epochs)
-    trainer_cfg["use_distributed_sampler"] = False
+    trainer_cfg = base_trainer_arguments(cfg)
     callbacks: list[pl.Callback] = [checkpoint, LearningRateMonitor(logging_interval="step")]
     if trainer_cfg.get("enable_progress_bar", True):
         every = int(trainer_cfg.get("log_every_n_steps", 10))
