@@ -81,3 +81,20 @@ def test_demo_trains_three_strategies_over_seeds_compares_and_plots(
         extra_overrides=[f"dataset.min_pixels={min_pixels}", "+trainer.limit_train_batches=3"],
     )
     assert "(cached;" in " ".join(capsys.readouterr().out.split())
+
+
+def test_comparison_shows_a_spread_only_over_two_or_more_seeds() -> None:
+    from svfseg.demo import comparison_rows, percent_with_spread
+
+    assert percent_with_spread(0.4512, 0.0, 1) == "45.12"
+    assert percent_with_spread(0.4512, 0.0249, 3) == "45.12 ± 2.49"
+    curves = {"train_miou_per_epoch": [0.5, 0.6], "val_miou_per_epoch": [0.3, 0.4]}
+    comparison = {
+        "ordering": ["svf", "freeze"],
+        "svf": {"miou_mean": 0.45, "miou_std": 0.0, "fbiou_mean": 0.6, "seeds": [0], **curves},
+        "freeze": {"miou_mean": 0.40, "miou_std": 0.01, "fbiou_mean": 0.55, "seeds": [0, 1], **curves},
+    }
+    assert comparison_rows(comparison) == [
+        ["svf", "45.00", "60.00", "0", "60.0 / 40.0"],
+        ["freeze", "40.00 ± 1.00", "55.00", "0,1", "60.0 / 40.0"],
+    ]

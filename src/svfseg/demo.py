@@ -214,6 +214,28 @@ def run_demo(
     return comparison
 
 
+def percent_with_spread(mean: float, std: float, n_runs: int) -> str:
+    """``mean ± std`` in percent; just the mean for a single run, which has no spread to show."""
+    return f"{100 * mean:.2f}" if n_runs < 2 else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def comparison_rows(comparison: dict[str, Any]) -> list[list[str]]:
+    """The rows of the comparison table, best mIoU first."""
+    rows = []
+    for name in comparison["ordering"]:
+        r = comparison[name]
+        rows.append(
+            [
+                name,
+                percent_with_spread(r["miou_mean"], r["miou_std"], len(r["seeds"])),
+                f"{100 * r['fbiou_mean']:.2f}",
+                ",".join(map(str, r["seeds"])),
+                f"{100 * r['train_miou_per_epoch'][-1]:.1f} / {100 * r['val_miou_per_epoch'][-1]:.1f}",
+            ]
+        )
+    return rows
+
+
 def print_comparison(comparison: dict[str, Any], console: Console) -> None:
     table = Table(title=f"{SETTING}: the same fixed test episodes for every run")
     for col in (
@@ -224,15 +246,8 @@ def print_comparison(comparison: dict[str, Any], console: Console) -> None:
         "last-epoch train / val mIoU %",
     ):
         table.add_column(col, justify="right")
-    for name in comparison["ordering"]:
-        r = comparison[name]
-        table.add_row(
-            name,
-            f"{100 * r['miou_mean']:.2f} ± {100 * r['miou_std']:.2f}",
-            f"{100 * r['fbiou_mean']:.2f}",
-            ",".join(map(str, r["seeds"])),
-            f"{100 * r['train_miou_per_epoch'][-1]:.1f} / {100 * r['val_miou_per_epoch'][-1]:.1f}",
-        )
+    for row in comparison_rows(comparison):
+        table.add_row(*row)
     console.print(table)
 
 
