@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# Everything ruff checks: the package, tests, benchmarks and every script at the repository root.
+LINT_PATHS := src tests benchmarks $(wildcard *.py)
 
 .PHONY: help install test test-fast demo proxy lint format bench bench-pipeline bench-load learning-spread clean
 
@@ -31,12 +33,12 @@ proxy: $(STAMP)  ## build (or reuse) the proxy-pretrained ResNet-50 weights unde
 	$(PY) -m svfseg.pretrain --out initmodel/proxy
 
 lint: $(STAMP)  ## ruff
-	$(VENV)/bin/ruff check src tests benchmarks train.py eval.py
-	$(VENV)/bin/ruff format --check src tests benchmarks train.py eval.py
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 format: $(STAMP)  ## ruff fix + format
-	$(VENV)/bin/ruff check --fix src tests benchmarks train.py eval.py
-	$(VENV)/bin/ruff format src tests benchmarks train.py eval.py
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 bench: $(STAMP)  ## SVF step/eval/memory benchmark on ResNet-50 (CPU); figures go to docs/benchmarks.md
 	$(PY) benchmarks/bench_svf.py

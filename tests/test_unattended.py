@@ -236,3 +236,32 @@ def test_packaging_extras_license_and_ignored_folders() -> None:
     assert any(d.startswith("tensorboard") for d in extras["tensorboard"])
     ignored = (REPO / ".gitignore").read_text().splitlines()
     assert {"initmodel/", "results/", "outputs/"} <= set(ignored)
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower().replace("_", "-") for r in requirements}
+
+
+def test_each_extra_installs_what_its_name_says() -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert _requirement_names(extras["tensorboard"]) == {"tensorboard"}  # logger=tensorboard
+    assert _requirement_names(extras["slurm"]) == {"hydra-submitit-launcher"}  # hydra/launcher=slurm_4gpu
+    assert _requirement_names(extras["notebook"]) == {"jupyterlab", "ipykernel"}
+    # dev (make install, CI) runs every test: the optional loggers and launchers included
+    assert {"tensorboard", "hydra-submitit-launcher", "pytest"} <= _requirement_names(extras["dev"])
+
+
+def test_make_lint_covers_every_python_file_at_the_repository_root() -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    lint = subprocess.run(["make", "-n", "-C", str(REPO), "lint", "format"], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stderr
+    ruff_lines = [line.split() for line in lint.stdout.splitlines() if "ruff" in line]
+    assert len(ruff_lines) == 4, lint.stdout
+    root_scripts = {p.name for p in REPO.glob("*.py")}
+    assert {"train.py", "eval.py", "predict.py"} <= root_scripts
+    for words in ruff_lines:
+        assert root_scripts <= set(words) and {"src", "tests", "benchmarks"} <= set(words), words
