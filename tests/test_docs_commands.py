@@ -610,3 +610,19 @@ def test_the_checker_accepts_working_commands(tmp_path: Path) -> None:
     commands = doc_commands(tmp_path / "doc.md")
     evals = [c for c in commands if "eval.py" in c.words]
     assert [c.words[3] for c in evals] == ["ckpt_path=runs/fold0/best.ckpt", "ckpt_path=runs/fold1/best.ckpt"]
+
+
+def test_the_readme_feature_list_names_every_table_and_figure_preset() -> None:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("* **Paper tables:**")
+    bullet = text[start : text.index("\n* ", start)]
+    listed = re.search(r"for Tables ([\d, -]+(?:and [\d-]+)?)", bullet)
+    assert listed, bullet
+    tables: set[int] = set()
+    for part in re.split(r",\s*|\s+and\s+", listed.group(1).strip()):
+        lo, _, hi = part.partition("-")
+        tables |= set(range(int(lo), int(hi or lo) + 1))
+    presets = {p.name for p in (CONF_DIR / "experiment").iterdir() if p.is_dir()}
+    assert {int(p[5:]) for p in presets if p.startswith("table")} == tables
+    for figure in sorted(p for p in presets if p.startswith("figure")):
+        assert f"Figure {figure[6:]}" in bullet and figure in bullet, figure
