@@ -321,8 +321,11 @@ class _Parsed(Exception):
     """Raised instead of running a CLI once argparse accepted its arguments."""
 
 
-def parse_cli(run: Callable[[], object], argv: list[str]) -> str | None:
-    """Run a CLI entry point until argparse has parsed ``argv``; its error message, or None."""
+def parse_cli(run: Callable[[], object], argv: list[str], path_entries: tuple[str, ...] = ()) -> str | None:
+    """Run a CLI entry point until argparse has parsed ``argv``; its error message, or None.
+
+    ``path_entries`` go first on ``sys.path``, as the script's folder does for ``python script.py``.
+    """
     real_parse_args = argparse.ArgumentParser.parse_args
     real_parse_known = argparse.ArgumentParser.parse_known_args
     state = {"depth": 0, "in_parse_args": False}
@@ -350,6 +353,7 @@ def parse_cli(run: Callable[[], object], argv: list[str]) -> str | None:
         mock.patch.object(argparse.ArgumentParser, "parse_args", parse_args),
         mock.patch.object(argparse.ArgumentParser, "parse_known_args", parse_known_args),
         mock.patch.object(sys, "argv", argv),
+        mock.patch.object(sys, "path", [*path_entries, *sys.path]),
         contextlib.redirect_stdout(io.StringIO()),
         contextlib.redirect_stderr(err),
         warnings.catch_warnings(),
@@ -364,6 +368,8 @@ def parse_cli(run: Callable[[], object], argv: list[str]) -> str | None:
                 return None
             lines = err.getvalue().strip().splitlines()
             return f"its argument parser rejects the arguments: {lines[-1] if lines else exc.code}"
+        except Exception as exc:
+            return f"it fails before parsing its arguments: {type(exc).__name__}: {_first_line(exc)}"
     return "it ran without parsing its arguments with argparse"
 
 
@@ -427,7 +433,9 @@ class Checker:
             return self.check_hydra(config.group(1), args[1:])
         if "argparse" in script.read_text():
             problem = parse_cli(
-                lambda: runpy.run_path(str(script), run_name="__main__"), [str(script), *args[1:]]
+                lambda: runpy.run_path(str(script), run_name="__main__"),
+                [str(script), *args[1:]],
+                path_entries=(str(script.parent),),
             )
             return [problem] if problem else []
         return []
@@ -584,6 +592,8 @@ def _check_snippet(tmp_path: Path, body: str) -> list[str]:
         ("python -m svfseg.nope", "no module svfseg.nope"),
         ("python -m svfseg.weights fetch", "rejects the arguments"),
         ("make no-such-target", "no target 'no-such-target'"),
+        ("python benchmarks/bench_load.py --no-such-flag", "unrecognized arguments"),
+        ("python benchmarks/no_such_bench.py", "no script benchmarks/no_such_bench.py"),
         ("python train.py 'fold=0", "does not tokenise"),
         ("cd x && python train.py +experiment/table4=glob(*)", "unquoted ( )"),
     ],
@@ -603,6 +613,7 @@ def test_the_checker_accepts_working_commands(tmp_path: Path) -> None:
             "python train.py -m '+experiment/table4=glob(*)' fold=0,1,2,3 hydra/launcher=slurm_4gpu \\",
             "    hydra.launcher.partition=gpu ~tags",
             "time make demo   # a comment with $UNSET and <angles>",
+            "python benchmarks/bench_load.py --write docs/benchmarks.md && make bench-load",
             "python -m svfseg.tables outputs/eval --layout table11 --baseline 'baseline (1000 episodes)'",
         ]
     )
