@@ -548,7 +548,7 @@ def check_all(commands: list[Command]) -> list[str]:
         for cmd in commands:
             for problem in checker.check(cmd):
                 failures.append(f"{cmd.where}: {cmd.text}\n    -> {problem}")
-    return failures
+    return list(dict.fromkeys(failures))  # a loop's values often repeat one problem
 
 
 # --- tests ---------------------------------------------------------------------------------------------
