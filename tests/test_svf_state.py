@@ -64,7 +64,8 @@ def test_artifact_holds_only_trainable_tensors_and_restores_exactly() -> None:
     model = _converted(0)
     _tune(model)
     state = _roundtrip(svf_state_dict(model))
-    assert state["format"] == "svfseg.svf" and state["version"] == 1
+    assert state["format"] == "svfseg.svf" and state["version"] == 2
+    assert state["modules"] == {}  # nothing but SVF factors trains
     assert sorted(state["tensors"]) == ["0.s", "3.s", "5.s"]
     assert [state["tensors"][k].numel() for k in ("0.s", "3.s", "5.s")] == [8, 6, 5]
     assert sorted(state["layers"]) == ["0", "3", "5"]
@@ -131,8 +132,8 @@ def test_header_and_shape_errors() -> None:
     state = svf_state_dict(model)
     with pytest.raises(SVFStateError, match="not an SVF artifact: format='other'"):
         load_svf_state_dict(model, {**state, "format": "other"})
-    with pytest.raises(SVFStateError, match="version 2 is not supported"):
-        load_svf_state_dict(model, {**state, "version": 2})
+    with pytest.raises(SVFStateError, match="version 3 is not supported"):
+        load_svf_state_dict(model, {**state, "version": 3})
     bad = {**state, "tensors": {**state["tensors"], "3.s": torch.zeros(7)}}
     with pytest.raises(SVFStateError, match=r"'3\.s' has shape \(7,\), model expects \(6,\)"):
         load_svf_state_dict(model, bad)

@@ -178,7 +178,7 @@ def test_svf_checkpoint_loads_without_svd_and_best_svf_artifact_restores_it(
     synthetic_pascal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from svfseg.lightning.checkpointing import svf_artifact_path
-    from svfseg.svf import apply_svf, load_svf_state_dict, svf_layers
+    from svfseg.svf import apply_svf, load_svf_state_dict, mark_only_svf_trainable, svf_layers
 
     weights = _random_pretrained_file(tmp_path / "r50.pth", 0.125)
     _train(
@@ -209,6 +209,7 @@ def test_svf_checkpoint_loads_without_svd_and_best_svf_artifact_restores_it(
 
     fresh = build_backbone("resnet50", pretrained=str(weights), width_mult=0.125)
     apply_svf(fresh, include=["layer2.*", "layer3.*", "layer4.*"])
+    mark_only_svf_trainable(fresh)  # what finetune=svf trains: the artifact must hold every trainable tensor
     load_svf_state_dict(fresh, state)
     restored.model.backbone.eval(), fresh.eval()
     x = torch.randn(1, 3, 65, 65)

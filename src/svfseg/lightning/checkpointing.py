@@ -6,9 +6,12 @@ version counter turns the other's file into ``last-v1.ckpt``), a step saver must
 writes ``last.ckpt`` only in epochs where the best improved. So the ``best`` saver keeps
 ``save_last=False`` and :class:`LastCheckpoint` alone owns ``last.ckpt``.
 
-:class:`BestCheckpoint` is Lightning's ``ModelCheckpoint`` that also writes the few-KB SVF artifact
-(``svf_state_dict`` of the fine-tuned backbone) next to every checkpoint it saves, as adapter libraries
-ship their adapters: ``best.ckpt`` -> ``best.svf.pt``.
+:class:`BestCheckpoint` is Lightning's ``ModelCheckpoint`` that also writes the small adapter artifact
+(``adapter_state_dict`` of the fine-tuned backbone: every tensor the strategy trains, e.g. the singular
+values and the BN affine of ``svf_bn``) next to every checkpoint it saves, as adapter libraries ship
+their adapters: ``best.ckpt`` -> ``best.svf.pt``. When the trained tensors exceed half of the backbone's
+parameter count (``full``, or ``part`` over most of the backbone) no artifact is written and a warning
+says that the checkpoint is the complete record; a frozen backbone (``freeze``) writes none either.
 
 A resume from ``last.ckpt`` is exact mid-epoch: Lightning restores the loops, optimizer and lr schedule,
 :class:`~svfseg.data.datamodule.FewShotDataModule` restores the sampler position, and :class:`StepSeed`
@@ -19,6 +22,7 @@ history (which a restarted process does not share).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from torch import Tensor
 
 from svfseg.data.samplers import step_seed
 from svfseg.files import atomic_write
-from svfseg.svf import svf_layers, svf_state_dict
+from svfseg.svf import adapter_state_dict, adapter_tensors
 
 log = logging.getLogger(__name__)
 
@@ -128,19 +132,91 @@ def svf_artifact_path(checkpoint_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.svf.pt")
 
 
-def write_svf_artifact(pl_module: pl.LightningModule, checkpoint_path: str | Path) -> Path | None:
-    """Write ``svf_state_dict`` of the module's backbone next to ``checkpoint_path``; None without SVF.
+# An artifact over this fraction of the backbone's parameter count is no adapter: best.ckpt is the record.
+ARTIFACT_MAX_FRACTION = 0.5
 
-    The artifact holds the trained SVF tensors of ``model.backbone`` (BAM: the meta branch's backbone)
-    and the fingerprint of the weights they were converted from; restore it with
-    ``load_svf_state_dict(model.backbone, torch.load(path, weights_only=True))`` on a backbone converted
-    from the same pretrained file with the same options.
-    """
+
+def _backbone(pl_module: pl.LightningModule) -> torch.nn.Module | None:
     backbone = getattr(getattr(pl_module, "model", None), "backbone", None)
-    if not isinstance(backbone, torch.nn.Module) or next(svf_layers(backbone), None) is None:
+    return backbone if isinstance(backbone, torch.nn.Module) else None
+
+
+def artifact_skip_reason(
+    pl_module: pl.LightningModule,
+    checkpoint_path: str | Path,
+    max_fraction: float = ARTIFACT_MAX_FRACTION,
+) -> str | None:
+    """Why no adapter artifact is written for this module (the trained tensors are too large), or None.
+
+    The rule: the tensors the artifact would hold (``adapter_tensors`` of the backbone) may be at most
+    ``max_fraction`` of the backbone's parameter count; above it the artifact would be about as large
+    as the backbone itself and the checkpoint is the complete record.
+    """
+    backbone = _backbone(pl_module)
+    if backbone is None:
         return None
-    state = svf_state_dict(backbone)
-    return atomic_write(svf_artifact_path(checkpoint_path), lambda tmp: torch.save(state, tmp))
+    trained = sum(t.numel() for t in adapter_tensors(backbone).values())
+    total = sum(p.numel() for p in backbone.parameters())
+    if not trained or trained <= max_fraction * total:
+        return None
+    spec = getattr(pl_module, "finetune_spec", None) or {}
+    name = spec.get("name", "?") if isinstance(spec, Mapping) else "?"
+    checkpoint = Path(checkpoint_path)
+    return (
+        f"finetune={name} trains {trained:,} backbone tensor elements, {trained / total:.0%} of the "
+        f"backbone's {total:,} parameters (over the {max_fraction:.0%} limit of an adapter artifact): no "
+        f"{svf_artifact_path(checkpoint).name} is written; {checkpoint.name} is the complete record of "
+        "the fine-tune"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Config values as dict/list/scalars, so ``torch.load(weights_only=True)`` reads them."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        return value
+    return [_plain(v) for v in value]
+
+
+def write_svf_artifact(
+    pl_module: pl.LightningModule,
+    checkpoint_path: str | Path,
+    *,
+    max_fraction: float = ARTIFACT_MAX_FRACTION,
+    warn: bool = True,
+) -> Path | None:
+    """Write the adapter artifact of the module's backbone next to ``checkpoint_path``.
+
+    The artifact (``adapter_state_dict`` of ``model.backbone``; BAM: the meta branch's backbone) holds
+    every backbone tensor that trains (``requires_grad``): the SVF factors, the BN affine (with the BN
+    running statistics) and whole conv weights of ``part``, plus the fingerprints of the base weights,
+    and the strategy under ``finetune``. Restore it with ``load_adapter_state_dict(model.backbone,
+    torch.load(path, weights_only=True))`` after building the model from the same pretrained weights
+    and applying the same strategy.
+
+    Returns None, and writes nothing (an existing artifact at that path is removed), when nothing in the
+    backbone trains, or when the artifact would exceed ``max_fraction`` of the backbone (then, with
+    ``warn``, the warning of :func:`artifact_skip_reason` is logged).
+    """
+    backbone = _backbone(pl_module)
+    if backbone is None:
+        return None
+    path = svf_artifact_path(checkpoint_path)
+    if not adapter_tensors(backbone):
+        path.unlink(missing_ok=True)  # never leave an artifact of another run next to this checkpoint
+        return None
+    reason = artifact_skip_reason(pl_module, checkpoint_path, max_fraction)
+    if reason is not None:
+        path.unlink(missing_ok=True)  # nor one of an earlier save
+        if warn:
+            log.warning(reason)
+        return None
+    state = adapter_state_dict(backbone)
+    spec = getattr(pl_module, "finetune_spec", None)
+    if isinstance(spec, Mapping):
+        state["finetune"] = _plain(spec)  # which strategy to apply before restoring (informative)
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
@@ -162,14 +238,31 @@ def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
 
 
 class BestCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that writes the SVF artifact next to each checkpoint it saves (rank 0 only)."""
+    """``ModelCheckpoint`` that writes the adapter artifact next to each checkpoint it saves (rank 0 only).
+
+    ``artifact_max_fraction``: the artifact is skipped (with one warning per run) when it would hold more
+    than this fraction of the backbone's parameter count (see :func:`artifact_skip_reason`).
+    """
+
+    def __init__(
+        self, *args: Any, artifact_max_fraction: float = ARTIFACT_MAX_FRACTION, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(artifact_max_fraction, bool) or not 0 < artifact_max_fraction <= 1:
+            raise ValueError(f"artifact_max_fraction={artifact_max_fraction!r} must be a number in (0, 1]")
+        self.artifact_max_fraction = float(artifact_max_fraction)
+        self._skip_warned = False
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
-        if trainer.is_global_zero and trainer.lightning_module is not None:
-            written = write_svf_artifact(trainer.lightning_module, filepath)
+        module = trainer.lightning_module
+        if trainer.is_global_zero and module is not None:
+            fraction = self.artifact_max_fraction
+            skipped = artifact_skip_reason(module, filepath, fraction) is not None
+            written = write_svf_artifact(module, filepath, max_fraction=fraction, warn=not self._skip_warned)
+            self._skip_warned = self._skip_warned or skipped
             if written is not None:
-                log.debug("wrote the SVF artifact %s", written)
+                log.debug("wrote the adapter artifact %s", written)
 
     def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)
@@ -200,9 +293,11 @@ class StepSeed(pl.Callback):
 
 
 __all__ = [
+    "ARTIFACT_MAX_FRACTION",
     "BestCheckpoint",
     "LastCheckpoint",
     "StepSeed",
+    "artifact_skip_reason",
     "first_non_finite",
     "load_checkpoint_dict",
     "svf_artifact_path",

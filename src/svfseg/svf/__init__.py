@@ -10,7 +10,9 @@ by default only the singular values ``s`` train. Usage on any model::
     torch.save(svf_state_dict(model), "svf.pt"); merge_svf(model)     # few-KB artifact; plain convs back
 
 ``load_svf_state_dict(model, torch.load("svf.pt", weights_only=True))`` restores the artifact on a model
-converted from the same pretrained weights and refuses any other (:class:`SVFStateError`).
+converted from the same pretrained weights, with the same tensors trainable, and refuses any other
+(:class:`SVFStateError`). The artifact holds every tensor with ``requires_grad`` (e.g. BN affine trained
+next to the singular values); ``adapter_state_dict`` writes one for a model without SVF layers too.
 """
 
 from svfseg.svf.convert import (
@@ -24,7 +26,15 @@ from svfseg.svf.convert import (
 from svfseg.svf.errors import SVFSelectionError, SVFStateError
 from svfseg.svf.layers import SVFConv2d, SVFLayer, SVFLinear
 from svfseg.svf.options import EXECUTIONS, PARAMETRIZATIONS, SUBSPACES, SVD_DTYPES, SVFOptions
-from svfseg.svf.state import base_fingerprint, load_svf_state_dict, svf_state_dict
+from svfseg.svf.state import (
+    adapter_state_dict,
+    adapter_tensors,
+    base_fingerprint,
+    frozen_fingerprint,
+    load_adapter_state_dict,
+    load_svf_state_dict,
+    svf_state_dict,
+)
 from svfseg.svf.summary import SVFStageRow, SVFSummary, svf_summary
 
 __all__ = [
@@ -40,9 +50,13 @@ __all__ = [
     "SVFStageRow",
     "SVFStateError",
     "SVFSummary",
+    "adapter_state_dict",
+    "adapter_tensors",
     "apply_svf",
     "base_fingerprint",
     "disable_svf",
+    "frozen_fingerprint",
+    "load_adapter_state_dict",
     "load_svf_state_dict",
     "mark_only_svf_trainable",
     "merge_svf",
