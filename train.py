@@ -8,10 +8,16 @@ python train.py -m hydra/launcher=slurm_4gpu trainer=ddp experiment=table1/resne
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from svfseg.run_dir import register_resolvers
+
+register_resolvers()  # ${svfseg_run_hash:} in the run directory (conf/hydra/default.yaml)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -27,6 +33,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg, multirun=multirun)
     except ConfigError as err:  # every problem of the config, one line each, no traceback; exit status 2
+        from svfseg.run_dir import remove_if_empty
+
+        remove_if_empty(Path(hydra_cfg.runtime.output_dir), stop=Path.cwd())  # Hydra made it; nothing in it
         report_config_problems(err, "train.py")
     value = metrics.get(str(cfg.optimized_metric).split("/")[-1]) if metrics else None
     return None if value is None else float(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import json
 import re
@@ -103,11 +104,12 @@ def test_debug_presets_get_their_own_run_directory_and_base_learner_file() -> No
     args = ["train.py", "dataset=synthetic", "method=bam"]
     real = run_cli([*args, "--cfg", "all", "--resolve"], REPO).stdout
     tiny = run_cli([*args, "debug=tiny", "--cfg", "all", "--resolve"], REPO).stdout
-    assert "fold0-1shot-seed321\n" in real and "fold0-1shot-seed321-tiny\n" in tiny
+    assert re.search(r"fold0-1shot-seed321-[0-9a-f]{8}\n", real)
+    assert re.search(r"fold0-1shot-seed321-[0-9a-f]{8}-tiny\n", tiny)
     assert "base_learner/synthetic/fold0/resnet50/pspnet.pt" in real
     assert "base_learner/synthetic/fold0/resnet50-tiny/pspnet.pt" in tiny
     stage1 = run_cli([*args, "stage=base", "--cfg", "all", "--resolve"], REPO).stdout
-    assert "bam-resnet50-svf/fold0-1shot-seed321-stage1\n" in stage1  # BAM's stage 1: its own folder
+    assert re.search(r"bam-resnet50-svf/fold0-1shot-seed321-[0-9a-f]{8}-stage1\n", stage1)  # its own folder
 
 
 def test_a_submitit_local_sweep_runs_each_job_and_writes_its_metrics(
@@ -132,10 +134,10 @@ def test_a_submitit_local_sweep_runs_each_job_and_writes_its_metrics(
         timeout=300,
     )
     records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
-    assert sorted(records) == [
-        "0-baseline-resnet50-svf-fold0-1shot-tiny",
-        "1-baseline-resnet50-svf-fold1-1shot-tiny",
-    ]
+    names = sorted(records)
+    assert len(names) == 2
+    assert re.fullmatch(r"0-baseline-resnet50-svf-fold0-1shot-[0-9a-f]{8}-tiny", names[0]), names
+    assert re.fullmatch(r"1-baseline-resnet50-svf-fold1-1shot-[0-9a-f]{8}-tiny", names[1]), names
     assert [r["fold"] for _, r in sorted(records.items())] == [0, 1]
 
 
@@ -221,10 +223,11 @@ def test_under_slurm_lightning_takes_the_tasks_as_ranks_instead_of_relaunching(
 def test_the_notebook_default_checkpoint_is_where_the_default_train_run_writes_it() -> None:
     notebook = json.loads((REPO / "notebooks" / "svf_analysis.ipynb").read_text())
     source = "".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code")
-    default = re.search(r'os\.environ\.get\("SVFSEG_CKPT", "([^"]+)"\)', source).group(1)
+    default = re.search(r'DEFAULT_CKPT = "([^"]+)"', source).group(1)
     resolved = run_cli(["train.py", "--cfg", "all", "--resolve"], REPO).stdout
     run_dir = re.search(r"^\s+dir: \./(outputs/train/\S+)$", resolved, re.M).group(1)
-    assert default == f"{run_dir}/checkpoints/best.ckpt"
+    assert fnmatch.fnmatchcase(f"{run_dir}/checkpoints/best.ckpt", default), (default, run_dir)
+    assert re.fullmatch(r".*/fold0-1shot-seed321-[0-9a-f]{8}", run_dir)
 
 
 def test_packaging_extras_license_and_ignored_folders() -> None:

@@ -54,6 +54,31 @@ class SparseMetricsProgressBar(RichProgressBar):
         return {**metrics, **self._shown}
 
 
+class EpochClock:
+    """When this process started the current epoch's batches, and at which batch index.
+
+    A run resumed in the middle of an epoch starts at a later batch, and Lightning does not call
+    ``on_train_epoch_start`` for the restored epoch: rates are measured over the batches this process
+    ran, from its first one, so the time per batch and the time left stay right after a resume.
+    """
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+        self.start = 0.0
+        self.first_batch = 0
+
+    def reset(self) -> None:
+        self.epoch = None
+
+    def tick(self, epoch: int, batch_idx: int) -> None:
+        """Call at the start of every training batch."""
+        if epoch != self.epoch:
+            self.epoch, self.start, self.first_batch = epoch, time.perf_counter(), batch_idx
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start if self.epoch is not None else 0.0
+
+
 class LineProgress(ProgressBar):
     """Progress as log lines: every ``every_n_steps`` training batches and at the end of an epoch.
 
@@ -68,7 +93,7 @@ class LineProgress(ProgressBar):
         self.every_n_steps = int(every_n_steps)
         self.show = tuple(show)
         self._enabled = True
-        self._start = 0.0
+        self._clock = EpochClock()
 
     def disable(self) -> None:
         self._enabled = False
@@ -77,7 +102,12 @@ class LineProgress(ProgressBar):
         self._enabled = True
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._clock.reset()
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._clock.tick(trainer.current_epoch, batch_idx)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -88,8 +118,7 @@ class LineProgress(ProgressBar):
             return
         if done % self.every_n_steps and done != total:
             return
-        elapsed = time.perf_counter() - self._start
-        per = elapsed / done
+        per = self._clock.elapsed() / max(done - self._clock.first_batch, 1)
         left = per * (total - done) if isinstance(total, int) else float("nan")
         logged = trainer.callback_metrics
         values = "".join(f", {k} {float(logged[k]):.4f}" for k in self.show if k in logged)

@@ -22,6 +22,7 @@ from svfseg.config_checks import (
 from svfseg.data.datamodule import FewShotDataModule
 from svfseg.finetune import STRATEGIES
 from svfseg.lightning.callbacks import FinetuneCallback
+from svfseg.lightning.csv_log import TrimLogsOnResume
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.lightning.wandb_logging import build_wandb_logger
 from svfseg.run_spec import RunSpec
@@ -91,6 +92,8 @@ def build_callbacks(
     """
     finetune = dict(spec.finetune) if spec is not None else dict(plain(cfg.finetune))
     callbacks: list[pl.Callback] = [FinetuneCallback(**finetune, restoring=restoring)]
+    if restoring:  # the CSV log keeps the interrupted run's rows up to the checkpoint
+        callbacks.append(TrimLogsOnResume())
     for node in (cfg.get("callbacks") or {}).values():
         if node is not None and "_target_" in node:
             callbacks.append(hydra.utils.instantiate(node))

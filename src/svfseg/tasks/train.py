@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,18 @@ from svfseg.config_checks import ConfigError, check_train_config
 from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.wandb_logging import redact_secrets
 from svfseg.precision import apply_matmul_precision
+from svfseg.run_dir import (
+    RunDirError,
+    check_ownership,
+    config_hash,
+    describe_changes,
+    differing_keys,
+    hashed_config,
+    is_global_rank_zero,
+    run_lock,
+    save_hydra_record,
+    write_record,
+)
 from svfseg.run_spec import RunMismatchError, RunSpec, check_identity
 from svfseg.tasks.base_stage import train_base_learner
 from svfseg.tasks.builders import (
@@ -53,6 +66,7 @@ def check_resume_checkpoint(cfg: DictConfig, spec: RunSpec) -> str | None:
     if path is None:
         return None
     meta = load_checkpoint_dict(Path(path))["svfseg"]
+    _check_resume_changes(cfg, meta.get("config"), path)
     try:
         check_identity(
             meta.get("identity") or {},
@@ -79,13 +93,58 @@ def check_resume_checkpoint(cfg: DictConfig, spec: RunSpec) -> str | None:
     return path
 
 
+def _check_resume_changes(cfg: DictConfig, saved: dict[str, Any] | None, path: str) -> None:
+    """A resume that would change the optimisation is refused unless ``resume_changes`` names the keys."""
+    if saved is None:
+        return
+    allowed = [str(k) for k in cfg.get("resume_changes") or []]
+    old, new = hashed_config(saved), hashed_config(cfg)
+    keys = [k for k in differing_keys(old, new) if not any(k == a or k.startswith(f"{a}.") for a in allowed)]
+    if keys:
+        raise ConfigError(
+            f"ckpt_path={path} was trained with other settings: {describe_changes(old, new, keys)}. A resume "
+            f"continues the same optimisation; to change these on purpose name them, e.g. "
+            f"resume_changes=[{','.join(keys)}] (README, 'Resuming and failures', says what a changed "
+            "dataset.epochs does to the schedule), or start a new run with ckpt_path=null"
+        )
+
+
+def _is_resume(cfg: DictConfig, ckpt_path: str | None) -> bool:
+    """The command continues the run that owns its output folder."""
+    if ckpt_path is None:
+        return False
+    return Path(ckpt_path).resolve().is_relative_to(output_dir(cfg).resolve())
+
+
 def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
-    """Run one training job; returns the final test metrics (what a sweeper optimises)."""
+    """Run one training job; returns the final test metrics (what a sweeper optimises).
+
+    The first process checks that the run directory is free for this run (svfseg.run_dir), holds its
+    lock while it trains, and only then writes the ownership record and ``.hydra/``.
+    """
     spec = check_train_config(cfg, multirun=multirun)
+    ckpt_path = check_resume_checkpoint(cfg, spec) if cfg.stage != "base" else None
+    out = output_dir(cfg)
+    owner = is_global_rank_zero()
+    try:
+        if owner:
+            allowed = [str(k) for k in cfg.get("resume_changes") or []]
+            check_ownership(out, cfg, resuming=_is_resume(cfg, ckpt_path), allowed=allowed)
+        lock = run_lock(out) if owner else nullcontext()
+        with lock:
+            if owner:
+                write_record(out, cfg)
+                save_hydra_record(out, cfg)
+                log.info("run directory %s (config hash %s)", out, config_hash(cfg))
+            return _train(cfg, spec, ckpt_path)
+    except RunDirError as err:
+        raise ConfigError(str(err)) from err
+
+
+def _train(cfg: DictConfig, spec: RunSpec, ckpt_path: str | None) -> dict[str, Any]:
     apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
     if cfg.stage == "base":
         return train_base_learner(cfg, spec)
-    ckpt_path = check_resume_checkpoint(cfg, spec)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, spec)
     module = build_module(cfg, spec)
