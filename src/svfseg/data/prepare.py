@@ -45,6 +45,7 @@ import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from svfseg.data import folder_layout
 from svfseg.data.io import DataFileError, check_label_values
 from svfseg.data.label_index import default_workers
 from svfseg.data.layouts import PASCAL_SOURCE_RESOURCES, get_layout, read_source_file
@@ -366,11 +367,16 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--workers", type=int)
         s.add_argument("--skip-existing", action="store_true", help="keep labels already written (resume)")
         s.add_argument("--no-progress", action="store_true")
+    folder_layout.add_arguments(
+        sub.add_parser("folder", help="check a dataset folder in the own-dataset layout (docs/own-dataset.md)")
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.dataset == "folder":
+        return folder_layout.run(args)
     common = {
         "link": args.link,
         "workers": args.workers,
