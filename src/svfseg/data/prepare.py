@@ -45,7 +45,7 @@ import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from svfseg.data import folder_layout
+from svfseg.data import ccp, folder_layout
 from svfseg.data.io import DataFileError, check_label_values
 from svfseg.data.label_index import default_workers
 from svfseg.data.layouts import PASCAL_SOURCE_RESOURCES, get_layout, read_source_file
@@ -370,6 +370,7 @@ def _parser() -> argparse.ArgumentParser:
     folder_layout.add_arguments(
         sub.add_parser("folder", help="check a dataset folder in the own-dataset layout (docs/own-dataset.md)")
     )
+    ccp.add_arguments(sub.add_parser("ccp", help="Clothing Co-Parsing -> the own-dataset folder layout"))
     return p
 
 
@@ -377,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.dataset == "folder":
         return folder_layout.run(args)
+    if args.dataset == "ccp":
+        return ccp.run(args)
     common = {
         "link": args.link,
         "workers": args.workers,
