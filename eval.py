@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on fixed episodes and write metrics.json in the run directory. Examples:
 
 python eval.py ckpt_path=outputs/train/.../checkpoints/best.ckpt
+python eval.py ckpt_path=outputs/train/<run dir>        # its checkpoints/best.ckpt (else last.ckpt)
 python eval.py ckpt_path=... n_episodes=5000 seeds=[321,510,365,382,988]
 python eval.py ckpt_path=... trainer.accelerator=cpu trainer.devices=2 trainer.strategy=ddp
 """
@@ -13,9 +14,13 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
+    from svfseg.config_checks import ConfigError, report_config_problems
     from svfseg.tasks.evaluate import evaluate
 
-    return float(evaluate(cfg)["miou"])
+    try:
+        return float(evaluate(cfg)["miou"])
+    except ConfigError as err:  # every start-up problem, one line each, no traceback; exit status 2
+        report_config_problems(err, "eval.py")
 
 
 if __name__ == "__main__":

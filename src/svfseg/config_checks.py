@@ -183,6 +183,7 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
         ),
         lambda: _check_bam(cfg, spec, stage),
         lambda: _check_ckpt(cfg),
+        lambda: check_episodes(cfg.dataset, "dataset.eval_seeds", "dataset.n_episodes"),
         lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"),
     ]
     for check in checks:
@@ -191,6 +192,52 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
     assert spec is not None
     return spec
+
+
+def eval_seeds(value: Any, key: str) -> list[int]:
+    """``value`` as a non-empty list of distinct integer seeds >= 0 (one int counts as a list of one)."""
+    example = f"e.g. {key}=[321,510] (or one seed: {key}=321)"
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not (isinstance(value, (list, tuple)) or OmegaConf.is_list(value)):
+        raise ConfigError(f"{key}={value!r} is invalid: give a list of integer seeds, {example}")
+    seeds = list(value)
+    if not seeds:
+        raise ConfigError(f"{key}=[] is invalid: give at least one evaluation seed, {example}")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise ConfigError(
+            f"{key}={seeds!r} is invalid: {bad!r} {'is not an integer' if len(bad) == 1 else 'are not integers'}"
+            f" >= 0; give integer seeds, {example}"
+        )
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        unique = list(dict.fromkeys(seeds))
+        raise ConfigError(
+            f"{key}={seeds!r} repeats {repeated}: each seed is one episode table, so a repeat would count the "
+            f"same episodes twice in the mean and std; use {key}=[{','.join(map(str, unique))}]"
+        )
+    return [int(s) for s in seeds]
+
+
+def positive_count(value: Any, key: str, what: str) -> int:
+    """``value`` as an integer >= 1, or a ConfigError naming ``key`` and what it counts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r} is invalid: {what} is an integer >= 1")
+    return int(value)
+
+
+def check_episodes(dataset: DictConfig, seeds_key: str, episodes_key: str) -> None:
+    """The evaluation seeds (non-empty, distinct integers) and episode count (>= 1) of a dataset config."""
+    problems: list[str] = []
+    if "eval_seeds" in dataset:
+        _collect(problems, lambda: eval_seeds(dataset.eval_seeds, seeds_key))
+    if "n_episodes" in dataset:
+        _collect(
+            problems, lambda: positive_count(dataset.n_episodes, episodes_key, "the episode count per seed")
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def per_process_batch(total: Any, world: int, key: str) -> int:
