@@ -6,6 +6,7 @@ for p in predictor.predict(supports, expand_queries("photos/")):
     print(p.path, p.mask.shape, p.foreground_fraction)      # mask at the query's original size
 """
 
+from svfseg.inference.checkpoints import resolve_checkpoint
 from svfseg.inference.inputs import (
     PredictInputError,
     Support,
@@ -15,7 +16,7 @@ from svfseg.inference.inputs import (
     read_supports,
 )
 from svfseg.inference.outputs import PredictionWriter, overlay
-from svfseg.inference.predictor import Prediction, Predictor, resolve_checkpoint
+from svfseg.inference.predictor import Prediction, Predictor
 
 __all__ = [
     "PredictInputError",

@@ -2,7 +2,8 @@
 
 Preprocessing is evaluation's own (``EvalTransform``: long side to the run's eval size, pasted on a
 square canvas, ImageNet normalisation) and so is the way back to the original size
-(``mask_at_original_size``), so a prediction equals what evaluation computes for the same episode.
+(``mask_at_original_size``; for large queries ``binary_mask_at_original_size``, the same mask computed in
+bands of rows), so a prediction equals what evaluation computes for the same episode.
 """
 
 from __future__ import annotations
@@ -18,32 +19,17 @@ import torch
 from torch import Tensor
 
 from svfseg.data.transforms import EvalTransform
+from svfseg.inference.checkpoints import resolve_checkpoint
 from svfseg.inference.inputs import PredictInputError, Support, read_query
 from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.module import FewShotSegModule
-from svfseg.metrics.original_size import mask_at_original_size
+from svfseg.metrics.original_size import binary_mask_at_original_size
 from svfseg.svf import merge_svf
 
 log = logging.getLogger(__name__)
 
 # Methods whose k-shot path is learned for exactly the training shot (BAM's shot reweighting).
 FIXED_SHOT_METHODS = frozenset({"bam"})
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory's ``checkpoints/best.ckpt`` (then ``last.ckpt``)."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (p / "checkpoints" / name).is_file():
-                return p / "checkpoints" / name
-        raise FileNotFoundError(
-            f"run directory {p} has no checkpoints/best.ckpt or checkpoints/last.ckpt; pass a checkpoint "
-            "file, or the output folder of a train.py run"
-        )
-    if not p.is_file():
-        raise FileNotFoundError(f"ckpt_path={p} does not exist (a checkpoint file or a run directory)")
-    return p
 
 
 def pick_device(name: str) -> torch.device:
@@ -165,8 +151,8 @@ class Predictor:
             )
             scores = self.logits(canvases, support_img, support_mask)
             for path, image, score in zip(paths, images, scores, strict=True):
-                mask = mask_at_original_size(score, image.shape[0], image.shape[1])
-                yield Prediction(path, image, mask.to(torch.uint8).cpu().numpy())
+                mask = binary_mask_at_original_size(score, image.shape[0], image.shape[1])
+                yield Prediction(path, image, mask)
 
     def describe(self) -> dict[str, Any]:
         """The run identity and settings a predictions record carries."""

@@ -17,7 +17,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import RichProgressBar
 
-from svfseg.config_checks import check_writable_dir
+from svfseg.config_checks import (
+    ConfigError,
+    _check_precision,
+    _collect,
+    check_writable_dir,
+    eval_seeds,
+    positive_count,
+)
+from svfseg.inference.checkpoints import resolve_checkpoint
 from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.precision import apply_matmul_precision
@@ -59,7 +67,7 @@ def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> D
     if cfg.get("n_episodes") is not None:
         run.dataset.n_episodes = int(cfg.n_episodes)
     if cfg.get("seeds") is not None:
-        run.dataset.eval_seeds = [int(s) for s in cfg.seeds]
+        run.dataset.eval_seeds = eval_seeds(cfg.seeds, "seeds")
     if cfg.get("eval_batch_size") is not None:
         run.dataset.eval_batch_size = int(cfg.eval_batch_size)
     run.dataset.num_workers = int(cfg.get("num_workers", run.dataset.num_workers))
@@ -70,12 +78,48 @@ def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> D
     return run
 
 
+def _open_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
+    if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
+        raise ConfigError(
+            "ckpt_path is not set: pass a checkpoint file or a train.py run directory, e.g. "
+            "python eval.py ckpt_path=outputs/train/.../checkpoints/best.ckpt"
+        )
+    try:
+        ckpt = resolve_checkpoint(cfg.ckpt_path)
+        return ckpt, load_checkpoint_dict(ckpt)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+
+
+def check_eval_config(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
+    """Every start-up check of eval.py, before anything is built or written: (checkpoint file, its content).
+
+    All problems are raised together as one :class:`ConfigError`, one line each (eval.py prints them and
+    exits with status 2, as train.py does).
+    """
+    problems: list[str] = []
+    opened = _collect(problems, lambda: _open_checkpoint(cfg))
+    if cfg.get("seeds") is not None:
+        _collect(problems, lambda: eval_seeds(cfg.seeds, "seeds"))
+    if cfg.get("n_episodes") is not None:
+        _collect(problems, lambda: positive_count(cfg.n_episodes, "n_episodes", "the episode count per seed"))
+    if cfg.get("eval_batch_size") is not None:
+        what = "the evaluation batch (episodes per forward pass)"
+        _collect(problems, lambda: positive_count(cfg.eval_batch_size, "eval_batch_size", what))
+    _collect(problems, lambda: _check_precision(cfg))
+    _collect(problems, lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"))
+    if problems:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))
+    return opened
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path`` on every seed's fixed episodes; rank 0 writes ``metrics.json``."""
-    ckpt = Path(str(cfg.ckpt_path))
-    check_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+    """Evaluate ``cfg.ckpt_path`` on every seed's fixed episodes; rank 0 writes ``metrics.json``.
+
+    ``ckpt_path`` may be a checkpoint file or a train.py run directory (:func:`resolve_checkpoint`).
+    """
+    ckpt, checkpoint = check_eval_config(cfg)
     apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
-    checkpoint = load_checkpoint_dict(ckpt)
     run = run_config_from_checkpoint(checkpoint, cfg)
     del checkpoint
     module = FewShotSegModule.load_from_checkpoint(
