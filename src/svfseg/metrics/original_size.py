@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +27,45 @@ def mask_at_original_size(logits: Tensor, height: int, width: int) -> Tensor:
     side = max(height, width)
     up = F.interpolate(logits[None].float(), size=(side, side), mode="bilinear", align_corners=True)
     return up[0].argmax(dim=0)[:height, :width]
+
+
+# Above this many pixels (L x L), binary_mask_at_original_size works in bands of rows instead of holding
+# the L x L float scores and their int64 argmax (a 10000 x 10000 query: 0.8 GB + 0.8 GB).
+FULL_RESOLUTION_PIXELS = 2048 * 2048
+ROWS_PER_BAND = 256
+
+
+def binary_mask_at_original_size(
+    logits: Tensor, height: int, width: int, *, rows_per_band: int | None = None
+) -> np.ndarray:
+    """(H, W) uint8 mask (1 = foreground) of :func:`mask_at_original_size`, without full-size float buffers.
+
+    Up to ``FULL_RESOLUTION_PIXELS`` it is that function itself. Above (or with ``rows_per_band`` given),
+    bilinear upsampling is done as PyTorch's CPU kernel does it, separably: the width pass by
+    ``F.interpolate`` (the height weights are then 1 and 0, so it is exact), then the height pass for
+    ``rows_per_band`` output rows at a time with the kernel's weights and its order of operations
+    (``w0 * row0 + (w1 * row1)``, fused). Only a (2, h, W) buffer and one band exist at a time; the
+    mask equals the full computation (tests/test_reliability_inputs.py checks it).
+    """
+    side = max(height, width)
+    if rows_per_band is None and side * side <= FULL_RESOLUTION_PIXELS:
+        return mask_at_original_size(logits, height, width).to(torch.uint8).cpu().numpy()
+    rows = max(1, int(rows_per_band or ROWS_PER_BAND))
+    scores = logits.detach().float().cpu()
+    h = scores.shape[1]
+    across = F.interpolate(scores[None], size=(h, side), mode="bilinear", align_corners=True)[0, :, :, :width]
+    scale = torch.tensor(h - 1, dtype=torch.float32) / (side - 1) if side > 1 else torch.tensor(0.0)
+    out = np.empty((height, width), np.uint8)
+    for top in range(0, height, rows):
+        src = scale * torch.arange(top, min(height, top + rows), dtype=torch.float32)
+        i0 = src.to(torch.int64)
+        w1 = src - i0.to(torch.float32)
+        w0 = 1 - w1
+        i1 = torch.clamp(i0 + 1, max=h - 1)
+        far = (w1[None, :, None] * across[:, i1]).double()
+        band = (w0.double()[None, :, None] * across[:, i0].double() + far).float()
+        out[top : top + len(src)] = (band[1] > band[0]).numpy()  # argmax: a tie is background
+    return out
 
 
 def predict_at_original_size(
