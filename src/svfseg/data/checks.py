@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,31 @@ def check_source_lists(value: Mapping[str, Any] | None) -> dict[str, str]:
     return {k: str(v) for k, v in value.items() if v is not None}
 
 
+def missing_root_message(subject: str, path: Path, hint: str) -> str:
+    """Why dataset root ``path`` is not a folder, with a fix that can work.
+
+    When a file sits where a folder of the path should be (``SVFSEG_DATA`` set to a file, say), no command
+    can create the root there: the message names that file, and ``SVFSEG_DATA`` when it points to it.
+    """
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is None:
+        return f"{subject} does not exist; create it with: {hint}"
+    env = os.environ.get("SVFSEG_DATA")
+    if env and Path(env).expanduser().absolute() == blocker.absolute():
+        return (
+            f"{subject} cannot exist: SVFSEG_DATA={env} points to a file, but it must name a folder (the "
+            "folder that holds the datasets, e.g. export SVFSEG_DATA=/datasets); set it to a folder or unset "
+            "it (default: ./data)"
+        )
+    return (
+        f"{subject} cannot exist: {blocker} is a file, not a folder; set dataset.root (or paths.data_dir "
+        "/ SVFSEG_DATA) to a folder"
+    )
+
+
 def check_root(dataset: str, root: str | Path) -> Path:
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"dataset root {path} (dataset={dataset}) does not exist; create it with: "
-            f"{get_layout(dataset).hint(path)}"
-        )
+        subject = f"dataset root {path} (dataset={dataset})"
+        raise FileNotFoundError(missing_root_message(subject, path, get_layout(dataset).hint(path)))
     return path

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from svfseg.data.checks import missing_root_message
 from svfseg.data.fold import FoldSpec
 from svfseg.data.label_index import scan_counts, stat_labels
 from svfseg.data.layouts import Layout, Pair, check_split, default_source, get_layout, read_source_file
@@ -112,7 +113,7 @@ def pool_classes(layout: Layout, fold: int, split: str, coco_split: str) -> tupl
 def _check_root(layout: Layout, root: str | Path) -> Path:
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"dataset root {path} does not exist; prepare it with: {layout.hint(path)}")
+        raise FileNotFoundError(missing_root_message(f"dataset root {path}", path, layout.hint(path)))
     return path.resolve()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svfseg.data.io import DataFileError, decode_label, read_image
+from svfseg.data.io import DataFileError, decode_label, read_image, turned_by_exif
 from svfseg.labels import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -40,6 +40,34 @@ def _read_image(path: Path, role: str) -> np.ndarray:
         return read_image(path)
     except DataFileError as err:
         raise PredictInputError(f"{role} image {path} cannot be read: {err}") from err
+
+
+def check_support_class(value: object) -> int | None:
+    """``support_class`` as a class id in 1..254, or None (non-zero pixels are the foreground).
+
+    0 is the background and 255 (``IGNORE_INDEX``) the ignore band of object borders: taking either as the
+    class would make the background or the "don't care" band the object to segment.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PredictInputError(
+            f"support_class={value!r} is invalid: give the integer class id of the object in the class-id "
+            "masks (1..254), or null when non-zero mask pixels are the foreground"
+        )
+    if value == IGNORE_INDEX:
+        raise PredictInputError(
+            f"support_class={value} is the ignore label ({IGNORE_INDEX}: object borders, not a class); it would "
+            "make the ignore band the foreground. Give the class id of the object (1..254), or null for "
+            "0/1 or 0/255 masks"
+        )
+    if not 1 <= value < IGNORE_INDEX:
+        what = "the background" if value == 0 else "outside the class ids"
+        raise PredictInputError(
+            f"support_class={value} is {what}: give the class id of the object in the class-id masks "
+            f"(1..{IGNORE_INDEX - 1}), or null for 0/1 or 0/255 masks"
+        )
+    return value
 
 
 def episode_mask(label: np.ndarray, support_class: int | None, path: Path) -> np.ndarray:
@@ -69,6 +97,7 @@ def read_supports(
     images: Sequence[str | Path], masks: Sequence[str | Path], support_class: int | None = None
 ) -> list[Support]:
     """Supports from paired image and mask files (same order), each checked (existence, decoding, size)."""
+    support_class = check_support_class(support_class)
     images, masks = [Path(p) for p in images], [Path(p) for p in masks]
     if not images:
         raise PredictInputError(
@@ -95,9 +124,15 @@ def read_supports(
         except DataFileError as err:
             raise PredictInputError(f"support mask {mask_path} cannot be read: {err}") from err
         if label.shape != image.shape[:2]:
+            exif = (
+                " (the image carries an EXIF Orientation tag and is used as displayed, turned by 90 degrees; "
+                "the mask matches the stored pixels: draw it on the upright image, or turn it the same way)"
+                if label.shape == image.shape[1::-1] and turned_by_exif(image_path)
+                else ""
+            )
             raise PredictInputError(
                 f"support mask {mask_path} is {label.shape[1]}x{label.shape[0]} (WxH) but its image "
-                f"{image_path} is {image.shape[1]}x{image.shape[0]}; a mask must match its image's size"
+                f"{image_path} is {image.shape[1]}x{image.shape[0]}{exif}; a mask must match its image's size"
             )
         supports.append(Support(image, episode_mask(label, support_class, mask_path), image_path, mask_path))
     return supports

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from svfseg.config_checks import check_writable_dir
 from svfseg.data.progress import progress_bar
 from svfseg.inference import PredictionWriter, Predictor, check_queries, expand_queries, read_supports
+from svfseg.inference.inputs import check_support_class
 from svfseg.precision import apply_matmul_precision
 from svfseg.tasks.builders import plain
 
@@ -31,10 +32,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     out = Path(str(cfg.paths.output_dir))
     check_writable_dir(out, "paths.output_dir")
     apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
-    support_class = cfg.get("support_class")
-    supports = read_supports(
-        _paths(cfg.support), _paths(cfg.support_masks), None if support_class is None else int(support_class)
-    )
+    support_class = check_support_class(cfg.get("support_class"))
+    supports = read_supports(_paths(cfg.support), _paths(cfg.support_masks), support_class)
     queries = expand_queries(_paths(cfg.query))
     check_queries(queries)
     predictor = Predictor.from_checkpoint(
