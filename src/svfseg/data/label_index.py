@@ -50,8 +50,7 @@ def _count_pair(task: tuple[str, str, str, int, str]) -> tuple[str, dict[int, in
     image_shape = data_io.image_size(Path(root) / image, hint=hint)
     if image_shape != shape:
         raise data_io.DataFileError(
-            f"image {Path(root) / image} is {image_shape[1]}x{image_shape[0]} (WxH) but label "
-            f"{Path(root) / label} is {shape[1]}x{shape[0]}; the pair does not belong together"
+            data_io.pair_size_message(Path(root) / image, image_shape, Path(root) / label, shape)
         )
     return label, {c: int(counts[c]) for c in range(1, num_classes + 1) if counts[c]}
 
