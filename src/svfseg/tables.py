@@ -214,6 +214,31 @@ class Table:
             writer.writerows(self.records())
 
 
+def usable_runs(runs: list[RunResult], metric: str) -> list[RunResult]:
+    """Runs that can fill a cell; each excluded one is reported on stderr, naming its file and why.
+
+    A NaN (or infinite) ``metric`` has no place in a mean, and a fold outside the table's columns
+    (``FOLDS``) has no cell; both are left out of the cells and of the header's run count.
+    """
+    keep = []
+    for run in runs:
+        value = run.metrics.get(metric)
+        if value is None or not math.isfinite(value):
+            print(
+                f"excluded: {run.path}: {metric}={value} is not a number (a diverged or empty evaluation); "
+                "re-evaluate the checkpoint with eval.py, or move the file out of the sweep folder",
+                file=sys.stderr,
+            )
+        elif run.fold not in FOLDS:
+            print(
+                f"excluded: {run.path}: fold={run.fold} is outside the table's folds {list(FOLDS)}",
+                file=sys.stderr,
+            )
+        else:
+            keep.append(run)
+    return keep
+
+
 def build_table(
     runs: list[RunResult], *, metric: str = "miou", layout: str | None = None, baseline: str | None = None
 ) -> Table:
@@ -222,6 +247,9 @@ def build_table(
         runs = [r for r in runs if r.table == layout]
         if not runs:
             raise ValueError(f"no run of layout {layout!r}: set `table: {layout}` in the experiment files")
+    runs = usable_runs(runs, metric)
+    if not runs:
+        raise ValueError("no run left to tabulate: every metrics.json was excluded (see the lines above)")
     runs, notes = latest_evaluations(runs)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
