@@ -46,6 +46,7 @@ from svfseg.analysis.curves import TRAIN_KEY, VAL_KEY, find_metrics_csv, read_me
 from svfseg.analysis.export import save_png
 from svfseg.data.io import read_label
 from svfseg.data.synthetic import LAYOUT_CLASSES, make_synthetic
+from svfseg.files import atomic_write_text
 from svfseg.labels import IGNORE_INDEX
 from svfseg.pretrain.proxy import ProxySpec, build_proxy_weights
 from svfseg.tasks.train import train
@@ -208,7 +209,7 @@ def run_demo(
     console.print("[bold]4/4[/] plots")
     comparison["plots"] = write_plots(out, comparison, data_root)
     comparison["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "comparison.json").write_text(json.dumps(comparison, indent=1, default=str) + "\n")
+    atomic_write_text(out / "comparison.json", json.dumps(comparison, indent=1, default=str) + "\n")
     console.print(f"[yellow]{DISCLAIMER}[/]")
     console.print(f"outputs in {out} ({comparison['seconds']:.0f} s)")
     return comparison

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 
 def sha256_file(path: str | Path) -> str:
@@ -26,25 +27,94 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     leaves the previous file untouched and no temporary file, and the error names ``path``.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         write(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as err:
-        reason = err.strerror or str(err)
-        raise OSError(
-            err.errno, f"could not write {path}: {reason} (the previous file, if any, is kept)"
-        ) from err
+        raise _write_error(err, path, "the previous file, if any, is kept") from err
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
+def temp_path(path: str | Path) -> Path:
+    """The per-process temporary file :func:`atomic_write` writes before renaming it to ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def is_temp_of(name: str, target: str) -> bool:
+    """Whether the file name ``name`` is a temporary file of :func:`atomic_write` for ``target``
+    (left behind by a writer that was killed before it could remove it)."""
+    prefix, suffix = f".{target}.", ".tmp"
+    middle = name[len(prefix) : -len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
+    return middle.isdigit()
+
+
+def atomic_write_all(writes: Mapping[Path, Callable[[Path], None]]) -> list[Path]:
+    """:func:`atomic_write` of several files that belong together (an export, say).
+
+    Every file is first written in full to its temporary name and flushed; only when all of them are
+    written are they renamed into place, one after the other (renames need no disk space). A failed
+    write (a full disk) therefore leaves every previous file untouched and no temporary file, and the
+    error names the file that could not be written.
+    """
+    pending: list[tuple[Path, Path]] = []
+    try:
+        for path, write in writes.items():
+            path = Path(path)
+            tmp = temp_path(path)
+            pending.append((tmp, path))
+            try:
+                write(tmp)
+                _fsync(tmp)
+            except OSError as err:
+                raise _write_error(err, path, "the previous files, if any, are kept") from err
+        for tmp, path in pending:
+            os.replace(tmp, path)
+        for folder in {path.parent for _, path in pending}:
+            _fsync_dir(folder)
+    finally:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+    return [path for _, path in pending]
+
+
+def torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` whose failed write raises the ``OSError`` (errno ENOSPC for a full disk).
+
+    ``torch.save`` reports a failed write as a ``RuntimeError`` ("unexpected pos ...") without the
+    cause; writing through a Python file object keeps the ``OSError`` as its context, which is re-raised
+    here, so :func:`atomic_write` can name the file and the reason.
+    """
+    import torch
+
+    with open(path, "wb") as handle:
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as err:
+            cause = err.__context__
+            if isinstance(cause, OSError):
+                raise OSError(cause.errno, cause.strerror or str(cause)) from err
+            raise
+
+
+def _write_error(err: OSError, path: Path, kept: str) -> OSError:
+    reason = err.strerror or str(err)
+    return OSError(err.errno, f"could not write {path}: {reason} ({kept})")
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """:func:`atomic_write` of a UTF-8 text."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """:func:`atomic_write` of bytes (an encoded image, say)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _fsync(path: Path) -> None:

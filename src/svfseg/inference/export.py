@@ -3,17 +3,20 @@
 ``model.pt`` is the state dict of the method's plain network (every SVF layer merged into a Conv2d with
 W = U diag(s) V^T), loadable without svfseg's SVF layers; ``svf.pt`` holds the trained SVF tensors of the
 backbone and the fingerprint of the weights they were converted from; ``run.json`` names the network.
+
+An export goes into a new or empty folder; ``force`` replaces a previous export there, and only that.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from svfseg.files import atomic_write
+from svfseg.files import atomic_write_all, is_temp_of, torch_save
 from svfseg.inference.predictor import resolve_checkpoint
 from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.module import FewShotSegModule
@@ -23,10 +26,75 @@ from svfseg.run_spec import RunSpec
 from svfseg.svf import merge_svf, svf_layers, svf_state_dict
 
 MODEL_FILE, SVF_FILE, RUN_FILE = "model.pt", "svf.pt", "run.json"
+EXPORT_FILES = (MODEL_FILE, SVF_FILE, RUN_FILE)  # every file an export writes; the only ones --force replaces
 
 
-def export_run(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Write ``model.pt``, ``svf.pt`` (SVF runs only) and ``run.json`` under ``out_dir``; returns run.json."""
+class ExportFolderError(ValueError):
+    """``--out`` holds files that the export would overwrite or leave mixed with its own."""
+
+
+def _is_export_file(name: str) -> bool:
+    """An export's own file, or the temporary file of one left by an export that was killed."""
+    return name in EXPORT_FILES or any(is_temp_of(name, own) for own in EXPORT_FILES)
+
+
+def _is_export_record(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("files"), dict) and "run" in record
+
+
+def _listing(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_export_folder(out_dir: str | Path, *, force: bool = False) -> list[Path]:
+    """Refuse an ``--out`` folder the export would overwrite files in; returns the files ``--force`` replaces.
+
+    * missing or empty: fine (nothing to replace);
+    * not empty, without ``force``: refused, naming the folder, its files and ``--force``;
+    * with ``force``: it may hold only a previous export's files (``model.pt``, ``svf.pt``, ``run.json``,
+      where ``run.json`` is an export's record, and temporary files of a killed export). Any other file
+      or folder is refused even with ``force``: an export never deletes or overwrites what is not its
+      own, and never leaves its files mixed with others.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportFolderError(f"--out {out} is a file, not a folder")
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not names:
+        return []
+    if not force:
+        raise ExportFolderError(
+            f"--out {out} is not empty ({_listing(names)}): export writes {', '.join(EXPORT_FILES)} "
+            "into an empty or new folder. Choose another --out, or pass --force to replace a previous "
+            "export there (only its model.pt, svf.pt and run.json; other files are never touched)"
+        )
+    foreign = [name for name in names if not _is_export_file(name) or (out / name).is_dir()]
+    run_file = out / RUN_FILE
+    if run_file.is_file() and not _is_export_record(run_file):
+        foreign.append(f"{RUN_FILE} (not an export's record)")
+    if foreign:
+        raise ExportFolderError(
+            f"--out {out} holds files that are not a previous export's: {_listing(foreign)}. --force "
+            f"replaces only an export's own files ({', '.join(EXPORT_FILES)}) and never deletes others; "
+            "move them away or choose another --out"
+        )
+    return [out / name for name in names]
+
+
+def export_run(ckpt_path: str | Path, out_dir: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """Write ``model.pt``, ``svf.pt`` (SVF runs only) and ``run.json`` under ``out_dir``; returns run.json.
+
+    ``out_dir`` must be new or empty; with ``force`` it may hold a previous export, whose files are all
+    replaced: a file of it that this export does not write (``svf.pt`` of an SVF export under a freeze
+    export) is removed (see :func:`check_export_folder`). The new files are written in full before any
+    of them replaces an old one, so a failed export (a full disk) keeps the previous export as it was.
+    """
+    previous = check_export_folder(out_dir, force=force)
     ckpt = resolve_checkpoint(ckpt_path)
     load_checkpoint_dict(ckpt)
     module = FewShotSegModule.load_from_checkpoint(
@@ -34,16 +102,13 @@ def export_run(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     )
     model = module.model.eval()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     has_svf = next(svf_layers(model.backbone), None) is not None
     files = {"model": MODEL_FILE}
+    svf_state = svf_state_dict(model.backbone) if has_svf else None
     if has_svf:
-        svf_state = svf_state_dict(model.backbone)
-        atomic_write(out / SVF_FILE, lambda tmp: torch.save(svf_state, tmp))
         files["svf"] = SVF_FILE
     merged = merge_svf(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    atomic_write(out / MODEL_FILE, lambda tmp: torch.save(state, tmp))
     record = {
         "checkpoint": str(ckpt),
         "run": module.spec.to_dict(),
@@ -52,7 +117,16 @@ def export_run(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
         "merged_svf_layers": len(merged),
         "files": files,
     }
-    atomic_write(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    writes: dict[Path, Callable[[Path], None]] = {}
+    if svf_state is not None:
+        writes[out / SVF_FILE] = lambda tmp: torch_save(svf_state, tmp)
+    writes[out / MODEL_FILE] = lambda tmp: torch_save(state, tmp)
+    writes[out / RUN_FILE] = lambda tmp: tmp.write_text(json.dumps(record, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_all(writes)
+    for stale in previous:  # the previous export's files this one did not write (and killed temp files)
+        if stale not in writes:
+            stale.unlink(missing_ok=True)
     return record
 
 

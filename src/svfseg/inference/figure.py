@@ -16,6 +16,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
+from svfseg.files import atomic_write
 from svfseg.inference.inputs import read_supports
 from svfseg.inference.outputs import overlay
 from svfseg.inference.predictor import Predictor, resolve_checkpoint
@@ -60,8 +61,9 @@ def make_figure(ckpt: str | Path, out: str | Path, *, n_queries: int = 4, device
         canvas.paste(tile, (k * (TILE + 8), 0))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)  # small PNG
-    return path
+    small = canvas.quantize(colors=256, method=Image.Quantize.FASTOCTREE)  # a small PNG
+    # atomic: a failed write keeps the previous figure; the temporary name has no .png, hence format=
+    return atomic_write(path, lambda tmp: small.save(tmp, format="PNG", optimize=True))
 
 
 def main(argv: list[str] | None = None) -> int:

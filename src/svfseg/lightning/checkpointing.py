@@ -17,6 +17,12 @@ A resume from ``last.ckpt`` is exact mid-epoch: Lightning restores the loops, op
 :class:`~svfseg.data.datamodule.FewShotDataModule` restores the sampler position, and :class:`StepSeed`
 makes each batch's dropout masks a function of (seed, epoch, batch, rank) instead of the global RNG
 history (which a restarted process does not share).
+
+Every checkpoint file is written by :class:`AtomicCheckpointIO`: in full to a temporary file in the
+checkpoint's own folder, flushed, then renamed over the old one. Lightning's own writer puts the bytes in
+a temporary file of the system's temp folder and then *copies* them over the checkpoint when that folder
+is on another file system, so a disk that fills during the copy left a truncated ``last.ckpt`` or
+``best.ckpt`` under its real name.
 """
 
 from __future__ import annotations
@@ -28,11 +34,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
 from svfseg.data.samplers import step_seed
-from svfseg.files import atomic_write
+from svfseg.files import atomic_write, torch_save
 from svfseg.svf import adapter_state_dict, adapter_tensors
 
 log = logging.getLogger(__name__)
@@ -46,14 +55,48 @@ def first_non_finite(state_dict: dict[str, Any]) -> str | None:
     return None
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` whose saves are atomic in the checkpoint's own folder.
+
+    ``save_checkpoint`` writes the whole checkpoint to a temporary file next to the target, flushes it
+    to disk and renames it over the target (:func:`svfseg.files.atomic_write`): a full disk, a kill or
+    a power loss during the save keeps the previous checkpoint whole under its name, leaves no
+    temporary file behind, and the error names the checkpoint. Loading and removing are Lightning's.
+    Remote paths (``s3://`` and other fsspec URLs) keep Lightning's writer.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)  # refuses storage_options
+            return
+        target = Path(str(path).removeprefix("file://"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp: torch_save(checkpoint, tmp))
+        log.debug("saved checkpoint %s", target)
+
+
+def use_atomic_checkpoint_io(trainer: pl.Trainer) -> None:
+    """Give a Trainer built with Lightning's default checkpoint writer an :class:`AtomicCheckpointIO`.
+
+    svfseg's own Trainers get one through ``plugins`` (``svfseg.tasks.builders.trainer_arguments``); this
+    covers a Trainer built elsewhere with svfseg's checkpoint callbacks. Another writer (an async or a
+    cloud one) is left as it is.
+    """
+    strategy = trainer.strategy
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+
+
 class LastCheckpoint(Checkpoint):
     """Writes ``<dirpath>/<filename>.ckpt`` every ``every_n_train_steps`` optimizer steps and after every epoch.
 
     The epoch save happens in ``on_train_epoch_end``, i.e. after the epoch's validation, so a resume
     neither repeats nor skips it. The step save is skipped on an epoch's last batch: a run killed during
     that epoch's validation then resumes from the previous step save and validates again, instead of
-    Lightning moving on to the next epoch without validating. Writes are atomic (Lightning writes a
-    temporary file and renames it), so a kill mid-write keeps the previous file.
+    Lightning moving on to the next epoch without validating. Writes are atomic
+    (:class:`AtomicCheckpointIO`), so a kill or a full disk mid-write keeps the previous file.
 
     Every checkpoint of the run (``best.ckpt`` too) passes :meth:`on_save_checkpoint`, which refuses
     non-finite weights: the file on disk stays the last good state.
@@ -85,6 +128,9 @@ class LastCheckpoint(Checkpoint):
     @property
     def path(self) -> Path:
         return self.dirpath / f"{self.filename}.ckpt"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        use_atomic_checkpoint_io(trainer)
 
     def save(self, trainer: pl.Trainer) -> None:
         """Write the checkpoint (every rank calls this; Lightning writes on rank 0 only)."""
@@ -216,7 +262,7 @@ def write_svf_artifact(
     spec = getattr(pl_module, "finetune_spec", None)
     if isinstance(spec, Mapping):
         state["finetune"] = _plain(spec)  # which strategy to apply before restoring (informative)
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: torch_save(state, tmp))
 
 
 def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
@@ -252,6 +298,10 @@ class BestCheckpoint(ModelCheckpoint):
             raise ValueError(f"artifact_max_fraction={artifact_max_fraction!r} must be a number in (0, 1]")
         self.artifact_max_fraction = float(artifact_max_fraction)
         self._skip_warned = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        use_atomic_checkpoint_io(trainer)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
@@ -294,6 +344,7 @@ class StepSeed(pl.Callback):
 
 __all__ = [
     "ARTIFACT_MAX_FRACTION",
+    "AtomicCheckpointIO",
     "BestCheckpoint",
     "LastCheckpoint",
     "StepSeed",
@@ -301,5 +352,6 @@ __all__ = [
     "first_non_finite",
     "load_checkpoint_dict",
     "svf_artifact_path",
+    "use_atomic_checkpoint_io",
     "write_svf_artifact",
 ]

@@ -20,6 +20,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from svfseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from svfseg.files import atomic_write_bytes
 from svfseg.labels import IGNORE_INDEX
 from svfseg.lightning.schedule import check_every, due
 
@@ -196,8 +197,13 @@ class ExamplePredictionLogger(pl.Callback):
             elif isinstance(logger, CSVLogger):
                 path = self.png_path(trainer)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                if not cv2.imwrite(str(path), np.ascontiguousarray(grid[..., ::-1])):
-                    log.warning("could not write the example predictions to %s", path)
+                ok, png = cv2.imencode(".png", np.ascontiguousarray(grid[..., ::-1]))
+                try:
+                    if not ok:
+                        raise OSError(f"could not encode {path} as PNG")
+                    atomic_write_bytes(path, png.tobytes())  # a failed write keeps the previous PNG
+                except OSError as err:
+                    log.warning("could not write the example predictions: %s", err)
 
     def png_path(self, trainer: pl.Trainer) -> Path:
         root = self.dirpath if self.dirpath is not None else Path(trainer.default_root_dir) / "predictions"

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from svfseg.data.splits import base_classes
-from svfseg.files import atomic_write
+from svfseg.files import atomic_write, torch_save
 from svfseg.models.backbones import Backbone, build_backbone
 from svfseg.models.backbones.base import scale_width
 from svfseg.models.components import cross_entropy
@@ -159,7 +159,7 @@ def save_base_learner(pspnet: PSPNet, path: str | Path, meta: Mapping[str, Any])
     state = {k: v.detach().cpu() for k, v in pspnet.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     # Atomic: a killed writer never leaves a partial file that stage 2 would try to load.
-    return atomic_write(path, lambda tmp: torch.save({"state_dict": state, "meta": record}, tmp))
+    return atomic_write(path, lambda tmp: torch_save({"state_dict": state, "meta": record}, tmp))
 
 
 def _listing(keys: Sequence[str]) -> str:

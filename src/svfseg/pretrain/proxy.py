@@ -31,7 +31,7 @@ from filelock import FileLock
 from torch import Tensor, nn
 
 from svfseg.data.transforms import normalize_to_tensor
-from svfseg.files import atomic_write, sha256_file
+from svfseg.files import atomic_write, sha256_file, torch_save
 from svfseg.models.backbones.base import Backbone
 from svfseg.models.backbones.provenance import PROXY_RECORD_KIND, read_record, record_path
 from svfseg.models.backbones.resnet import DEEP_STEM, build_resnet
@@ -263,7 +263,7 @@ def build_proxy_weights(
         if cached is not None:
             return ProxyResult(path, cached, built=False)
         backbone, head, info = pretrain(spec, log=log)
-        atomic_write(path, lambda tmp: torch.save(pspnet_state_dict(backbone, head), tmp))
+        atomic_write(path, lambda tmp: torch_save(pspnet_state_dict(backbone, head), tmp))
         # The written file must load through the normal strict loader, into a fresh backbone.
         load_backbone_weights(build_resnet(spec.backbone, width_mult=spec.width_mult), path, "pspnet")
         record = {

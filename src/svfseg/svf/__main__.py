@@ -1,4 +1,4 @@
-"""``python -m svfseg.svf export CKPT --out DIR``: the merged plain model and the SVF artifact of a run."""
+"""``python -m svfseg.svf export CKPT --out DIR [--force]``: the merged plain model and the SVF artifact of a run."""
 
 from __future__ import annotations
 
@@ -16,11 +16,17 @@ def main(argv: list[str] | None = None) -> int:
         "export", help="write DIR/model.pt (merged, plain convs), DIR/svf.pt, DIR/run.json"
     )
     export.add_argument("ckpt", help="a train.py checkpoint or run directory")
-    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--out", required=True, help="output folder (new or empty)")
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a previous export in --out (its model.pt, svf.pt, run.json; a stale svf.pt is "
+        "removed); a folder holding any other file is still refused",
+    )
     args = parser.parse_args(argv)
     try:
-        record = export_run(args.ckpt, args.out)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        record = export_run(args.ckpt, args.out, force=args.force)
+    except (OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({"out": args.out, **record["files"], "merged_svf_layers": record["merged_svf_layers"]}))

@@ -10,6 +10,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.plugins.io import CheckpointIO
 
 from svfseg.config_checks import (
     DATASET_RUN_KEYS,
@@ -22,6 +23,7 @@ from svfseg.config_checks import (
 from svfseg.data.datamodule import FewShotDataModule
 from svfseg.finetune import STRATEGIES
 from svfseg.lightning.callbacks import FinetuneCallback
+from svfseg.lightning.checkpointing import AtomicCheckpointIO
 from svfseg.lightning.csv_log import TrimLogsOnResume
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.lightning.wandb_logging import build_wandb_logger
@@ -113,12 +115,22 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 
 def trainer_arguments(cfg: DictConfig, *, bn_trains: bool) -> dict[str, Any]:
-    """``cfg.trainer`` as Trainer keyword arguments, ``sync_batchnorm: auto`` resolved (see config_checks)."""
+    """``cfg.trainer`` as Trainer keyword arguments, ``sync_batchnorm: auto`` resolved (see config_checks).
+
+    Every Trainer built from them (meta stage, BAM's stage 1, eval.py) writes its checkpoints through
+    :class:`~svfseg.lightning.checkpointing.AtomicCheckpointIO` (added to ``plugins``, unless the config
+    names a checkpoint writer of its own): a full disk never leaves a truncated checkpoint.
+    """
     trainer_cfg = dict(plain(cfg.trainer))
     target = trainer_cfg.pop("_target_", "pytorch_lightning.Trainer")
     if target != "pytorch_lightning.Trainer":
         raise ValueError(f"trainer._target_={target}: svfseg uses one Lightning namespace, pytorch_lightning")
     trainer_cfg["sync_batchnorm"] = sync_batchnorm(trainer_cfg, bn_trains)
+    plugins = trainer_cfg.get("plugins") or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    trainer_cfg["plugins"] = plugins
     return trainer_cfg
 
 

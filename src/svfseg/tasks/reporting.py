@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -13,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from svfseg.data.class_names import class_names
+from svfseg.files import atomic_write_text
 from svfseg.run_spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,12 @@ def metrics_record(
         "run": run_meta(cfg),
         "config": config,
     }
+
+
+def write_metrics_json(path: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` as ``metrics.json`` (indented JSON), atomically: a full disk or a kill keeps the
+    previous file whole, never a truncated one, and the error names ``path``."""
+    return atomic_write_text(path, json.dumps(record, indent=2))
 
 
 def print_metrics(record: dict[str, Any], *, title: str) -> None:
