@@ -1,7 +1,7 @@
 """The Clothing Co-Parsing converter against the public release's own files (read from a local copy).
 
 The data is not in the repository: set SVFSEG_CCP_SRC to a clone of github.com/bearpaw/clothing-co-parsing
-(CI does), or keep a copy at ../shared/data/ccp next to the repository; otherwise these tests skip.
+(CI does); without it, a shared data copy next to the checkout is used when there is one, else the tests skip.
 Expected values are computed here from the .mat files with scipy, independently of svfseg.data.ccp.
 """
 
@@ -30,10 +30,7 @@ from svfseg.data.folder_layout import check_folder, read_folder
 REPO = Path(__file__).resolve().parents[1]
 DESIGN = json.loads((REPO / "src" / "svfseg" / "resources" / "ccp" / "design.json").read_text())
 IDS = [f"{i:04d}" for i in range(1, 1005)]
-SKIP = (
-    "CCP data not found: clone github.com/bearpaw/clothing-co-parsing and set SVFSEG_CCP_SRC to it "
-    "(or keep a copy at ../shared/data/ccp next to the repository)"
-)
+SKIP = "CCP data not found: clone github.com/bearpaw/clothing-co-parsing and set SVFSEG_CCP_SRC to the clone"
 
 
 def _source() -> Path | None:
