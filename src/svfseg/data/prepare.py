@@ -368,7 +368,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--skip-existing", action="store_true", help="keep labels already written (resume)")
         s.add_argument("--no-progress", action="store_true")
     folder_layout.add_arguments(
-        sub.add_parser("folder", help="check a dataset folder in the own-dataset layout (docs/own-dataset.md)")
+        sub.add_parser(
+            "folder", help="check a dataset folder in the own-dataset layout (docs/own-dataset.md)"
+        )
     )
     ccp.add_arguments(sub.add_parser("ccp", help="Clothing Co-Parsing -> the own-dataset folder layout"))
     return p
