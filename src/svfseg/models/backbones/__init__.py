@@ -1,4 +1,4 @@
-"""Backbones for few-shot segmentation: dilated ResNets and VGG-16-bn with five named stages."""
+"""Backbones for few-shot segmentation with five named stages: dilated ResNets, VGG-16-bn, timm ViTs and CNNs."""
 
 from svfseg.models.backbones.base import STAGE_NAMES, Backbone
 from svfseg.models.backbones.factory import BACKBONE_NAMES, build_backbone

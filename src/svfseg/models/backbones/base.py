@@ -14,7 +14,7 @@ from torch import Tensor, nn
 STAGE_NAMES: tuple[str, ...] = ("layer0", "layer1", "layer2", "layer3", "layer4")
 
 # Which family of weight files fits a backbone; the weight loader checks a file against it.
-FAMILIES = ("resnet_deep", "resnet_tv", "vgg", "vit")
+FAMILIES = ("resnet_deep", "resnet_tv", "vgg", "vit", "timm_cnn")
 
 
 def scale_width(channels: int, width_mult: float) -> int:
@@ -49,13 +49,16 @@ class Backbone(nn.Module):
 
     Attributes:
         name: the ``build_backbone`` name (``resnet50``, ``vgg16_bn``, ...).
-        family: which weight files fit (``resnet_deep``, ``resnet_tv`` or ``vgg``).
+        family: which weight files fit (``resnet_deep``, ``resnet_tv``, ``vgg``, ``vit`` or ``timm_cnn``).
         channels: output channels per stage.
         strides: output stride per stage (input size / feature size, before ceil rounding).
         width_mult: channel scale the backbone was built with.
     """
 
     stage_names: tuple[str, ...] = STAGE_NAMES
+    # Whether finetune=svf also converts the depthwise convs (one singular value per channel). The timm
+    # CNNs (EfficientNet-Lite, MobileNets) set it: most of their spatial filtering is depthwise.
+    svf_depthwise: bool = False
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""``build_backbone``: one entry point from a config (name, weights, dilation, width) to a Backbone."""
+"""``build_backbone``: one entry point from a config (name, weights, dilation, width, options) to a Backbone."""
 
 from __future__ import annotations
 
@@ -8,15 +8,21 @@ from typing import Any
 
 from svfseg.models.backbones.base import Backbone, check_width_mult
 from svfseg.models.backbones.resnet import RESNET_BLOCKS, build_resnet
+from svfseg.models.backbones.timm_cnn import TIMM_CNN, TIMM_CNN_MODELS, TIMM_CNN_OPTIONS, build_timm_cnn
 from svfseg.models.backbones.vgg import build_vgg16_bn
 from svfseg.models.backbones.vit import VIT_MODELS, build_vit
 from svfseg.models.backbones.weights import load_backbone_weights
 
 log = logging.getLogger(__name__)
 
-BACKBONE_NAMES: tuple[str, ...] = (*RESNET_BLOCKS, "vgg16_bn", *VIT_MODELS)
+BACKBONE_NAMES: tuple[str, ...] = (*RESNET_BLOCKS, "vgg16_bn", *VIT_MODELS, *TIMM_CNN_MODELS)
 # Options only the ViT backbones take (svfseg.models.backbones.vit.build_vit).
 VIT_OPTIONS = ("timm_name", "stage_blocks", "embed_dim", "depth", "num_heads")
+# Backbone name -> the extra options it takes (timm_cnn: svfseg.models.backbones.timm_cnn).
+BACKBONE_OPTIONS: dict[str, tuple[str, ...]] = {
+    **{name: VIT_OPTIONS for name in VIT_MODELS},
+    TIMM_CNN: TIMM_CNN_OPTIONS,
+}
 
 
 def build_backbone(
@@ -27,25 +33,41 @@ def build_backbone(
     dilation: str = "uniform",
     width_mult: float = 1.0,
     warn_if_random: bool = True,
-    **vit_options: Any,
+    **options: Any,
 ) -> Backbone:
     """Build a backbone and, when ``pretrained`` is a path, load its ImageNet weights strictly.
 
     Args:
-        name: ``resnet50`` / ``resnet101`` (PSPNet deep stem), ``resnet50_tv`` (7x7 stem) or ``vgg16_bn``.
+        name: ``resnet50`` / ``resnet101`` (PSPNet deep stem), ``resnet50_tv`` (7x7 stem), ``vgg16_bn``, a ViT
+            (``dinov2_vits14``, ...), ``efficientnet_lite0/1/2`` or ``timm_cnn`` (any timm CNN, ``timm_name``).
         pretrained: weight file, or None for a random init (a warning says results are meaningless).
         weights_format: ``auto`` | ``pspnet`` | ``torchvision`` | ``timm`` | ``native``.
         dilation: ``uniform`` (PFENet/BAM) or ``torchvision`` layout of the dilated ResNet stages.
         width_mult: channel scale; 1.0 is the reference network.
         warn_if_random: False when a checkpoint overwrites every weight right after (no misleading warning).
-        vit_options: ``timm_name``, ``stage_blocks``, ``embed_dim``, ``depth``, ``num_heads`` (ViTs only).
+        options: ViTs: ``timm_name``, ``stage_blocks``, ``embed_dim``, ``depth``, ``num_heads``;
+            ``timm_cnn``: ``timm_name``, ``hub_weights``; no other backbone takes options.
     """
     width_mult = check_width_mult(width_mult)
-    unknown = sorted(set(vit_options) - set(VIT_OPTIONS))
-    if unknown or (vit_options and name not in VIT_MODELS):
+    allowed = BACKBONE_OPTIONS.get(name, ())
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
         raise ValueError(
-            f"backbone option(s) {unknown or sorted(vit_options)} are not options of backbone {name!r}"
-            + (f"; ViT backbones take {list(VIT_OPTIONS)}" if name in VIT_MODELS else "")
+            f"backbone option(s) {unknown} are not options of backbone {name!r}"
+            + (f"; it takes {list(allowed)}" if allowed else "")
+        )
+    if name in TIMM_CNN_MODELS:
+        if pretrained is None and warn_if_random and not options.get("hub_weights", False):
+            log.warning(
+                "backbone %s has no pretrained weights (pretrained=None): random init, smoke tests only", name
+            )
+        if dilation != "uniform":
+            raise ValueError(
+                f"backbone.dilation={dilation!r} applies to ResNets; timm CNN backbones are dilated by timm "
+                "(output_stride=8)"
+            )
+        return build_timm_cnn(
+            name, pretrained=pretrained, weights_format=weights_format, width_mult=width_mult, **options
         )
     if name in VIT_MODELS:
         if pretrained is None and warn_if_random:
@@ -56,7 +78,7 @@ def build_backbone(
             raise ValueError(
                 f"backbone.dilation={dilation!r} applies to ResNets; ViT backbones have no dilation"
             )
-        return build_vit(name, pretrained=pretrained, width_mult=width_mult, **vit_options)
+        return build_vit(name, pretrained=pretrained, width_mult=width_mult, **options)
     if name in RESNET_BLOCKS:
         backbone = build_resnet(name, dilation=dilation, width_mult=width_mult)
     elif name == "vgg16_bn":
