@@ -101,6 +101,8 @@ class SVFStrategy(FinetuneStrategy):
             self.svf,
             include=[f"{stage}.*" for stage in self.convert_stages],
             from_shapes=from_checkpoint,
+            # timm CNN backbones (EfficientNet-Lite, MobileNets): their depthwise convs are converted too
+            depthwise=bool(getattr(model.backbone, "svf_depthwise", False)),
         )
 
     def select(self, model: FewShotModel) -> NamedParams:

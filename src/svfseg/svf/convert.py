@@ -5,7 +5,10 @@ Rules that users rely on:
 * Candidates are modules whose type is exactly ``nn.Conv2d`` or ``nn.Linear``. Subclasses are skipped
   with a warning (their forward may not be the plain op, e.g. attention's ``out_proj`` whose weight is
   read directly by ``nn.MultiheadAttention``). Depthwise convs (groups == in_channels > 1) are skipped
-  with a warning: each group is a single-input-channel filter, which SVF cannot meaningfully adapt.
+  with a warning by default: each group is a single-input-channel filter, so SVF can only scale it (one
+  singular value per channel). ``depthwise=True`` converts them anyway (the timm CNN backbones ask for
+  it: EfficientNet-Lite does most of its spatial filtering in depthwise convs); the conversion is exact
+  like any grouped conv's.
 * Every include / exclude pattern must match at least one layer name, so a typo fails loudly.
 * Re-conversion is an error: a selection that contains an SVF layer raises :class:`SVFSelectionError`
   (exclude it, or ``merge_svf`` first). This keeps one SVD per layer and avoids SVF-of-SVF stacks.
@@ -104,6 +107,7 @@ def apply_svf(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     from_shapes: bool = False,
+    depthwise: bool = False,
     **fields: Any,
 ) -> list[str]:
     """Replace, in place, the selected Conv2d / Linear layers of ``module`` by SVF layers.
@@ -113,6 +117,7 @@ def apply_svf(
     names (a str is one pattern); exclude wins. Returns the converted names in module order. Outputs
     equal the original right after conversion. ``from_shapes=True`` runs no SVD: the layers get zero
     factors of the right shapes, for a checkpoint's state dict to fill (loading a trained model).
+    ``depthwise=True`` also converts depthwise convs (skipped with a warning otherwise).
     """
     _check_root(module, "apply_svf")
     opts = SVFOptions.of(options, **fields)
@@ -156,7 +161,7 @@ def apply_svf(
                 "nn.Linear are converted, a subclass may not run the plain op",
                 stacklevel=2,
             )
-        elif isinstance(site.module, nn.Conv2d) and _is_depthwise(site.module):
+        elif isinstance(site.module, nn.Conv2d) and _is_depthwise(site.module) and not depthwise:
             warnings.warn(
                 f"apply_svf: skipping depthwise conv '{site.name}' (groups={site.module.groups}, "
                 f"in_channels={site.module.in_channels}): one input channel per group",
