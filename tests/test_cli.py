@@ -237,7 +237,7 @@ def test_a_sweep_with_an_invalid_fold_fails_before_any_work(synthetic_pascal, tm
             f"hydra.sweep.dir={tmp_path / 'sweep'}",
         ],
         tmp_path,
-        timeout=60,
+        timeout=150,
         ok=False,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -84,7 +84,8 @@ def test_demo_trains_three_strategies_over_seeds_compares_and_plots(
 
 
 def test_comparison_shows_a_spread_only_over_two_or_more_seeds() -> None:
-    from svfseg.demo import comparison_rows, percent_with_spread
+    from svfseg.demo import comparison_rows
+    from svfseg.tasks.reporting import percent_with_spread
 
     assert percent_with_spread(0.4512, 0.0, 1) == "45.12"
     assert percent_with_spread(0.4512, 0.0249, 3) == "45.12 ± 2.49"

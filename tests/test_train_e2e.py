@@ -105,9 +105,9 @@ def test_extending_a_finished_run_matches_an_uninterrupted_run(synthetic_pascal,
     _, _ = _train(synthetic_pascal, tmp_path / "full", [*common, "trainer.max_epochs=2"])
     _, _ = _train(synthetic_pascal, tmp_path / "part", [*common, "trainer.max_epochs=1"])
     first = tmp_path / "part" / "checkpoints" / "last.ckpt"
-    _, _ = _train(
-        synthetic_pascal, tmp_path / "part", [*common, "trainer.max_epochs=2", f"ckpt_path={first}"]
-    )
+    # a change of the optimisation on resume is named on purpose (otherwise refused: test_reliability_rundir)
+    extend = [*common, "trainer.max_epochs=2", f"ckpt_path={first}", "resume_changes=[trainer.max_epochs]"]
+    _, _ = _train(synthetic_pascal, tmp_path / "part", extend)
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     b = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert a["global_step"] == b["global_step"]

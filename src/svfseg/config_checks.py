@@ -18,6 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from svfseg.models.backbones.timm_cnn import BAM_ON_TIMM_CNN, check_timm_backbone_config
 from svfseg.models.backbones.vit import VIT_MODELS
 from svfseg.models.factory import BAM_ON_VIT
 from svfseg.models.registry import method_options
@@ -126,6 +127,8 @@ def _check_bam(cfg: DictConfig, spec: RunSpec | None, stage: str) -> None:
         return
     if cfg.backbone.name in VIT_MODELS:
         raise ConfigError(f"backbone={cfg.backbone.name}: {BAM_ON_VIT}")
+    if cfg.backbone.name == "timm_cnn":
+        raise ConfigError(f"backbone=timm_cnn: {BAM_ON_TIMM_CNN}")
     if stage != "meta" or spec is None:
         return
     tag = str(cfg.get("run_tag") or "")
@@ -140,6 +143,14 @@ def _check_bam(cfg: DictConfig, spec: RunSpec | None, stage: str) -> None:
             f"{stage1}, then set method.base_learner to the written file."
         )
     _check_file(cfg.method.base_learner, "method.base_learner", stage1, nullable=False)
+
+
+def _check_timm_backbone(backbone: DictConfig) -> None:
+    """timm CNN backbone options (``timm_cnn``'s model name, hub weights) before anything is built."""
+    try:
+        check_timm_backbone_config(OmegaConf.to_container(backbone, resolve=True))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _check_ckpt(cfg: DictConfig) -> None:
@@ -181,6 +192,7 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
             "python -m svfseg.weights fetch NAME (python -m svfseg.weights list shows the names; README "
             "'Getting the weights')",
         ),
+        lambda: _check_timm_backbone(cfg.backbone),
         lambda: _check_bam(cfg, spec, stage),
         lambda: _check_ckpt(cfg),
         lambda: check_episodes(cfg.dataset, "dataset.eval_seeds", "dataset.n_episodes"),

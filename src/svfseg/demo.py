@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
 import time
 from collections.abc import Sequence
@@ -49,6 +50,8 @@ from svfseg.data.synthetic import LAYOUT_CLASSES, make_synthetic
 from svfseg.files import atomic_write_text
 from svfseg.labels import IGNORE_INDEX
 from svfseg.pretrain.proxy import ProxySpec, build_proxy_weights
+from svfseg.run_dir import RECORD_FILE
+from svfseg.tasks.reporting import percent_with_spread
 from svfseg.tasks.train import train
 
 SETTING = "baseline, 1-shot, fold 0, proxy-pretrained synthetic"
@@ -126,6 +129,22 @@ def _compose(overrides: Sequence[str]) -> Any:
     return cfg
 
 
+def _replace_previous_demo_run(run_dir: Path, console: Console) -> None:
+    """The demo's run folders are its own: a previous demo run there is replaced, anything else refused.
+
+    train.py refuses to start over a folder holding a run's results (nothing silently overwritten); the
+    demo opts in for the folders it made itself, recognised by their ownership record.
+    """
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    if not (run_dir / RECORD_FILE).is_file():
+        raise FileExistsError(
+            f"{run_dir} holds files that are not a demo run; choose another --out or remove the folder"
+        )
+    console.print(f"    replacing the previous demo run in {run_dir}")
+    shutil.rmtree(run_dir)
+
+
 def _epoch_curves(run_dir: Path) -> dict[str, list[float]]:
     curves = read_metric_curves(find_metrics_csv(run_dir))
     return {
@@ -181,6 +200,7 @@ def run_demo(
         per_seed: dict[int, dict[str, Any]] = {}
         for seed in settings.seeds:
             run_dir = out / finetune / f"seed{seed}"
+            _replace_previous_demo_run(run_dir, console)
             overrides = [
                 *settings.overrides(data_root, proxy.path, run_dir, finetune, seed),
                 *extra_overrides,
@@ -213,11 +233,6 @@ def run_demo(
     console.print(f"[yellow]{DISCLAIMER}[/]")
     console.print(f"outputs in {out} ({comparison['seconds']:.0f} s)")
     return comparison
-
-
-def percent_with_spread(mean: float, std: float, n_runs: int) -> str:
-    """``mean ± std`` in percent; just the mean for a single run, which has no spread to show."""
-    return f"{100 * mean:.2f}" if n_runs < 2 else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def comparison_rows(comparison: dict[str, Any]) -> list[list[str]]:

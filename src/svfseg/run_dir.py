@@ -322,15 +322,30 @@ def save_hydra_record(out: Path, cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from svfseg.files import atomic_write_text
+    from svfseg.lightning.wandb_logging import redact_secrets
 
     folder = out / ".hydra"
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    # Unlike Hydra's own copy, credential-like values (a key typed into a config) are redacted.
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(redact_secrets(cfg)))
     if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
+        hydra_cfg = OmegaConf.to_container(HydraConfig.get(), resolve=False)
+        overrides = hydra_cfg.get("overrides") or {}
+        for group in ("task", "hydra"):
+            overrides[group] = [redact_override(o) for o in overrides.get(group) or []]
+        hydra_cfg["job"] = redact_secrets(hydra_cfg.get("job") or {})
         atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra_cfg}))
-        overrides = OmegaConf.to_container(hydra_cfg.overrides.task)
-        atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(overrides))
+        atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(overrides["task"]))
+
+
+def redact_override(override: str) -> str:
+    """``+logger.wandb.api_key=abc`` -> ``+logger.wandb.api_key=<redacted>``; others unchanged."""
+    from svfseg.lightning.wandb_logging import REDACTED, is_secret_key
+
+    key, sep, _ = override.partition("=")
+    if sep and is_secret_key(key.lstrip("+~").rsplit(".", 1)[-1]):
+        return f"{key}={REDACTED}"
+    return override
 
 
 def remove_if_empty(out: Path, stop: Path | None = None) -> None:

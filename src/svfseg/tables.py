@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from svfseg.data.splits import NUM_FOLDS
+from svfseg.files import atomic_write, atomic_write_text
 
 FOLDS = tuple(range(NUM_FOLDS))
 
@@ -208,10 +209,13 @@ class Table:
         return "\n".join(lines)
 
     def write_csv(self, path: Path) -> None:
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(self.header())
-            writer.writerows(self.records())
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(self.header())
+                writer.writerows(self.records())
+
+        atomic_write(path, write)
 
 
 def usable_runs(runs: list[RunResult], metric: str) -> list[RunResult]:
@@ -302,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(md + "\n")
+        atomic_write_text(args.out.with_suffix(".md"), md + "\n")
         table.write_csv(args.out.with_suffix(".csv"))
     return 0
 

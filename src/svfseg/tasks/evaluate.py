@@ -7,7 +7,6 @@ method or backbone differs from what the command asks for is refused.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from svfseg.lightning.module import FewShotSegModule
 from svfseg.precision import apply_matmul_precision
 from svfseg.run_spec import RunSpec, check_identity
 from svfseg.tasks.builders import build_datamodule, plain, trainer_arguments
-from svfseg.tasks.reporting import metrics_record, print_metrics
+from svfseg.tasks.reporting import metrics_record, print_metrics, write_metrics_json
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         out = Path(str(cfg.paths.output_dir))
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(record, indent=2))
+        write_metrics_json(out / "metrics.json", record)
         print_metrics(record, title=f"{ckpt.name}: {run.dataset.name} fold {run.fold}, {run.shot}-shot")
         log.info("wrote %s", out / "metrics.json")
     return record

@@ -116,6 +116,11 @@ def write_metrics_json(path: str | Path, record: dict[str, Any]) -> Path:
     return atomic_write_text(path, json.dumps(record, indent=2))
 
 
+def percent_with_spread(mean: float, std: float, n_runs: int) -> str:
+    """``mean ± std`` in percent; just the mean for a single run, which has no spread to show."""
+    return f"{100 * mean:.2f}" if n_runs < 2 else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
 def print_metrics(record: dict[str, Any], *, title: str) -> None:
     table = Table(title=title)
     for col in ("seed", "mIoU", "FB-IoU", "episodes"):
@@ -131,11 +136,12 @@ def print_metrics(record: dict[str, Any], *, title: str) -> None:
         )
     console = Console()
     console.print(table)
-    per_class = Table(title="per class (mean ± std over seeds)")
+    n_seeds = len(record["per_seed"])
+    per_class = Table(title="per class (mean ± std over seeds)" if n_seeds > 1 else "per class")
     for col in ("class", "name", "IoU"):
         per_class.add_column(col, justify="right" if col != "name" else "left")
     for cid, v in record["class_iou"].items():
-        per_class.add_row(cid, v["name"], f"{100 * v['iou']:.2f} ± {100 * v['std']:.2f}")
+        per_class.add_row(cid, v["name"], percent_with_spread(v["iou"], v["std"], n_seeds))
     console.print(per_class)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import nullcontext
 from pathlib import Path
@@ -39,7 +38,7 @@ from svfseg.tasks.builders import (
     output_dir,
     plain,
 )
-from svfseg.tasks.reporting import close_loggers, metrics_record, print_metrics
+from svfseg.tasks.reporting import close_loggers, metrics_record, print_metrics, write_metrics_json
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if ckpt == "last":
         path = output_dir(cfg) / "checkpoints" / "last.ckpt"
         if not path.is_file():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"ckpt_path=last but {path} does not exist: resume needs the same run directory "
                 "(same method/backbone/finetune/dataset/fold/shot/seed overrides) as the interrupted run"
             )
@@ -66,7 +65,6 @@ def check_resume_checkpoint(cfg: DictConfig, spec: RunSpec) -> str | None:
     if path is None:
         return None
     meta = load_checkpoint_dict(Path(path))["svfseg"]
-    _check_resume_changes(cfg, meta.get("config"), path)
     try:
         check_identity(
             meta.get("identity") or {},
@@ -90,6 +88,7 @@ def check_resume_checkpoint(cfg: DictConfig, spec: RunSpec) -> str | None:
             f"ckpt_path={path} was trained with {was} but this run sets {now}; a run resumes with the "
             "strategy it was trained with (its parameters and optimizer state depend on it)"
         )
+    _check_resume_changes(cfg, meta.get("config"), path)
     return path
 
 
@@ -172,7 +171,7 @@ def _train(cfg: DictConfig, spec: RunSpec, ckpt_path: str | None) -> dict[str, A
             )
             if trainer.is_global_zero:
                 path = output_dir(cfg) / "metrics.json"
-                path.write_text(json.dumps(results, indent=2))
+                write_metrics_json(path, results)
                 print_metrics(
                     results, title=f"test episodes of {Path(best).name if best else 'final weights'}"
                 )
