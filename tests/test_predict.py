@@ -17,7 +17,7 @@ from PIL import Image
 from svfseg.data.class_names import class_names
 from svfseg.inference import PredictInputError, Predictor, read_supports
 from svfseg.inference.export import load_exported
-from svfseg.inference.figure import TILE, make_figure
+from svfseg.inference.figure import TILE, figure_from_predictions, make_figure
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.metrics.original_size import predict_at_original_size
 from svfseg.svf import svf_layers, svf_state_dict
@@ -152,6 +152,15 @@ def test_predict_cli_folder_of_queries_with_0_255_masks(trained: SimpleNamespace
     for q in record["queries"]:
         mask = np.array(Image.open(out / q["mask"]))
         assert set(np.unique(mask).tolist()) <= {0, 255} and mask.shape == (q["height"], q["width"])
+    # the README's figure of a predict run: the support, then exactly the overlays predict wrote
+    figure = figure_from_predictions(out, tmp_path / "example.png")
+    n = len(record["queries"])
+    with Image.open(figure) as im:
+        assert im.size == ((n + 1) * TILE + 8 * n, TILE)
+        last = np.asarray(im.convert("RGB"))[:, -TILE:]
+    with Image.open(out / record["queries"][-1]["overlay"]) as ov:
+        expected = np.asarray(ov.convert("RGB").resize((TILE, TILE), Image.Resampling.BILINEAR))
+    assert np.abs(last.astype(int) - expected.astype(int)).mean() < 8  # the same picture (palette-quantised)
 
 
 def test_more_supports_than_the_training_shot_average_and_warn_once(

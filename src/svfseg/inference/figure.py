@@ -1,6 +1,7 @@
 """A picture of predict.py at work: one support with its mask, and the overlays of queries of its class.
 
     python -m svfseg.inference.figure CKPT --out docs/images/predict_overlays.png [--queries 4]
+    python -m svfseg.inference.figure --predictions PREDICT_RUN_DIR --out FIGURE.png [--support-class C]
 
 The support and the queries come from the run's own fixed evaluation episodes (the first class of the
 fold that has enough episodes), so the picture shows the model on classes it never trained on.
@@ -9,6 +10,7 @@ fold that has enough episodes), so the picture shows the model on classes it nev
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -56,6 +58,28 @@ def make_figure(ckpt: str | Path, out: str | Path, *, n_queries: int = 4, device
     queries = list(dict.fromkeys(root / table.queries[i][0] for i in episodes[1:]))[:n_queries]
     tiles = [_tile(support_view(supports[0].image, supports[0].mask))]
     tiles += [_tile(overlay(p.image, p.mask)) for p in predictor.predict(supports, queries)]
+    return _save_row(tiles, out)
+
+
+def figure_from_predictions(
+    predictions: str | Path, out: str | Path, *, support_class: int | None = None
+) -> Path:
+    """The same picture from a finished ``predict.py`` run: its first support and its written overlays.
+
+    It shows exactly the masks the README's example writes (``predictions.json``, ``overlays/``).
+    """
+    folder = Path(predictions)
+    record = json.loads((folder / "predictions.json").read_text())
+    first = record["supports"][0]
+    supports = read_supports([Path(first["image"])], [Path(first["mask"])], support_class)
+    tiles = [_tile(support_view(supports[0].image, supports[0].mask))]
+    for query in record["queries"]:
+        with Image.open(folder / query["overlay"]) as image:
+            tiles.append(_tile(np.asarray(image.convert("RGB"))))
+    return _save_row(tiles, out)
+
+
+def _save_row(tiles: list[Image.Image], out: str | Path) -> Path:
     canvas = Image.new("RGB", (TILE * len(tiles) + 8 * (len(tiles) - 1), TILE), "white")
     for k, tile in enumerate(tiles):
         canvas.paste(tile, (k * (TILE + 8), 0))
@@ -70,11 +94,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m svfseg.inference.figure", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("ckpt", help="a train.py checkpoint or run directory")
+    parser.add_argument("ckpt", nargs="?", help="a train.py checkpoint or run directory")
     parser.add_argument("--out", required=True)
     parser.add_argument("--queries", type=int, default=4)
+    parser.add_argument(
+        "--predictions",
+        help="instead of CKPT: a predict.py output folder (its predictions.json and overlays)",
+    )
+    parser.add_argument(
+        "--support-class", type=int, default=None, help="with --predictions: predict's support_class"
+    )
     args = parser.parse_args(argv)
-    print(make_figure(args.ckpt, args.out, n_queries=args.queries))
+    if (args.ckpt is None) == (args.predictions is None):
+        parser.error("give a checkpoint (CKPT) or --predictions DIR, not both")
+    if args.predictions:
+        print(figure_from_predictions(args.predictions, args.out, support_class=args.support_class))
+    else:
+        print(make_figure(args.ckpt, args.out, n_queries=args.queries))
     return 0
 
 

@@ -202,7 +202,8 @@ def artifact_skip_reason(
     if backbone is None:
         return None
     trained = sum(t.numel() for t in adapter_tensors(backbone).values())
-    total = sum(p.numel() for p in backbone.parameters())
+    # the same unit on both sides: the artifact holds buffers too (BN running statistics)
+    total = sum(t.numel() for t in backbone.state_dict().values() if isinstance(t, torch.Tensor))
     if not trained or trained <= max_fraction * total:
         return None
     spec = getattr(pl_module, "finetune_spec", None) or {}
@@ -210,7 +211,7 @@ def artifact_skip_reason(
     checkpoint = Path(checkpoint_path)
     return (
         f"finetune={name} trains {trained:,} backbone tensor elements, {trained / total:.0%} of the "
-        f"backbone's {total:,} parameters (over the {max_fraction:.0%} limit of an adapter artifact): no "
+        f"backbone's {total:,} (over the {max_fraction:.0%} limit of an adapter artifact): no "
         f"{svf_artifact_path(checkpoint).name} is written; {checkpoint.name} is the complete record of "
         "the fine-tune"
     )
