@@ -8,7 +8,10 @@ python eval.py ckpt_path=... trainer.accelerator=cpu trainer.devices=2 trainer.s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 
@@ -20,6 +23,9 @@ def main(cfg: DictConfig) -> float:
     try:
         return float(evaluate(cfg)["miou"])
     except ConfigError as err:  # every start-up problem, one line each, no traceback; exit status 2
+        from svfseg.run_dir import remove_if_empty
+
+        remove_if_empty(Path(HydraConfig.get().runtime.output_dir), stop=Path.cwd())  # made by Hydra, empty
         report_config_problems(err, "eval.py")
 
 

@@ -8,15 +8,23 @@ python predict.py ckpt_path=RUN_DIR support=[s.jpg] support_masks=[s_classes.png
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    from svfseg.run_dir import remove_if_empty
     from svfseg.tasks.predict import predict
 
-    predict(cfg)
+    try:
+        predict(cfg)
+    except Exception:  # a refused input: Hydra made the folder, nothing was written into it
+        remove_if_empty(Path(HydraConfig.get().runtime.output_dir), stop=Path.cwd())
+        raise
 
 
 if __name__ == "__main__":

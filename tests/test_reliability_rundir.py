@@ -286,3 +286,33 @@ def test_the_time_per_batch_after_a_mid_epoch_resume_counts_this_process_batches
     now[0] += 2.0
     done = 410
     assert clock.elapsed() / (done - clock.first_batch) == pytest.approx(2.0)
+
+
+def test_eval_and_predict_refused_at_start_leave_no_folder(tmp_path: Path) -> None:
+    """eval.py and predict.py write into new timestamped folders; a refused command leaves none behind."""
+    proc = run_cli(
+        [
+            str(REPO / "eval.py"),
+            f"ckpt_path={tmp_path / 'missing.ckpt'}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        tmp_path,
+        ok=False,
+    )
+    assert proc.returncode == 2 and "missing.ckpt" in proc.stderr
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"not an image")
+    proc = run_cli(
+        [
+            str(REPO / "predict.py"),
+            f"ckpt_path={tmp_path / 'missing.ckpt'}",
+            f"support=[{photo}]",
+            f"support_masks=[{photo}]",
+            f"query={photo}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        tmp_path,
+        ok=False,
+    )
+    assert proc.returncode != 0
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*"))

@@ -100,8 +100,12 @@ def hashed_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     tree["paths"] = {key: f"<paths.{key}>" for key in tree.get("paths") or {}}
     resolved = OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
     assert isinstance(resolved, dict)
+    dataset = resolved.get("dataset") if isinstance(resolved.get("dataset"), dict) else {}
+    folder = dataset.get("name") == "folder" and dataset.get("root")
     for key in HASH_EXCLUDED:
         _drop(resolved, key)
+    if folder:  # a folder dataset is its folder: its name (not the machine's path to it) is hashed
+        resolved["dataset"]["folder"] = Path(str(folder)).name
     return resolved
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from svfseg.data.fold import FoldSpec
+from svfseg.data.layouts import FOLDER
 from svfseg.finetune import build_strategy
 from svfseg.models.backbones import BACKBONE_NAMES
 from svfseg.models.registry import registered_models
@@ -65,12 +66,15 @@ class RunSpec:
     @classmethod
     def from_config(cls, cfg: Any) -> RunSpec:
         """The spec of a composed train.py config (``fold``, ``shot``, ``dataset``, ``method``, ...)."""
-        fold = FoldSpec(
-            dataset=cfg.dataset.name,
-            fold=cfg.fold,
-            shot=cfg.shot,
-            coco_split=str(cfg.dataset.get("coco_split", "interleaved")),
-        )
+        if cfg.dataset.name == FOLDER:  # a user's folder: its classes and folds are read from it
+            fold = FoldSpec.for_folder(str(cfg.dataset.root), cfg.fold, cfg.shot)
+        else:
+            fold = FoldSpec(
+                dataset=cfg.dataset.name,
+                fold=cfg.fold,
+                shot=cfg.shot,
+                coco_split=str(cfg.dataset.get("coco_split", "interleaved")),
+            )
         return cls(
             fold=fold,
             method=_plain(cfg.method),
@@ -108,12 +112,7 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
-        fold = FoldSpec(
-            dataset=data["dataset"],
-            fold=data["fold"],
-            shot=data["shot"],
-            coco_split=data.get("coco_split", "interleaved"),
-        )
+        fold = FoldSpec.from_dict(data)
         return cls(
             fold=fold,
             method=data["method"],

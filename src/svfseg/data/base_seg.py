@@ -197,7 +197,7 @@ class BaseSegDataModule(pl.LightningDataModule):
             self.base_classes,
             TrainTransform(self.train_size, self.scale, foreground_keep=None),
             self.seed,
-            num_classes=self.layout.num_classes,
+            num_classes=self.split.num_classes,
             hint=self.layout.hint(self.root),
         )
         rank, world = rank_and_world(self)
@@ -218,7 +218,7 @@ class BaseSegDataModule(pl.LightningDataModule):
             self._pairs("val"),
             self.base_classes,
             EvalTransform(self.eval_size),
-            num_classes=self.layout.num_classes,
+            num_classes=self.split.num_classes,
             hint=self.layout.hint(self.root),
         )
         rank, world = rank_and_world(self)

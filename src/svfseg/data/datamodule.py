@@ -112,7 +112,7 @@ class FewShotDataModule(pl.LightningDataModule):
         self.source_lists = check_source_lists(source_lists)
         self.cache_dir = cache_dir
         self.with_base_label = bool(with_base_label)
-        default_scale = SCALE_RANGES[self.dataset]
+        default_scale = SCALE_RANGES.get(self.dataset, SCALE_RANGES["pascal"])
         self.scale = check_scale("scale", scale) if scale is not None else default_scale
         self.persistent_workers = bool(persistent_workers)
         self.pin_memory = bool(pin_memory)
@@ -132,7 +132,7 @@ class FewShotDataModule(pl.LightningDataModule):
     # -------------------------------------------------------------- setup
     @property
     def num_classes(self) -> int:
-        return self.layout.num_classes
+        return self.split.num_classes
 
     def _hint(self) -> str:
         return self.layout.hint(self.root)
@@ -149,6 +149,7 @@ class FewShotDataModule(pl.LightningDataModule):
             source_list=self.source_lists.get(split),
             cache_dir=self.cache_dir,
             progress=False,
+            fold_spec=self.split,
         )
 
     def _add_table(self, name: str, table: EpisodeTable) -> EpisodeTable:

@@ -125,11 +125,24 @@ def read_image(path: str | Path, *, hint: str | None = None) -> np.ndarray:
     return apply_orientation(img, exif_orientation(buf))
 
 
+def _is_palette_png(buf: np.ndarray) -> bool:
+    """A PNG whose IHDR colour type is 3 (palette): its pixels are indices, read with PIL, not as colours."""
+    head = buf[:26].tobytes()
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25] == 3
+
+
 def decode_label(buf: np.ndarray, path: Path) -> np.ndarray:
     """Decode label bytes to (H, W) uint8 class ids, refusing colour and 16-bit PNGs.
 
     A label is read as stored unless it carries an EXIF Orientation itself (the rule of :func:`read_image`).
     """
+    if _is_palette_png(buf):  # VOC-style palette PNG: the palette indices are the class ids
+        try:
+            with Image.open(io.BytesIO(buf.tobytes())) as im:
+                lab = np.asarray(im if im.mode == "P" else im.convert("P"), dtype=np.uint8)
+        except (OSError, ValueError) as err:
+            raise DataFileError(f"label {path} is corrupt ({err}); re-create it") from err
+        return apply_orientation(np.ascontiguousarray(lab), exif_orientation(buf))
     lab = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if lab is None:
         raise DataFileError(f"label {path} is corrupt or not an image; re-create it")
@@ -140,8 +153,8 @@ def decode_label(buf: np.ndarray, path: Path) -> np.ndarray:
             np.array_equal(lab[..., 0], lab[..., 1]) and np.array_equal(lab[..., 0], lab[..., 2])
         ):
             raise DataFileError(
-                f"label {path} is a colour image ({lab.shape[2]} channels), e.g. a VOC palette PNG; labels "
-                "must be single-channel class ids (python -m svfseg.data.prepare converts palette PNGs)"
+                f"label {path} is a colour image ({lab.shape[2]} channels); labels "
+                "must be single-channel class ids or palette PNGs whose indices are the class ids"
             )
         lab = np.ascontiguousarray(lab[..., 0])
     return apply_orientation(lab, exif_orientation(buf))

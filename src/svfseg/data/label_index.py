@@ -99,8 +99,11 @@ def scan_counts(
     *,
     workers: int | None = None,
     progress: bool = True,
+    num_classes: int | None = None,
 ) -> dict[str, dict[int, int]]:
     """Per-label class pixel counts, re-reading only labels that are new or changed since the cache.
+
+    ``num_classes``: the highest valid class id (default: the layout's; a folder dataset gives its own).
 
     A cached entry is valid while its label file keeps its (mtime_ns, size); the file is per (dataset,
     root, source origin), so every fold and an edited source list reuse the same scan.
@@ -118,7 +121,7 @@ def scan_counts(
         if hit is not None:
             counts[label] = hit
         elif label not in seen:
-            tasks.append((str(root), image, label, layout.num_classes, layout.hint(root)))
+            tasks.append((str(root), image, label, num_classes or layout.num_classes, layout.hint(root)))
         seen.add(label)
     if tasks:
         counts.update(_run_counts(tasks, workers, progress, f"reading {len(tasks)} {layout.name} labels"))

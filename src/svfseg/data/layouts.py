@@ -39,6 +39,11 @@ class Layout:
 
     @property
     def num_classes(self) -> int:
+        if self.split_dataset not in NUM_CLASSES:
+            raise ValueError(
+                f"dataset {self.name}: the class count is the folder's own (ROOT/classes.txt); take it "
+                "from the run's FoldSpec.num_classes"
+            )
         return NUM_CLASSES[self.split_dataset]
 
     def hint(self, root: str | Path) -> str:
@@ -56,6 +61,13 @@ LAYOUTS: dict[str, Layout] = {
     "coco": Layout(
         "coco", "coco", _COCO_SHAPES, "python -m svfseg.data.prepare coco --coco COCO_DIR --out {root}"
     ),
+    # A user's dataset folder (images/, labels/, classes.txt, train.txt, val.txt, folds.json): no code.
+    "folder": Layout(
+        "folder",
+        "folder",
+        (("images",), ("labels",)),
+        "python -m svfseg.data.prepare folder {root}  (checks the layout; docs/own-dataset.md)",
+    ),
     # Generated data in the Pascal layout with its own source lists in ROOT/lists/.
     "synthetic": Layout(
         "synthetic",
@@ -65,6 +77,7 @@ LAYOUTS: dict[str, Layout] = {
     ),
 }
 PASCAL_SOURCE_RESOURCES = {"train": "voc_sbd_merge_noduplicate.txt", "val": "val.txt"}
+FOLDER = "folder"
 
 
 def get_layout(dataset: str) -> Layout:
@@ -185,6 +198,12 @@ def default_source(layout: Layout, root: Path, split: str) -> SourceList:
         name = PASCAL_SOURCE_RESOURCES[split]
         text = (resources.files("svfseg") / "resources" / "pascal" / name).read_text()
         return SourceList(parse_pair_lines(text, name, layout), text, f"svfseg.resources/pascal/{name}")
+    if layout.name == FOLDER:
+        from svfseg.data.folder_layout import read_folder
+
+        pairs = read_folder(root, check_files=True).pairs(split)
+        text = "".join(f"{image} {label}\n" for image, label in pairs)
+        return SourceList(pairs, text, f"{root}/{split}.txt")
     if layout.name == "synthetic":
         path = root / "lists" / f"{split}.txt"
         if not path.is_file():

@@ -21,7 +21,15 @@ from typing import Any
 from svfseg.data.checks import missing_root_message
 from svfseg.data.fold import FoldSpec
 from svfseg.data.label_index import scan_counts, stat_labels
-from svfseg.data.layouts import Layout, Pair, check_split, default_source, get_layout, read_source_file
+from svfseg.data.layouts import (
+    FOLDER,
+    Layout,
+    Pair,
+    check_split,
+    default_source,
+    get_layout,
+    read_source_file,
+)
 from svfseg.data.list_cache import CACHE_VERSION, json_sha256, load_cache, resolve_cache_dir, write_cache
 
 log = logging.getLogger(__name__)
@@ -103,10 +111,20 @@ def select_pairs(
     return FewShotList(tuple(kept), {c: tuple(v) for c, v in pools.items()})
 
 
-def pool_classes(layout: Layout, fold: int, split: str, coco_split: str) -> tuple[list[int], list[int]]:
-    """(pool classes, novel classes) of a fold: base classes for train, novel classes for val."""
+def pool_classes(
+    layout: Layout, fold: int, split: str, coco_split: str, spec: FoldSpec | None = None
+) -> tuple[list[int], list[int]]:
+    """(pool classes, novel classes) of a fold: base classes for train, novel classes for val.
+
+    ``spec``: the run's FoldSpec (required for a folder dataset, whose classes come from its folder).
+    """
     check_split(split)
-    spec = FoldSpec(layout.name, fold, coco_split=coco_split)
+    if spec is None:
+        spec = FoldSpec(layout.name, fold, coco_split=coco_split)
+    elif (spec.dataset, spec.fold) != (layout.name, fold):
+        raise ValueError(
+            f"fold_spec is {spec.dataset} fold {spec.fold} but the list asks for {layout.name} fold {fold}"
+        )
     return list(spec.classes(split)), list(spec.novel_classes)
 
 
@@ -130,6 +148,7 @@ def build_list(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     progress: bool = True,
+    fold_spec: FoldSpec | None = None,
 ) -> FewShotList:
     """The few-shot list of a fold and split (``train``/``val``), from cache when nothing changed.
 
@@ -139,7 +158,10 @@ def build_list(
     labels (None: up to 8; 0 or 1: in-process).
     """
     layout = get_layout(dataset)
-    pool, novel = pool_classes(layout, fold, split, coco_split)
+    if fold_spec is None and layout.name == FOLDER:
+        fold_spec = FoldSpec.for_folder(root, fold)
+    pool, novel = pool_classes(layout, fold, split, coco_split, fold_spec)
+    num_classes = fold_spec.num_classes if fold_spec is not None else layout.num_classes
     if isinstance(min_pixels, bool) or not isinstance(min_pixels, int) or min_pixels < 1:
         raise ValueError(f"min_pixels={min_pixels!r}: expected a positive integer (reference: 2048)")
     use_filter = split == "train" and (True if filter_novel is None else bool(filter_novel))
@@ -163,6 +185,8 @@ def build_list(
         "filter": use_filter,
         "min_pixels": min_pixels,
         "coco_split": coco_split if layout.split_dataset == "coco" else None,
+        # a folder's classes are its own: a new folds.json or classes.txt makes another list
+        **({"classes": fold_spec.fold_record()} if fold_spec is not None and fold_spec.folds else {}),
     }
     # One file per configuration (a changed input overwrites it); the key says whether it is current.
     key = json_sha256(
@@ -180,7 +204,9 @@ def build_list(
             return FewShotList.from_json(cached["list"])
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring malformed cache file %s (%s)", path, exc)
-    counts = scan_counts(layout, root_path, source, stats, cache, workers=workers, progress=progress)
+    counts = scan_counts(
+        layout, root_path, source, stats, cache, workers=workers, progress=progress, num_classes=num_classes
+    )
     result = select_pairs(source.pairs, counts, pool, novel, filter_novel=use_filter, min_pixels=min_pixels)
     if result.empty_classes():
         log.warning(

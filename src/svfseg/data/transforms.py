@@ -47,6 +47,7 @@ STD_255 = tuple(s * 255.0 for s in IMAGENET_STD)
 SCALE_RANGES: dict[str, tuple[float, float]] = {
     "pascal": (0.9, 1.1),
     "synthetic": (0.9, 1.1),
+    "folder": (0.9, 1.1),
     "coco": (0.8, 1.25),
     "base": (0.5, 2.0),
 }

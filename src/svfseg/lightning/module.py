@@ -18,7 +18,6 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import Tensor, nn
 
-from svfseg.data.class_names import class_names
 from svfseg.finetune import build_strategy
 from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
 from svfseg.lightning.optim import OptimConfig, build_optimizer, build_scheduler
@@ -60,7 +59,7 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
             load_pretrained=load_pretrained,
         )
         self.num_eval_classes = len(self.spec.fold.novel_classes)
-        names = class_names(self.spec.fold.dataset)
+        names = self.spec.fold.class_names()
         # metric names per class index (``<prefix>/iou/<name>``): novel classes for val/test, base for the
         # training-episode curve
         self.class_keys = {

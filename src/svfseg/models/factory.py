@@ -14,7 +14,7 @@ from svfseg.models.backbones import build_backbone
 from svfseg.models.backbones.timm_cnn import BAM_ON_TIMM_CNN, TIMM_CNN
 from svfseg.models.backbones.vit import VIT_MODELS
 from svfseg.models.base import FewShotModel
-from svfseg.models.pspnet import PSPNet, backbone_shell, base_learner_num_classes, load_base_learner
+from svfseg.models.pspnet import PSPNet, backbone_shell, load_base_learner
 from svfseg.models.registry import build_model
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,11 @@ def build_fewshot_model(
                 fold=fold.fold,
                 width_mult=width_mult,
                 coco_split=fold.coco_split,
+                num_classes=len(fold.base_classes) + 1,
+                classes=fold.fold_record() if fold.folds is not None else None,
             )
         else:  # weights come from a BAM checkpoint next
-            pspnet = PSPNet(
-                backbone_shell(bb_name, width_mult),
-                num_classes=base_learner_num_classes(split_dataset, fold.fold, fold.coco_split),
-            )
+            pspnet = PSPNet(backbone_shell(bb_name, width_mult), num_classes=len(fold.base_classes) + 1)
         return build_model("bam", pspnet.backbone, shot=fold.shot, base_learner=pspnet, **options)
 
     options.pop("base_learner", None)

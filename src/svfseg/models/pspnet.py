@@ -189,11 +189,14 @@ def load_base_learner(
     coco_split: str = "interleaved",
     map_location: str | torch.device = "cpu",
     dataset_name: str | None = None,
+    num_classes: int | None = None,
+    classes: Mapping[str, Any] | None = None,
 ) -> PSPNet:
     """Rebuild the stage-1 PSPNet from ``path``, refusing files made for other settings.
 
     The meta record must match ``dataset``, ``fold``, ``backbone_name`` and ``width_mult`` (and
-    ``coco_split`` for COCO); the state dict must fill every key of the model and nothing else.
+    ``coco_split`` for COCO; for a folder dataset ``num_classes`` and its ``classes`` record); the state
+    dict must fill every key of the model and nothing else.
     ``dataset_name``: the run's dataset config name for the stage-1 command in errors (``dataset`` is the
     fold structure the file records, e.g. ``pascal`` for ``synthetic``).
     """
@@ -218,10 +221,14 @@ def load_base_learner(
         "fold": fold,
         "backbone": backbone_name,
         "width_mult": float(width_mult),
-        "num_classes": base_learner_num_classes(dataset, fold, coco_split),
+        "num_classes": num_classes
+        if num_classes is not None
+        else base_learner_num_classes(dataset, fold, coco_split),
     }
     if dataset == "coco":
         expected["coco_split"] = coco_split
+    if classes is not None:  # a folder dataset: the file must be of the same folds and class count
+        expected["classes"] = dict(classes)
     _check_meta(path, meta, expected, command)
     backbone = backbone_shell(backbone_name, width_mult)
     model = PSPNet(backbone, num_classes=int(meta["num_classes"]), bins=meta.get("bins", PPM_BINS))

@@ -31,7 +31,7 @@ from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
 from svfseg.lightning.optim import OptimConfig, build_scheduler
 from svfseg.lightning.progress import SparseMetricsProgressBar
 from svfseg.models.backbones import build_backbone
-from svfseg.models.pspnet import PSPNet, base_learner_num_classes, save_base_learner
+from svfseg.models.pspnet import PSPNet, save_base_learner
 from svfseg.run_spec import RunSpec
 from svfseg.tasks.builders import build_loggers, plain, trainer_arguments
 from svfseg.tasks.reporting import close_loggers
@@ -128,7 +128,7 @@ def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
     stage = cfg.dataset.base_stage
     fold = spec.fold
     train_batch, eval_batch = stage_batch_sizes(cfg, "base", world_size(cfg.trainer))
-    num_classes = base_learner_num_classes(fold.split_dataset, fold.fold, fold.coco_split)
+    num_classes = len(fold.base_classes) + 1  # the fold's base classes and background
     datamodule = BaseSegDataModule(
         split=fold,
         root=str(cfg.dataset.root),
@@ -181,6 +181,7 @@ def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
             "coco_split": fold.coco_split,
             "val_miou": float(checkpoint.best_model_score or float("nan")),
             "epochs": int(stage.epochs),
+            **({"classes": fold.fold_record()} if fold.folds is not None else {}),
         }
         if trainer.is_global_zero:
             save_base_learner(best.model, target, meta)

@@ -28,6 +28,7 @@ from svfseg.inference.checkpoints import resolve_checkpoint
 from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.precision import apply_matmul_precision
+from svfseg.run_dir import is_global_rank_zero, save_hydra_record
 from svfseg.run_spec import RunSpec, check_identity
 from svfseg.tasks.builders import build_datamodule, plain, trainer_arguments
 from svfseg.tasks.reporting import metrics_record, print_metrics, write_metrics_json
@@ -121,6 +122,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
     run = run_config_from_checkpoint(checkpoint, cfg)
     del checkpoint
+    if is_global_rank_zero():  # the checks passed: now the run folder gets its record
+        save_hydra_record(Path(str(cfg.paths.output_dir)), cfg)
     module = FewShotSegModule.load_from_checkpoint(
         ckpt, map_location="cpu", weights_only=True, strict=True, load_pretrained=False
     )

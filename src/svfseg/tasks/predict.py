@@ -13,6 +13,7 @@ from svfseg.data.progress import progress_bar
 from svfseg.inference import PredictionWriter, Predictor, check_queries, expand_queries, read_supports
 from svfseg.inference.inputs import check_support_class
 from svfseg.precision import apply_matmul_precision
+from svfseg.run_dir import save_hydra_record
 from svfseg.tasks.builders import plain
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         str(cfg.ckpt_path), device=str(cfg.get("device", "auto")), merge=bool(cfg.get("merge_svf", True))
     )
     note = predictor.check_shot(len(supports))
+    save_hydra_record(out, cfg)  # every input passed its check
     writer = PredictionWriter(out, queries, mask_values=str(cfg.get("mask_values", "binary")))
     with progress_bar("predict", len(queries), enabled=bool(cfg.get("progress", True))) as advance:
         for prediction in predictor.predict(supports, queries, batch_size=int(cfg.get("batch_size", 4))):

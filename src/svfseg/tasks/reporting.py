@@ -14,7 +14,6 @@ from pytorch_lightning.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
-from svfseg.data.class_names import class_names
 from svfseg.files import atomic_write_text
 from svfseg.run_spec import RunSpec
 
@@ -97,7 +96,7 @@ def metrics_record(
     return {
         "miou": summary["miou_mean"],
         "fbiou": summary["fbiou_mean"],
-        "class_iou": per_class_summary(per_seed, class_names(str(cfg.dataset.name))),
+        "class_iou": per_class_summary(per_seed, RunSpec.from_config(cfg).fold.class_names()),
         **summary,
         "per_seed": {str(s): v for s, v in per_seed.items()},
         "n_episodes": int(n_episodes),
