@@ -50,11 +50,11 @@ class FoldSpec:
             )
         split_dataset = get_layout(self.dataset).split_dataset
         object.__setattr__(self, "split_dataset", split_dataset)
-        if self.dataset == FOLDER:
+        if self.dataset == FOLDER or self.folds is not None:
             base, novel = self._folder_classes()
         else:
-            if self.folds is not None or self.names is not None:
-                raise ValueError(f"dataset={self.dataset}: folds and names belong to folder datasets only")
+            if self.names is not None:
+                raise ValueError(f"dataset={self.dataset}: class names are its own; names are for folders")
             check_fold(split_dataset, self.fold, self.coco_split)
             base = tuple(base_classes(split_dataset, self.fold, self.coco_split))
             novel = tuple(novel_classes(split_dataset, self.fold, self.coco_split))
@@ -62,21 +62,27 @@ class FoldSpec:
         object.__setattr__(self, "novel_classes", novel)
 
     def _folder_classes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        if self.folds is None or self.names is None:
+        """Classes from explicit ``folds``: a folder dataset's own, or another class split of a standard
+        dataset (e.g. the COCO-20i -> PASCAL-5i evaluation folds, svfseg.data.cross_dataset)."""
+        if self.folds is None or (self.dataset == FOLDER and self.names is None):
             raise ValueError(
                 "dataset=folder needs the folder's folds and class names: build the FoldSpec with "
                 "FoldSpec.for_folder(root, fold, shot) (they come from ROOT/folds.json and ROOT/classes.txt)"
             )
         folds = tuple(tuple(int(c) for c in fold) for fold in self.folds)
         object.__setattr__(self, "folds", folds)
-        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        if self.names is not None:
+            object.__setattr__(self, "names", tuple(str(n) for n in self.names))
         if isinstance(self.fold, bool) or not isinstance(self.fold, int) or not 0 <= self.fold < len(folds):
+            where = "this dataset folder has" if self.dataset == FOLDER else "this class split has"
             raise ValueError(
-                f"fold={self.fold!r} is invalid: this dataset folder has {len(folds)} folds (folds.json), "
-                f"choose one of {list(range(len(folds)))}"
+                f"fold={self.fold!r} is invalid: {where} {len(folds)} folds, choose one of {list(range(len(folds)))}"
             )
+        num_classes = self.num_classes
+        if any(not 1 <= c <= num_classes for fold in folds for c in fold):
+            raise ValueError(f"folds {folds}: class ids must be in 1..{num_classes}")
         novel = tuple(sorted(folds[self.fold]))
-        base = tuple(c for c in range(1, len(self.names) + 1) if c not in set(novel))
+        base = tuple(c for c in range(1, num_classes + 1) if c not in set(novel))
         return base, novel
 
     @classmethod
@@ -122,8 +128,9 @@ class FoldSpec:
             "shot": self.shot,
             "coco_split": self.coco_split,
         }
-        if self.folds is not None and self.names is not None:
+        if self.folds is not None:
             out["folds"] = [list(f) for f in self.folds]
+        if self.names is not None:
             out["names"] = list(self.names)
         return out
 

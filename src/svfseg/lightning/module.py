@@ -18,6 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import Tensor, nn
 
+from svfseg.data.fold import FoldSpec
 from svfseg.finetune import build_strategy
 from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
 from svfseg.lightning.optim import OptimConfig, build_optimizer, build_scheduler
@@ -76,6 +77,15 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
         self.run_config: dict[str, Any] | None = None
         self.test_results: dict[str, Tensor] = {}
         self.nonfinite = NonFiniteGuard(self.optim_cfg.nonfinite_check_every)
+
+    def use_evaluation_fold(self, fold: FoldSpec) -> None:
+        """Test on another dataset's classes (cross-dataset / cross-domain evaluation): the test metrics,
+        their class names and the number of classes follow ``fold``; the model is unchanged."""
+        self.eval_fold = fold
+        self.num_eval_classes = len(fold.novel_classes)
+        names = fold.class_names()
+        self.class_keys["val"] = [names[c].replace(" ", "_") for c in fold.novel_classes]
+        self.test_ious = nn.ModuleList([self._metric(self.num_eval_classes)])
 
     @staticmethod
     def _metric(num_classes: int) -> FewShotIoU:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import RichProgressBar
 
 from svfseg.config_checks import (
@@ -24,6 +24,7 @@ from svfseg.config_checks import (
     eval_seeds,
     positive_count,
 )
+from svfseg.data.cross_dataset import evaluation_fold
 from svfseg.inference.checkpoints import resolve_checkpoint
 from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.module import FewShotSegModule
@@ -113,6 +114,33 @@ def check_eval_config(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     return opened
 
 
+def _evaluation_spec(cfg: DictConfig, run: DictConfig) -> tuple[RunSpec, str | None]:
+    """The run spec the data is built from, and the cross-dataset protocol's name (None: the training data).
+
+    ``eval_dataset`` switches ``run``'s dataset to the target (its root from ``dataset_root``); the
+    checkpoint's own method, backbone and strategy stay.
+    """
+    trained = RunSpec.from_config(run)
+    target = cfg.get("eval_dataset")
+    if target is None or (target == trained.fold.dataset and cfg.get("eval_fold") is None):
+        return trained, None
+    root = cfg.get("dataset_root")
+    if root is None:
+        raise ConfigError(f"eval_dataset={target} needs dataset_root=ROOT (the {target} dataset's root)")
+    try:
+        fold, protocol = evaluation_fold(trained.fold, str(target), root, cfg.get("eval_fold"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    with open_dict(run):
+        run.dataset.name = str(target)
+        run.dataset.source_lists = None
+        run.dataset.cache_dir = None
+        run.fold = fold.fold
+    return RunSpec(
+        fold=fold, method=trained.method, backbone=trained.backbone, finetune=trained.finetune
+    ), protocol
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on every seed's fixed episodes; rank 0 writes ``metrics.json``.
 
@@ -122,11 +150,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
     run = run_config_from_checkpoint(checkpoint, cfg)
     del checkpoint
+    trained_dataset, trained_fold = str(run.dataset.name), int(run.fold)
+    eval_spec, protocol = _evaluation_spec(cfg, run)
     if is_global_rank_zero():  # the checks passed: now the run folder gets its record
         save_hydra_record(Path(str(cfg.paths.output_dir)), cfg)
     module = FewShotSegModule.load_from_checkpoint(
         ckpt, map_location="cpu", weights_only=True, strict=True, load_pretrained=False
     )
+    if protocol is not None:
+        module.use_evaluation_fold(eval_spec.fold)
     trainer_cfg = trainer_arguments(cfg, bn_trains=False)  # evaluation never trains BN
     trainer_cfg.update(logger=False, enable_checkpointing=False)
     show_progress = trainer_cfg.get("enable_progress_bar", True)
@@ -136,7 +168,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for seed in seeds:
         seed_cfg = run.copy()
         seed_cfg.dataset.eval_seeds = [seed]
-        datamodule = build_datamodule(seed_cfg, training=False)
+        datamodule = build_datamodule(seed_cfg, eval_spec, training=False)
         trainer.test(module, datamodule=datamodule, verbose=False)
         per_seed[seed] = {
             k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in module.test_results.items()
@@ -148,7 +180,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         n_episodes=int(run.dataset.n_episodes),
         seeds=seeds,
         config=plain(run),
+        fold=eval_spec.fold,
     )
+    if protocol is not None:
+        record["evaluation"] = {
+            "protocol": protocol,
+            "dataset": eval_spec.fold.dataset,
+            "fold": eval_spec.fold.fold,
+            "novel_classes": list(eval_spec.fold.novel_classes),
+            "trained_on": {"dataset": trained_dataset, "fold": trained_fold},
+        }
     if trainer.is_global_zero:
         out = Path(str(cfg.paths.output_dir))
         out.mkdir(parents=True, exist_ok=True)

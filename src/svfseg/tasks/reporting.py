@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
+from svfseg.data.fold import FoldSpec
 from svfseg.files import atomic_write_text
 from svfseg.run_spec import RunSpec
 
@@ -84,19 +85,21 @@ def metrics_record(
     n_episodes: int,
     seeds: Sequence[int],
     config: dict[str, Any] | None = None,
+    fold: FoldSpec | None = None,
 ) -> dict[str, Any]:
     """The ``metrics.json`` record: headline numbers (mean over seeds), per-class and per-seed values, run identity.
 
     ``class_iou`` maps each evaluation class id to its name and IoU (mean and std over seeds, and per seed).
+    ``fold``: the classes evaluated (default: the run's fold; another one for a cross-dataset evaluation).
     """
     per_seed = values if all(isinstance(k, int) for k in values) else {int(seeds[0]): values}
-    class_ids = RunSpec.from_config(cfg).fold.novel_classes
-    per_seed = {int(s): _floats(v, class_ids) for s, v in per_seed.items()}  # type: ignore[union-attr]
+    fold = fold if fold is not None else RunSpec.from_config(cfg).fold
+    per_seed = {int(s): _floats(v, fold.novel_classes) for s, v in per_seed.items()}  # type: ignore[union-attr]
     summary = seeds_summary(per_seed)
     return {
         "miou": summary["miou_mean"],
         "fbiou": summary["fbiou_mean"],
-        "class_iou": per_class_summary(per_seed, RunSpec.from_config(cfg).fold.class_names()),
+        "class_iou": per_class_summary(per_seed, fold.class_names()),
         **summary,
         "per_seed": {str(s): v for s, v in per_seed.items()},
         "n_episodes": int(n_episodes),
