@@ -1,8 +1,13 @@
-"""SVF layer benchmark on the dilated deep-stem ResNet-50 (CPU): training step, eval forward, peak memory.
+"""SVF layer benchmark (CPU): the dilated deep-stem ResNet-50 (training step, eval forward, peak memory)
+and EfficientNet-Lite0 (training step and eval forward, depthwise convs converted too).
 
-    python benchmarks/bench_svf.py [--size 321] [--batch 2] [--repeats 5] [--write docs/benchmarks.md]
+    python benchmarks/bench_svf.py [--backbones resnet50 efficientnet_lite0] [--size 321] [--batch 2]
+                                   [--repeats 5] [--write docs/benchmarks.md]
 
-Variants (all BN layers in eval mode, as the project trains; random init, pretrained=None):
+``--backbones efficientnet_lite0`` runs the Lite0 part alone (about 75 s at the defaults on 2 shared cores);
+``--write`` then replaces only its subsection of the SVF section, and a ResNet-50-only run keeps it.
+
+ResNet-50 variants (all BN layers in eval mode, as the project trains; random init, pretrained=None):
 
 * ``freeze``: the original backbone under ``no_grad`` (also the eval baseline ``original``);
 * ``full``: full fine-tune, every parameter trains (forward + backward);
@@ -28,6 +33,20 @@ at once: resident memory then tracks live tensor bytes. Right before a measured 
 counter is reset (``echo 5 > /proc/self/clear_refs``); the step's peak is ``VmHWM - VmRSS(before)``:
 activations kept for backward, gradients and temporaries, excluding the model itself. A calibration run
 allocates a known 256 MiB tensor the same way and must read back 256 MiB.
+
+EfficientNet-Lite0 (``build_backbone("efficientnet_lite0", pretrained=None)``: random init, as timing does
+not depend on the weights' values; BN in eval mode), timed with ``benchlib.interleaved_times``:
+
+* ``full``: full fine-tune, every parameter trains (forward + backward of ``sum(layer4)``);
+* ``svf``: every conv of all five stages converted, the 16 depthwise convs included, as ``finetune=svf``
+  converts a timm CNN (``apply_svf(..., depthwise=backbone.svf_depthwise)``); ``s`` trains in layer2-4,
+  layer0-1 are converted but frozen (as in the ResNet-50 ``svf`` variant; ``finetune=svf`` converts only
+  layer2-4 unless ``convert_stages=[0,1,2,3,4]``, which changes nothing but speed), ``execution=auto``;
+* eval (``no_grad`` forward): the original network, the SVF layers with their cached merged W, and the SVF
+  model after ``merge_svf`` (plain convs again).
+
+Each training unit drops its gradients (``grad = None``) at its end, inside the timed call. No memory
+figures for Lite0.
 """
 
 from __future__ import annotations
@@ -41,6 +60,7 @@ import logging
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -50,13 +70,38 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from benchlib import WORKER_ENV, measure_peak, saved_for_backward, write_section
+from benchlib import (
+    WORKER_ENV,
+    interleaved_times,
+    measure_peak,
+    retain_freed_memory,
+    saved_for_backward,
+    write_section,
+)
 from torch import Tensor, nn
 
 from svfseg.models.backbones import build_backbone
-from svfseg.svf import apply_svf, mark_only_svf_trainable, set_svf_execution, svf_layers, svf_summary
+from svfseg.svf import (
+    apply_svf,
+    mark_only_svf_trainable,
+    merge_svf,
+    set_svf_execution,
+    svf_layers,
+    svf_summary,
+)
 
 SECTION = "## SVF layer: training step, eval and memory (ResNet-50)"
+LITE_SECTION = "### EfficientNet-Lite0: SVF with depthwise convs"
+BACKBONES = ("resnet50", "efficientnet_lite0")
+LITE_TRAIN = ("full", "svf")
+LITE_EVAL = ("original", "svf_eval", "svf_merged")
+LITE_LABELS = {
+    "full": "full fine-tune",
+    "svf": "SVF (auto), s trains in layer2-4",
+    "original": "original network",
+    "svf_eval": "SVF layers, cached merged W",
+    "svf_merged": "SVF merged (`merge_svf`, plain convs)",
+}
 TRAIN_VARIANTS = ("freeze", "full", "svf", "svf_ref", "svf_mat")
 EVAL_VARIANTS = ("original", "svf_eval", "svf_ref_eval")
 LABELS = {
@@ -274,7 +319,143 @@ def measure_memory(variants: tuple[str, ...], size: int, batch: int) -> dict[str
     return results
 
 
+# ------------------------------------------------------------------------------------------ EfficientNet-Lite0
+def _lite_backbone() -> nn.Module:
+    torch.manual_seed(0)  # random init (no weight file): the same weights in every variant
+    return build_backbone("efficientnet_lite0", pretrained=None, warn_if_random=False).eval()
+
+
+def _lite_svf_backbone() -> nn.Module:
+    """All five stages converted as ``finetune=svf`` converts a timm CNN (depthwise too); s trains in layer2-4."""
+    model = _lite_backbone()
+    depthwise = bool(getattr(model, "svf_depthwise", False))
+    apply_svf(model, include=["layer0.*", "layer1.*"], train=(), depthwise=depthwise)
+    apply_svf(model, include=["layer2.*", "layer3.*", "layer4.*"], train=("s",), depthwise=depthwise)
+    mark_only_svf_trainable(model)
+    return model
+
+
+def lite_units(size: int, batch: int) -> tuple[dict[str, Callable[[], None]], nn.Module]:
+    """The timed calls of the Lite0 variants (and the SVF model, for its counts)."""
+    x = _input(size, batch)
+    full = _lite_backbone().requires_grad_(True)
+    original = _lite_backbone().requires_grad_(False)
+    svf = _lite_svf_backbone()
+    svf_eval = copy.deepcopy(svf)
+    merged = copy.deepcopy(svf)
+    merge_svf(merged)
+    merged.requires_grad_(False)
+
+    def train(model: nn.Module) -> Callable[[], None]:
+        def unit() -> None:
+            model(x)["layer4"].sum().backward()
+            _clear_grads(model)
+
+        return unit
+
+    def forward(model: nn.Module) -> Callable[[], None]:
+        def unit() -> None:
+            with torch.no_grad():
+                model(x)
+
+        return unit
+
+    units = {
+        "full": train(full),
+        "svf": train(svf),
+        "original": forward(original),
+        "svf_eval": forward(svf_eval),
+        "svf_merged": forward(merged),
+    }
+    return units, svf
+
+
+def check_lite_merged(size: int = 65) -> float:
+    """Max |merged - original| / max |original| of layer4 (float32): the merged model is the same network."""
+    x = _input(size, 1)
+    original = _lite_backbone()
+    merged = _lite_svf_backbone()
+    merge_svf(merged)
+    with torch.no_grad():
+        a, b = original(x)["layer4"], merged(x)["layer4"]
+    return float((a - b).abs().max() / a.abs().max())
+
+
+def render_lite(
+    args: argparse.Namespace, times: dict[str, list[float]], model: nn.Module, merged_err: float
+) -> str:
+    med = {v: statistics.median(ts) for v, ts in times.items()}
+    best = {v: min(ts) for v, ts in times.items()}
+    layers = [layer for _, layer in svf_layers(model)]
+    depthwise = sum(
+        1 for layer in layers if layer.groups > 1 and layer.groups == getattr(layer, "in_channels", 0)
+    )
+    summary = svf_summary(model)
+    lines = [
+        LITE_SECTION,
+        "",
+        f"Command: `{_command(args)}`  ",
+        _machine_line(),
+        f'Model: `build_backbone("efficientnet_lite0", pretrained=None)` (timm `tf_efficientnet_lite0`, output '
+        f"stride 8): **random init**, no weight file (timing does not depend on the weights' values), BN in eval "
+        f"mode, input {args.batch}x3x{args.size}x{args.size}. SVF converts every conv of the five stages, the "
+        f"{depthwise} depthwise convs included, as `finetune=svf` does for this backbone "
+        f"(`apply_svf(..., depthwise=backbone.svf_depthwise)`): {len(layers)} convs, "
+        f"{summary.total.singular_values:,} singular values at full rank; s trains in layer2-4 "
+        f"({summary.total.trainable:,}), layer0-1 are converted but frozen (as for ResNet-50 above; "
+        "`finetune=svf` converts layer2-4 only unless `convert_stages=[0,1,2,3,4]`, which changes speed only).",
+        "",
+        f"Median and minimum of {args.repeats} interleaved rounds (after {args.warmup} warm-up round), all five "
+        "variants in one process; ratios as median/median and min/min. Training step = forward + backward of "
+        "`sum(layer4)`.",
+        "",
+        "| variant | time, median (min) s | ratio, median (min) |",
+        "| --- | ---: | ---: |",
+    ]
+    for v in (*LITE_TRAIN, *LITE_EVAL):
+        base = "full" if v in LITE_TRAIN else "original"
+        ref = "x full FT" if base == "full" else "x original"
+        lines.append(
+            f"| {'training step' if v in LITE_TRAIN else 'eval'}: {LITE_LABELS[v]} | {med[v]:.3f} ({best[v]:.3f}) "
+            f"| {med[v] / med[base]:.2f} ({best[v] / best[base]:.2f}) {ref} |"
+        )
+    lines += [
+        "",
+        f"* The merged model is the original network: layer4 differs by {merged_err:.1e} of its largest value "
+        "(float32, 65 px).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------ report
+def _command(args: argparse.Namespace) -> str:
+    backbones = "" if tuple(args.backbones) == BACKBONES else f" --backbones {' '.join(args.backbones)}"
+    return (
+        f"nice -n 5 .venv/bin/python benchmarks/bench_svf.py{backbones} --size {args.size} --batch {args.batch} "
+        f"--repeats {args.repeats} --allocator {args.allocator} --write docs/benchmarks.md"
+    )
+
+
+def _machine_line() -> str:
+    return (
+        f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, shared with other jobs; "
+        f"date {dt.date.today().isoformat()}.  "
+    )
+
+
+def write_svf_section(path: Path, resnet_text: str | None, lite_text: str | None) -> None:
+    """Write the SVF section: the parts measured now replace theirs, a part not run keeps its old text."""
+    old = path.read_text() if path.exists() else ""
+    found = re.search(re.escape(SECTION) + r".*?(?=^## |\Z)", old, re.S | re.M)
+    head, sep, tail = found.group(0).partition(LITE_SECTION) if found else ("", "", "")
+    resnet = resnet_text or head or f"{SECTION}\n\nResNet-50: not measured yet (`--backbones resnet50`).\n"
+    lite = lite_text or (sep + tail)
+    text = resnet.rstrip("\n") + ("\n\n" + lite.rstrip("\n") if lite else "") + "\n"
+    write_section(path, SECTION, text)
+
+
 def render(
     args: argparse.Namespace,
     times: dict[str, list[float]],
@@ -287,15 +468,11 @@ def render(
     expect = analytic_ratios()
     full_t, full_m, ref_m = med["full"], memory["full"]["peak_mib"], memory["svf_ref"]["peak_mib"]
     summary = svf_summary(_svf_backbone("auto"))
-    threads = torch.get_num_threads()
     lines = [
         SECTION,
         "",
-        f"Command: `nice -n 5 .venv/bin/python benchmarks/bench_svf.py --size {args.size} --batch {args.batch} "
-        f"--repeats {args.repeats} --allocator {args.allocator} --write docs/benchmarks.md`  ",
-        f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
-        f"{threads} torch threads, torch {torch.__version__}, shared with other jobs; "
-        f"date {dt.date.today().isoformat()}.  ",
+        f"Command: `{_command(args)}`  ",
+        _machine_line(),
         f'Model: `build_backbone("resnet50", pretrained=None)` (deep stem, dilated, output stride 8), BN in eval '
         f"mode, input {args.batch}x3x{args.size}x{args.size}. SVF converts all five stages at full rank "
         f"({summary.total.singular_values:,} singular values); s trains in layer2-4 "
@@ -353,6 +530,13 @@ def render(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        choices=BACKBONES,
+        default=list(BACKBONES),
+        help="which backbones to run (default both; efficientnet_lite0 alone takes about 75 s on 2 cores)",
+    )
     parser.add_argument("--size", type=int, default=321, help="input height = width (default 321)")
     parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="measured rounds per variant (default 5)")
@@ -369,19 +553,35 @@ def main() -> None:
     if args.memory_worker:
         print(json.dumps(memory_worker(args.memory_worker, args.size, args.batch)))
         return
-    print(
-        f"timing {args.repeats} interleaved rounds at {args.batch}x3x{args.size}x{args.size} ...", flush=True
-    )
-    times = time_variants(args.size, args.batch, args.repeats, args.warmup)
-    merge_s = merge_cost(args.size, args.batch, max(3, args.repeats // 2))
-    overhead_ms = cache_overhead()
-    print("measuring peak memory (one subprocess per variant) ...", flush=True)
-    memory = measure_memory((*TRAIN_VARIANTS, *EVAL_VARIANTS), args.size, args.batch)
-    text = render(args, times, memory, merge_s, overhead_ms)
-    print()
-    print(text)
+    if args.allocator == "retain":
+        retain_freed_memory()  # the timing process only: the memory workers keep WORKER_ENV's settings
+    resnet_text = lite_text = None
+    if "resnet50" in args.backbones:
+        print(
+            f"ResNet-50: timing {args.repeats} interleaved rounds at {args.batch}x3x{args.size}x{args.size} ...",
+            flush=True,
+        )
+        times = time_variants(args.size, args.batch, args.repeats, args.warmup)
+        merge_s = merge_cost(args.size, args.batch, max(3, args.repeats // 2))
+        overhead_ms = cache_overhead()
+        print("measuring peak memory (one subprocess per variant) ...", flush=True)
+        memory = measure_memory((*TRAIN_VARIANTS, *EVAL_VARIANTS), args.size, args.batch)
+        resnet_text = render(args, times, memory, merge_s, overhead_ms)
+        print()
+        print(resnet_text)
+    if "efficientnet_lite0" in args.backbones:
+        print(
+            f"EfficientNet-Lite0: timing {args.repeats} interleaved rounds at "
+            f"{args.batch}x3x{args.size}x{args.size} ...",
+            flush=True,
+        )
+        units, svf_model = lite_units(args.size, args.batch)
+        lite_times = interleaved_times(units, args.repeats, args.warmup, digits=3)
+        lite_text = render_lite(args, lite_times, svf_model, check_lite_merged())
+        print()
+        print(lite_text)
     if args.write is not None:
-        write_section(args.write, SECTION, text)
+        write_svf_section(args.write, resnet_text, lite_text)
         print(f"updated {args.write}")
 
 
