@@ -41,7 +41,7 @@ def test_fold_spec_classes_are_the_split_definitions(
     [
         (
             {"dataset": "voc", "fold": 0},
-            r"dataset='voc' is invalid: choose one of \['pascal', 'coco', 'synthetic'\]",
+            r"dataset='voc' is invalid: choose one of \['pascal', 'coco', 'folder', 'synthetic'\]",
         ),
         ({"dataset": "pascal", "fold": 4}, r"fold=4 is invalid: choose one of \[0, 1, 2, 3\]"),
         ({"dataset": "pascal", "fold": True}, r"fold=True is invalid"),
