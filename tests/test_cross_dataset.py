@@ -68,6 +68,24 @@ def coco_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def pascal_checkpoint(synthetic_pascal, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint of the Pascal-structured synthetic dataset (fold 0)."""
+    tmp = tmp_path_factory.mktemp("pascal_ckpt")
+    run = tmp / "run"
+    run_cli(
+        [
+            str(REPO / "train.py"),
+            *tiny_overrides(synthetic_pascal),
+            "test_after_fit=false",
+            f"hydra.run.dir={run}",
+        ],
+        tmp,
+        timeout=300,
+    )
+    return run
+
+
 @pytest.mark.slow
 def test_a_coco_checkpoint_evaluates_on_pascal_classes_novel_in_its_coco_fold(
     coco_checkpoint: Path, tmp_path: Path
@@ -102,18 +120,10 @@ def test_a_coco_checkpoint_evaluates_on_pascal_classes_novel_in_its_coco_fold(
 
 
 @pytest.mark.slow
-def test_any_checkpoint_evaluates_on_a_folder_fold(synthetic_pascal, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    run_cli(
-        [
-            str(REPO / "train.py"),
-            *tiny_overrides(synthetic_pascal),
-            "test_after_fit=false",
-            f"hydra.run.dir={run}",
-        ],
-        tmp_path,
-        timeout=300,
-    )
+def test_any_checkpoint_evaluates_on_a_folder_fold(
+    synthetic_pascal, pascal_checkpoint: Path, tmp_path: Path
+) -> None:
+    run = pascal_checkpoint
     root, _ = synthetic_pascal
     folder = _write_folder(Path(root), tmp_path / "things")
     out = tmp_path / "eval"
@@ -147,18 +157,8 @@ def test_any_checkpoint_evaluates_on_a_folder_fold(synthetic_pascal, tmp_path: P
 )
 @pytest.mark.slow
 def test_a_cross_dataset_evaluation_without_a_protocol_is_refused_at_start(
-    synthetic_pascal, tmp_path: Path, extra: list[str], message: str
+    pascal_checkpoint: Path, tmp_path: Path, extra: list[str], message: str
 ) -> None:
-    run = tmp_path / "run"
-    run_cli(
-        [
-            str(REPO / "train.py"),
-            *tiny_overrides(synthetic_pascal),
-            "test_after_fit=false",
-            f"hydra.run.dir={run}",
-        ],
-        tmp_path,
-        timeout=300,
-    )
+    run = pascal_checkpoint
     proc = run_cli([str(REPO / "eval.py"), f"ckpt_path={run}", *extra], tmp_path, ok=False, timeout=300)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
