@@ -129,6 +129,53 @@ def test_baseline_trains_tests_and_eval_reproduces_it_on_a_folder(
         record["fbiou"],
         record["class_iou"],
     )
+    # DDP: 2 CPU processes give the same metrics (the folder's folds come from the checkpoint on every rank)
+    ddp = tmp_path / "eval_ddp"
+    run_cli(
+        [
+            str(REPO / "eval.py"),
+            f"ckpt_path={run}",
+            "num_workers=0",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            "+trainer.enable_progress_bar=false",
+            f"hydra.run.dir={ddp}",
+        ],
+        tmp_path,
+        timeout=300,
+    )
+    two = json.loads((ddp / "metrics.json").read_text())
+    assert (two["miou"], two["fbiou"], two["class_iou"]) == (
+        record["miou"],
+        record["fbiou"],
+        record["class_iou"],
+    )
+    # predict.py with the folder's photos: a support of a fold-1 class, the masks at the photos' sizes
+    train_ids = (root / "train.txt").read_text().split()
+    support = next(i for i in train_ids if 7 in np.unique(np.array(Image.open(root / "labels" / f"{i}.png"))))
+    queries = (root / "val.txt").read_text().split()[:3]
+    pred = tmp_path / "predict"
+    run_cli(
+        [
+            str(REPO / "predict.py"),
+            f"ckpt_path={run}",
+            f"support=[{root / 'images' / f'{support}.jpg'}]",
+            f"support_masks=[{root / 'labels' / f'{support}.png'}]",
+            "support_class=7",
+            "query=[" + ",".join(str(root / "images" / f"{q}.jpg") for q in queries) + "]",
+            "progress=false",
+            f"hydra.run.dir={pred}",
+        ],
+        tmp_path,
+        timeout=300,
+    )
+    predictions = json.loads((pred / "predictions.json").read_text())
+    assert [Path(q["image"]).stem for q in predictions["queries"]] == queries
+    for q in predictions["queries"]:
+        mask = np.array(Image.open(pred / q["mask"]))
+        with Image.open(q["image"]) as photo:
+            assert mask.shape == (photo.height, photo.width)
 
 
 @pytest.mark.slow
