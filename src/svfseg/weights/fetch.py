@@ -19,7 +19,7 @@ from huggingface_hub import hf_hub_download
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from svfseg.files import atomic_write, sha256_file
+from svfseg.files import atomic_write, sha256_file, torch_save
 from svfseg.models.backbones import build_backbone
 from svfseg.models.backbones.timm_cnn import LITE_MODELS
 from svfseg.models.backbones.vit import VIT_MODELS
@@ -87,7 +87,7 @@ def _write_checked(
         if target.suffix == ".safetensors":  # timm's format, what the ViT loader reads
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
         else:
-            torch.save(dict(state), tmp)
+            torch_save(dict(state), tmp)
         check_loads(tmp, source, width_mult)
 
     atomic_write(target, write)
