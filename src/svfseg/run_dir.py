@@ -353,13 +353,19 @@ def redact_override(override: str) -> str:
 
 
 def remove_if_empty(out: Path, stop: Path | None = None) -> None:
-    """Remove ``out`` and its empty parents (up to ``stop``, exclusive) that a refused command left empty."""
+    """Remove ``out`` when a refused command left it empty, and its empty parents inside ``stop``.
+
+    Hydra creates the run folder (and missing parents) before svfseg's checks run; a refused command
+    removes what is empty again, but never climbs above ``stop`` (the working directory).
+    """
+    out = out.absolute()
+    limit = stop.absolute() if stop is not None else None
     current = out
     try:
-        while current.is_dir() and not any(current.iterdir()) and (stop is None or current != stop):
-            current.rmdir()
-            if current.parent == current:
+        while current.is_dir() and not any(current.iterdir()):
+            if current != out and (limit is None or current == limit or not current.is_relative_to(limit)):
                 break
+            current.rmdir()
             current = current.parent
     except OSError:
         return
