@@ -316,3 +316,16 @@ def test_eval_and_predict_refused_at_start_leave_no_folder(tmp_path: Path) -> No
     )
     assert proc.returncode != 0
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*"))
+
+
+def test_a_refused_command_removes_only_the_empty_folders_hydra_made(tmp_path: Path) -> None:
+    from svfseg.run_dir import remove_if_empty
+
+    (tmp_path / "work" / "outputs" / "train" / "x").mkdir(parents=True)
+    (tmp_path / "work" / "keep.txt").write_text("mine")
+    remove_if_empty(tmp_path / "work" / "outputs" / "train" / "x", stop=tmp_path / "work")
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["keep.txt"]  # outputs/train/x gone
+    outside = tmp_path / "elsewhere" / "run"
+    outside.mkdir(parents=True)
+    remove_if_empty(outside, stop=tmp_path / "work")  # hydra.run.dir outside the working directory
+    assert not outside.exists() and (tmp_path / "elsewhere").is_dir()  # never climbs out of the stop folder
