@@ -1,6 +1,10 @@
 """Shared test settings: small thread count so two xdist workers share the 2 CI cores fairly."""
 
+import functools
+import http.server
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +46,22 @@ def proxy_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     return build_proxy_weights(LEARNING_PROXY, shared / "proxy-weights").path
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An HTTP server on 127.0.0.1 (port chosen by the OS) serving ``tmp_path / 'www'``: (base url, folder).
+
+    The download tests (weights fetch, the CCP release) stay offline: only loopback traffic, stopped here.
+    """
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)

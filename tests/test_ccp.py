@@ -7,16 +7,12 @@ Expected values are computed here from the .mat files with scipy, independently 
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import math
 import os
 import shutil
-import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -217,22 +213,6 @@ def test_existing_out_and_a_corrupt_source_are_refused(
 
 
 # ------------------------------------------------------------------------------------------ download
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """An HTTP server on 127.0.0.1 (port chosen by the OS) serving ``tmp_path / 'www'``."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[method-assign]
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=10)
 
 
 def _archive(src: Path, path: Path, ids: list[str], corrupt: str | None = None) -> dict[str, str]:

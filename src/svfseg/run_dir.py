@@ -111,7 +111,11 @@ def hashed_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     """A short, stable hash of :func:`hashed_config` (sorted JSON, sha256)."""
-    text = json.dumps(hashed_config(cfg), sort_keys=True, default=str)
+    return _digest(hashed_config(cfg))
+
+
+def _digest(hashed: Mapping[str, Any]) -> str:
+    text = json.dumps(hashed, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
 
 
@@ -219,9 +223,10 @@ def write_record(out: Path, cfg: DictConfig) -> Path:
     """``svfseg-run.json``: the hashed config that owns ``out`` (atomically replaced)."""
     from svfseg.files import atomic_write_text
 
+    config = hashed_config(cfg)
     record = {
-        "hash": config_hash(cfg),
-        "config": hashed_config(cfg),
+        "hash": _digest(config),
+        "config": config,
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     path = out / RECORD_FILE
