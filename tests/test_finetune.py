@@ -92,7 +92,7 @@ def bn_modes(module: nn.Module) -> set[bool]:
 @pytest.mark.parametrize(
     ("name", "options", "match"),
     [
-        ("lora", {}, "'lora' is unknown: choose one of"),
+        ("loha", {}, "'loha' is unknown: choose one of"),
         ("svf", {"stage": ["layer4"]}, r"does not take option\(s\) \['stage'\]; allowed: \['stages'"),
         (
             "freeze",
@@ -136,7 +136,7 @@ def test_options_are_normalised() -> None:
         "checkpointing": False,
     }
     assert build_strategy("part", stages="layer4").stages == ("layer4",)
-    assert set(STRATEGIES) == {"freeze", "full", "part", "bn", "svf"}
+    assert set(STRATEGIES) == {"freeze", "full", "part", "bn", "svf", "lora", "dora", "bitfit"}
 
 
 # ---------------------------------------------------------------------------------------------- full width

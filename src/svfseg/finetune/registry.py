@@ -5,14 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from svfseg.finetune.base import FinetuneStrategy
+from svfseg.finetune.bitfit import BitFitStrategy
 from svfseg.finetune.bn import BNStrategy
 from svfseg.finetune.freeze import FreezeStrategy
 from svfseg.finetune.full import FullStrategy
+from svfseg.finetune.lora import DoRAStrategy, LoRAStrategy
 from svfseg.finetune.part import PartStrategy
 from svfseg.finetune.svf import SVFStrategy
 
 STRATEGIES: dict[str, type[FinetuneStrategy]] = {
-    cls.name: cls for cls in (FreezeStrategy, FullStrategy, PartStrategy, BNStrategy, SVFStrategy)
+    cls.name: cls
+    for cls in (
+        FreezeStrategy,
+        FullStrategy,
+        PartStrategy,
+        BNStrategy,
+        SVFStrategy,
+        LoRAStrategy,
+        DoRAStrategy,
+        BitFitStrategy,
+    )
 }
 
 

@@ -1,8 +1,10 @@
-"""Export a trained run: the merged plain model and the small SVF artifact.
+"""Export a trained run: the merged plain model and the small adapter artifact.
 
 ``model.pt`` is the state dict of the method's plain network (every SVF layer merged into a Conv2d with
-W = U diag(s) V^T), loadable without svfseg's SVF layers; ``svf.pt`` holds the trained SVF tensors of the
-backbone and the fingerprint of the weights they were converted from; ``run.json`` names the network.
+W = U diag(s) V^T, every LoRA / DoRA adapter folded into its layer), loadable without svfseg's SVF layers
+or peft; ``svf.pt`` (SVF, LoRA and DoRA runs) holds the trained adapter tensors of the backbone and the
+fingerprints of the weights they were trained on (``svfseg.svf.adapter_state_dict``); ``run.json``
+names the network.
 
 An export goes into a new or empty folder; ``force`` replaces a previous export there, and only that.
 """
@@ -17,13 +19,14 @@ from typing import Any
 import torch
 
 from svfseg.files import atomic_write_all, is_temp_of, torch_save
+from svfseg.finetune.adapters import lora_layers, merge_lora
 from svfseg.inference.predictor import resolve_checkpoint
 from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.models.base import FewShotModel
 from svfseg.models.factory import build_fewshot_model
 from svfseg.run_spec import RunSpec
-from svfseg.svf import merge_svf, svf_layers, svf_state_dict
+from svfseg.svf import adapter_state_dict, merge_svf, svf_layers
 
 MODEL_FILE, SVF_FILE, RUN_FILE = "model.pt", "svf.pt", "run.json"
 EXPORT_FILES = (MODEL_FILE, SVF_FILE, RUN_FILE)  # every file an export writes; the only ones --force replaces
@@ -87,7 +90,7 @@ def check_export_folder(out_dir: str | Path, *, force: bool = False) -> list[Pat
 
 
 def export_run(ckpt_path: str | Path, out_dir: str | Path, *, force: bool = False) -> dict[str, Any]:
-    """Write ``model.pt``, ``svf.pt`` (SVF runs only) and ``run.json`` under ``out_dir``; returns run.json.
+    """Write ``model.pt``, ``svf.pt`` (SVF, LoRA and DoRA runs) and ``run.json`` under ``out_dir``; returns run.json.
 
     ``out_dir`` must be new or empty; with ``force`` it may hold a previous export, whose files are all
     replaced: a file of it that this export does not write (``svf.pt`` of an SVF export under a freeze
@@ -103,11 +106,14 @@ def export_run(ckpt_path: str | Path, out_dir: str | Path, *, force: bool = Fals
     model = module.model.eval()
     out = Path(out_dir)
     has_svf = next(svf_layers(model.backbone), None) is not None
+    has_lora = next(lora_layers(model.backbone), None) is not None
     files = {"model": MODEL_FILE}
-    svf_state = svf_state_dict(model.backbone) if has_svf else None
-    if has_svf:
+    # svf_state_dict is adapter_state_dict for a model with SVF layers: every trained backbone tensor
+    svf_state = adapter_state_dict(model.backbone) if has_svf or has_lora else None
+    if svf_state is not None:
         files["svf"] = SVF_FILE
     merged = merge_svf(model)
+    merged_lora = merge_lora(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     record = {
         "checkpoint": str(ckpt),
@@ -115,6 +121,7 @@ def export_run(ckpt_path: str | Path, out_dir: str | Path, *, force: bool = Fals
         "identity": module.spec.identity(),
         "eval_size": (module.run_config or {}).get("dataset", {}).get("eval_size"),
         "merged_svf_layers": len(merged),
+        "merged_lora_layers": len(merged_lora),
         "files": files,
     }
     writes: dict[Path, Callable[[Path], None]] = {}

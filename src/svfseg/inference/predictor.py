@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from svfseg.data.transforms import EvalTransform
+from svfseg.finetune.adapters import merge_lora
 from svfseg.inference.checkpoints import resolve_checkpoint
 from svfseg.inference.inputs import PredictInputError, Support, read_query
 from svfseg.lightning.checkpointing import load_checkpoint_dict
@@ -59,7 +60,8 @@ class Predictor:
     Args:
         module: a loaded :class:`FewShotSegModule` (``Predictor.from_checkpoint`` loads one).
         device: ``cpu``, ``cuda``, ``cuda:1``, or ``auto``.
-        merge: replace the SVF layers by plain convs with W = U diag(s) V^T (same outputs, faster).
+        merge: replace the SVF layers by plain convs with W = U diag(s) V^T and fold LoRA / DoRA
+            adapters into their layers (same outputs, faster).
     """
 
     def __init__(self, module: FewShotSegModule, *, device: str = "auto", merge: bool = True) -> None:
@@ -75,6 +77,7 @@ class Predictor:
         self.device = pick_device(device)
         self.model = module.model.eval().to(self.device)
         self.merged = merge_svf(self.model) if merge else []
+        self.merged_lora = merge_lora(self.model) if merge else []
         self.transform = EvalTransform(int(size))
         self.checkpoint: Path | None = None  # set by from_checkpoint
         self._warned_shot = False
@@ -162,5 +165,6 @@ class Predictor:
             "trained_shot": self.trained_shot,
             "eval_size": self.transform.size,
             "merged_svf_layers": len(self.merged),
+            "merged_lora_layers": len(self.merged_lora),
             "device": str(self.device),
         }
