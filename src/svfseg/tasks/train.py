@@ -12,8 +12,10 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from svfseg.config_checks import ConfigError, check_train_config
+from svfseg.inference.checkpoints import resolve_checkpoint
 from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.wandb_logging import redact_secrets
+from svfseg.lightning.warm_start import load_head
 from svfseg.precision import apply_matmul_precision
 from svfseg.run_dir import (
     RunDirError,
@@ -123,6 +125,7 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
     """
     spec = check_train_config(cfg, multirun=multirun)
     ckpt_path = check_resume_checkpoint(cfg, spec) if cfg.stage != "base" else None
+    init_head = _check_init_head(cfg)
     out = output_dir(cfg)
     owner = is_global_rank_zero()
     try:
@@ -135,18 +138,40 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
                 write_record(out, cfg)
                 save_hydra_record(out, cfg)
                 log.info("run directory %s (config hash %s)", out, config_hash(cfg))
-            return _train(cfg, spec, ckpt_path)
+            return _train(cfg, spec, ckpt_path, init_head)
     except RunDirError as err:
         raise ConfigError(str(err)) from err
 
 
-def _train(cfg: DictConfig, spec: RunSpec, ckpt_path: str | None) -> dict[str, Any]:
+def _check_init_head(cfg: DictConfig) -> Path | None:
+    """The checkpoint ``init_head`` names (checked before anything is written), or None."""
+    value = cfg.get("init_head")
+    if value in (None, ""):
+        return None
+    if cfg.stage == "base":
+        raise ConfigError(
+            "init_head is for few-shot training (stage=meta); BAM's stage 1 has no few-shot head"
+        )
+    try:
+        return resolve_checkpoint(str(value))
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err).replace("ckpt_path=", "init_head=")) from err
+
+
+def _train(
+    cfg: DictConfig, spec: RunSpec, ckpt_path: str | None, init_head: Path | None = None
+) -> dict[str, Any]:
     apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
     if cfg.stage == "base":
         return train_base_learner(cfg, spec)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, spec)
     module = build_module(cfg, spec)
+    if init_head is not None and ckpt_path is None:  # a resume restores the head from its own checkpoint
+        try:
+            load_head(module.model, init_head, spec)
+        except RunMismatchError as err:
+            raise ConfigError(str(err)) from err
     # Saved in every checkpoint: credential-like values (e.g. a key typed into a config) are redacted.
     module.run_config = redact_secrets(plain(cfg))
     callbacks = build_callbacks(cfg, spec, restoring=ckpt_path is not None)
