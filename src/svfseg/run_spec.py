@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from svfseg.data.fold import FoldSpec
 from svfseg.data.layouts import FOLDER
-from svfseg.finetune import build_strategy
+from svfseg.finetune import STRATEGIES, build_strategy
 from svfseg.models.backbones import BACKBONE_NAMES
 from svfseg.models.registry import registered_models
 from svfseg.svf.options import check_choice
@@ -56,7 +56,7 @@ class RunSpec:
         options = dict(copy.deepcopy(dict(self.finetune)))
         name = options.pop("name", None)
         if name is None:
-            raise ValueError("finetune.name is missing: choose finetune=freeze|full|part|bn|svf")
+            raise ValueError(f"finetune.name is missing: choose finetune={'|'.join(STRATEGIES)}")
         try:
             build_strategy(name, **options)
         except (ValueError, TypeError) as err:
