@@ -3,9 +3,17 @@
 Storage (G = groups, R_g = full rank of one group's folded matrix, R = G*R_g):
 
 * ``u`` (C_out, R_g): per group a (C_out/G, R_g) block, i.e. the weight of a grouped 1x1 conv;
-* ``s`` (R,) singular values (``direct``) or ``s_delta`` (R,) with s = s0 * exp(s_delta) (``exp``);
+* ``s`` (R,) singular values (``direct``) or ``s_delta`` (R,) with s = s0 * exp(s_delta) (``exp``), or
+  ``s_scale`` and ``s_shift`` (R,) with s = relu(s_scale * s0 + s_shift) (``scale_shift``);
 * ``v`` (R, C_in/G * prod(kernel)): V^T per group, i.e. the weight of a grouped conv with the original kernel;
 * buffer ``s0`` (R,): the singular values at conversion (``disable_svf`` and the ``exp`` form use it).
+
+Direction selection (``directions=top|bottom``, ``k``): the trained tensors above hold only the k_g
+selected values of each group (G*k_g elements); the other values are read from the ``s0`` buffer, which no
+optimizer touches, so they stay bit-identical under weight decay and momentum. ``residual_rank`` r adds
+``s_lora_b`` (G, R_g-k_g, r), zero at conversion, and ``s_lora_a`` (G, r, R_g-k_g): the core of the
+frozen directions becomes diag(s0_rest) + B A, i.e. W += U_rest B A V_rest^T (SALT). Such a layer runs
+V-op -> U-op with U's columns scaled and mixed by the core (one op more than ``fused.py`` avoids).
 
 Execution (``execution`` attribute):
 
@@ -24,6 +32,7 @@ structure a checkpoint's state dict loads into, with no SVD. It refuses to run u
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -35,7 +44,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from svfseg.svf.decompose import Factors, decompose, placeholder_factors, weight_fingerprint
 from svfseg.svf.errors import SVFStateError
 from svfseg.svf.fused import FactorisedConv2d
-from svfseg.svf.options import EXECUTIONS, SVFOptions, check_choice, normalise_train
+from svfseg.svf.options import EXECUTIONS, SVFOptions, check_choice, normalise_train, resolve_k
 
 LAYER_STATE_VERSION = 1
 
@@ -87,12 +96,25 @@ class SVFLayer(nn.Module, ABC):
         self.rank = factors.s.numel()
         self.fingerprint = fingerprint  # "" until a state dict fills a layer built from shapes
         self.svd_dtype = options.svd_dtype
+        self.directions = options.directions
+        self.k = options.k
+        self.group_k = resolve_k(options.k, self.group_rank)
+        self.residual_rank = min(options.residual_rank, self.group_rank - self.group_k)
+        train_s = "s" in self.train_subspaces
         self.u = nn.Parameter(factors.u, requires_grad="u" in self.train_subspaces)
+        selected = self._split(factors.s.reshape(groups, -1))[0].reshape(-1)
         if parametrization == "direct":
-            self.s = nn.Parameter(factors.s.clone(), requires_grad="s" in self.train_subspaces)
+            self.s = nn.Parameter(selected.clone(), requires_grad=train_s)
+        elif parametrization == "exp":
+            self.s_delta = nn.Parameter(torch.zeros_like(selected), requires_grad=train_s)
         else:
-            self.s_delta = nn.Parameter(
-                torch.zeros_like(factors.s), requires_grad="s" in self.train_subspaces
+            self.s_scale = nn.Parameter(torch.ones_like(selected), requires_grad=train_s)
+            self.s_shift = nn.Parameter(torch.zeros_like(selected), requires_grad=train_s)
+        if self.residual_rank:
+            g, m, r = groups, self.group_rank - self.group_k, self.residual_rank
+            self.s_lora_b = nn.Parameter(factors.s.new_zeros(g, m, r), requires_grad=train_s)
+            self.s_lora_a = nn.Parameter(
+                _lora_a_init(factors.s, (g, r, m), fingerprint), requires_grad=train_s
             )
         self.v = nn.Parameter(factors.v, requires_grad="v" in self.train_subspaces)
         if bias is None:
@@ -106,25 +128,74 @@ class SVFLayer(nn.Module, ABC):
         self._cache: tuple[tuple[Any, ...], Tensor] | None = None
 
     # ----------------------------------------------------------------- tensors
+    def core_tensors(self) -> list[tuple[str, nn.Parameter]]:
+        """The parameters between U and V: ``s`` / ``s_delta`` / ``s_scale`` + ``s_shift``, then the
+        residual ``s_lora_b`` + ``s_lora_a``; every name starts with ``s`` (``train=[s]`` selects them)."""
+        names = {"direct": ("s",), "exp": ("s_delta",), "scale_shift": ("s_scale", "s_shift")}
+        out = [(n, getattr(self, n)) for n in names[self.parametrization]]
+        if self.residual_rank:
+            out += [("s_lora_b", self.s_lora_b), ("s_lora_a", self.s_lora_a)]
+        return out
+
     def svf_tensors(self) -> list[tuple[str, nn.Parameter]]:
-        """The factor parameters in u, s, v order (``s_delta`` stands for s in the exp form)."""
-        s_name = "s" if self.parametrization == "direct" else "s_delta"
-        return [("u", self.u), (s_name, getattr(self, s_name)), ("v", self.v)]
+        """The factor parameters: u, the core tensors (:meth:`core_tensors`), v."""
+        return [("u", self.u), *self.core_tensors(), ("v", self.v)]
+
+    @property
+    def partial(self) -> bool:
+        """True when only some singular values train (``directions`` top / bottom)."""
+        return self.directions != "all"
+
+    def _split(self, grouped: Tensor) -> tuple[Tensor, Tensor]:
+        """A (G, R_g, ...) tensor split along dim 1 into the selected (G, k_g, ...) and the other rows."""
+        cut = self.group_rank - self.group_k if self.directions == "bottom" else self.group_k
+        head, tail = grouped[:, :cut], grouped[:, cut:]
+        return (tail, head) if self.directions == "bottom" else (head, tail)
+
+    def _join(self, selected: Tensor, other: Tensor, dim: int = 1) -> Tensor:
+        """Inverse of :meth:`_split` along ``dim`` (per group), keeping the SVD order."""
+        parts = (other, selected) if self.directions == "bottom" else (selected, other)
+        return torch.cat(parts, dim=dim)
 
     def effective_s(self) -> Tensor:
-        """Singular values used by the forward (the originals while ``disable_svf`` is active)."""
+        """Singular values used by the forward (the originals while ``disable_svf`` is active).
+
+        The frozen directions of a ``top`` / ``bottom`` layer come from the ``s0`` buffer. A residual
+        low-rank core (``residual_rank``) is not diagonal; it enters through :meth:`_scaled_u`.
+        """
         if self._disabled:
             return self.s0
+        s0_split = self._split(self.s0.reshape(self.groups, self.group_rank))
+        s0 = s0_split[0].reshape(-1) if self.partial else self.s0
         if self.parametrization == "direct":
-            return self.s
-        return self.s0 * torch.exp(self.s_delta)
+            trained = self.s
+        elif self.parametrization == "exp":
+            trained = s0 * torch.exp(self.s_delta)
+        else:
+            trained = torch.relu(self.s_scale * s0 + self.s_shift)
+        if not self.partial:
+            return trained
+        return self._join(trained.reshape(self.groups, self.group_k), s0_split[1]).reshape(-1)
+
+    def _scaled_u(self, u: Tensor, s: Tensor, lora: tuple[Tensor, Tensor] | None) -> Tensor:
+        """U diag(s) per group plus U_rest B A in the frozen directions' columns; shape of ``u``."""
+        g, r = self.groups, self.group_rank
+        scaled = u.reshape(g, -1, r) * s.reshape(g, 1, r)
+        if lora is not None:
+            b, a = lora
+            u_rest = self._split(u.reshape(g, -1, r).transpose(1, 2))[1].transpose(1, 2)  # (G, C/G, m)
+            delta = (u_rest @ b) @ a
+            zeros = delta.new_zeros(g, delta.shape[1], self.group_k)
+            scaled = scaled + self._join(zeros, delta, dim=2)
+        return scaled.reshape(u.shape)
+
+    def _lora(self) -> tuple[Tensor, Tensor] | None:
+        return (self.s_lora_b, self.s_lora_a) if self.residual_rank and not self._disabled else None
 
     def _sources(self) -> list[Tensor]:
         if self._disabled:
             return [self.u, self.s0, self.v]
-        if self.parametrization == "direct":
-            return [self.u, self.s, self.v]
-        return [self.u, self.s0, self.s_delta, self.v]
+        return [self.u, self.s0, *(p for _, p in self.core_tensors()), self.v]
 
     def needs_grad(self) -> bool:
         """True when one of the tensors the forward reads requires a gradient."""
@@ -138,12 +209,13 @@ class SVFLayer(nn.Module, ABC):
         (float32) and only the conv that consumes it is autocast, as for a plain Conv2d weight.
         """
         with torch.autocast(self.u.device.type, enabled=False):
-            u, s, v = self.u, self.effective_s(), self.v
+            u, s, v, lora = self.u, self.effective_s(), self.v, self._lora()
             out_dtype = u.dtype
             if dtype is not None:
                 u, s, v = u.to(dtype), s.to(dtype), v.to(dtype)
+                lora = None if lora is None else (lora[0].to(dtype), lora[1].to(dtype))
             g, r = self.groups, self.group_rank
-            w = (u.reshape(g, -1, r) * s.reshape(g, 1, r)) @ v.reshape(g, r, -1)
+            w = self._scaled_u(u, s, lora).reshape(g, -1, r) @ v.reshape(g, r, -1)
             return w.reshape(self.weight_shape).to(out_dtype)
 
     def _cached_weight(self) -> Tensor:
@@ -238,7 +310,15 @@ class SVFLayer(nn.Module, ABC):
             "groups": self.groups,
             "rank": self.rank,
             "svd_dtype": self.svd_dtype,
+            **self.selection_meta(),
         }
+
+    def selection_meta(self) -> dict[str, Any]:
+        """Direction selection and residual rank; empty for a layer that trains every value, so such a
+        layer writes exactly the metadata it wrote before these options existed."""
+        if not self.partial and not self.residual_rank:
+            return {}
+        return {"directions": self.directions, "group_k": self.group_k, "residual_rank": self.residual_rank}
 
     def set_extra_state(self, state: Any) -> None:
         """Adopt the checkpoint's metadata; refuse a layer of another structure or parametrisation."""
@@ -247,8 +327,10 @@ class SVFLayer(nn.Module, ABC):
                 f"SVF layer extra state {state!r} is not version {LAYER_STATE_VERSION} metadata; "
                 "the checkpoint was written by another svfseg format"
             )
-        for key in ("kind", "parametrization", "groups", "rank"):
-            if state.get(key) != getattr(self, key):
+        # Absent for layers that train every singular value (and in checkpoints older than the option).
+        older = {"directions": "all", "group_k": self.group_rank, "residual_rank": 0}
+        for key in ("kind", "parametrization", "groups", "rank", *older):
+            if state.get(key, older.get(key)) != getattr(self, key):
                 raise SVFStateError(
                     f"SVF layer metadata mismatch for '{key}': checkpoint has {state.get(key)!r}, "
                     f"this layer has {getattr(self, key)!r}; convert the model with the same settings "
@@ -259,10 +341,27 @@ class SVFLayer(nn.Module, ABC):
         self.svd_dtype = str(state["svd_dtype"])
 
     def _common_repr(self) -> str:
+        selection = ""
+        if self.partial:
+            selection = f", directions={self.directions}, k={self.k!r} ({self.group_k} per group)"
+        if self.residual_rank:
+            selection += f", residual_rank={self.residual_rank}"
         return (
             f"rank={self.rank}, groups={self.groups}, parametrization={self.parametrization}, "
-            f"train={list(self.train_subspaces)}, execution={self.execution}"
+            f"train={list(self.train_subspaces)}, execution={self.execution}{selection}"
         )
+
+
+def _lora_a_init(like: Tensor, shape: tuple[int, int, int], fingerprint: str) -> Tensor:
+    """LoRA's A init, U(-1/sqrt(m), 1/sqrt(m)) with m the frozen directions per group (``kaiming_uniform_``
+    with a=sqrt(5)), drawn from a generator seeded by the layer's fingerprint: every process and every
+    run converting the same weights starts from the same A, whatever the global RNG did before."""
+    if not fingerprint or like.device.type == "meta":
+        return like.new_zeros(shape)  # built from shapes: a state dict fills it
+    generator = torch.Generator().manual_seed(int(fingerprint[:15], 16))
+    bound = 1.0 / math.sqrt(shape[2])
+    a = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+    return a.to(device=like.device, dtype=like.dtype)
 
 
 def _factors(weight: Tensor, groups: int, options: SVFOptions, from_shapes: bool) -> Factors:
@@ -361,11 +460,17 @@ class SVFConv2d(SVFLayer):
 
     def _use_fused(self, x: Tensor) -> bool:
         """Fused autograd Function when only s (and bias) can train; the composed graph otherwise."""
-        return self.execution != "three_op" and not (self.u.requires_grad or self.v.requires_grad)
+        return self.execution != "three_op" and not (
+            self.u.requires_grad or self.v.requires_grad or self._lora() is not None
+        )
 
     def _forward_factorised(self, x: Tensor, s: Tensor) -> Tensor:
         v = self.v.reshape(self.rank, self.in_channels // self.groups, *self.kernel_size)
         u = self.u.reshape(self.out_channels, self.group_rank, 1, 1)
+        lora = self._lora()
+        if lora is not None:  # the core mixes the frozen directions: fold it into the U-conv's weight
+            scaled = self._scaled_u(self.u, s, lora).reshape(u.shape)
+            return F.conv2d(self._conv(x, v, None), scaled, self.bias, 1, 0, 1, self.groups)
         if self._use_fused(x):
             padding = self.padding
             if self.padding_mode != "zeros" or isinstance(padding, str):
@@ -466,6 +571,9 @@ class SVFLinear(SVFLayer):
         return F.linear(x, weight, self.bias)
 
     def _forward_factorised(self, x: Tensor, s: Tensor) -> Tensor:
+        lora = self._lora()
+        if lora is not None:
+            return F.linear(F.linear(x, self.v), self._scaled_u(self.u, s, lora), self.bias)
         return F.linear(F.linear(x, self.v) * s, self.u, self.bias)
 
     def to_plain(self) -> nn.Linear:

@@ -58,13 +58,16 @@ class SpectrumChange:
 
 
 def spectrum_change(name: str, layer: SVFLayer) -> SpectrumChange:
-    """Read ``s0`` and the effective singular values of ``layer`` (direct ``s`` or ``s0 * exp(s_delta)``)."""
+    """Read ``s0`` and the effective singular values of ``layer`` (``SVFLayer.effective_s``: any
+    parametrization, frozen directions included; a residual low-rank core is not a diagonal and is left out)."""
     with torch.no_grad():
         initial = layer.s0.detach().to("cpu", torch.float64)
-        if layer.parametrization == "direct":
+        if layer.parametrization == "direct" and not layer.partial:
             current = layer.s.detach().to("cpu", torch.float64)
-        else:
+        elif layer.parametrization == "exp" and not layer.partial:  # the exponent in float64
             current = initial * torch.exp(layer.s_delta.detach().to("cpu", torch.float64))
+        else:
+            current = layer.effective_s().detach().to("cpu", torch.float64)
     # Stable sort: an ungrouped layer keeps its SVD order exactly.
     order = torch.sort(initial, descending=True, stable=True).indices
     return SpectrumChange(name, initial[order], current[order], order, layer.groups, layer.group_rank)

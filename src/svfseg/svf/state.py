@@ -7,7 +7,8 @@ spirit of an adapter file with ``modules_to_save``:
     {"format": "svfseg.svf", "version": 2,
      "base_fingerprint": sha256 hex over the SVF layers ("" without SVF layers),
      "frozen_fingerprint": sha256 hex over every tensor the artifact does not hold (outside SVF layers),
-     "layers": {name: {"fingerprint", "kind", "parametrization", "rank", "groups"}},
+     "layers": {name: {"fingerprint", "kind", "parametrization", "rank", "groups"
+                       (+ "directions", "group_k", "residual_rank" for top/bottom/residual layers)}},
      "tensors": {"<layer>.<u|s|s_delta|v>": CPU tensor},        # trained SVF factors
      "modules": {"<module>.<parameter|buffer>": CPU tensor}}    # every other trained tensor
 
@@ -141,6 +142,7 @@ def _layer_meta(layer: SVFLayer) -> dict[str, Any]:
         "parametrization": layer.parametrization,
         "rank": layer.rank,
         "groups": layer.groups,
+        **layer.selection_meta(),
     }
 
 
@@ -209,13 +211,21 @@ def _check_layers(saved: dict[str, dict[str, Any]], layers: dict[str, SVFLayer])
             f"missing from the artifact: [{_listing(missing)}]; not SVF layers in the model: "
             f"[{_listing(unexpected)}]; convert the model with the include/exclude used in training"
         )
-    for key in ("kind", "parametrization", "rank", "groups"):
-        wrong = [n for n in sorted(layers) if saved[n].get(key) != getattr(layers[n], key)]
+
+    def meta(name: str, key: str) -> Any:
+        # absent for layers that train every singular value (and in artifacts older than the option)
+        older = {"directions": "all", "group_k": layers[name].group_rank, "residual_rank": 0}
+        return saved[name].get(key, older.get(key))
+
+    keys = ("kind", "parametrization", "rank", "groups", "directions", "group_k", "residual_rank")
+    for key in keys:
+        wrong = [n for n in sorted(layers) if meta(n, key) != getattr(layers[n], key)]
         if wrong:
             n = wrong[0]
             raise SVFStateError(
                 f"SVF artifact '{key}' differs at {len(wrong)} layer(s), e.g. {n}: artifact "
-                f"{saved[n].get(key)!r}, model {getattr(layers[n], key)!r}"
+                f"{meta(n, key)!r}, model {getattr(layers[n], key)!r}; convert the model with the "
+                "options used in training (finetune.directions, k, residual_rank, parametrization)"
             )
     changed = [n for n in sorted(layers) if saved[n].get("fingerprint") != layers[n].fingerprint]
     if changed:
