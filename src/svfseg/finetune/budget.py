@@ -4,7 +4,8 @@ The overrides are train.py's (Hydra syntax, composed on conf/train.yaml). The mo
 ``meta`` device (shapes only: no weight file, no memory, a second for a full-width ResNet-101) and the
 strategy is applied in its structure-only form, the one a checkpoint loads into, so the counts are those
 of the model train.py would train. For ``lora`` / ``dora`` the rank in use and SVF's count on the same
-stages are printed too, which is what ``rank=match_svf`` matches.
+stages are printed too, which is what ``rank=match_svf`` matches; the SVF variants (``directions=top|bottom``,
+``scale_shift``, ``residual_rank``: svf_top, svf_bottom, salt) print SVF's count on the same stages as well.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from svfseg.finetune.base import backbone_stages
 from svfseg.finetune.counts import svf_singular_values
 from svfseg.finetune.lora import LoRAStrategy
 from svfseg.finetune.registry import build_strategy
+from svfseg.finetune.svf import SVFStrategy
 from svfseg.models.base import FewShotModel
 from svfseg.models.factory import build_fewshot_model
 from svfseg.run_spec import RunSpec
@@ -39,7 +41,9 @@ class Budget:
     trainable: dict[str, int]  # head, then layer0..layer4
     stage_parameters: dict[str, int]  # every parameter of each stage before the strategy ran
     rank: int | None = None  # lora / dora: the rank in use
-    svf_same_stages: int | None = None  # lora / dora: what finetune=svf trains on the same stages
+    svf_same_stages: int | None = (
+        None  # lora / dora / SVF variants: what finetune=svf trains on the same stages
+    )
 
     @property
     def backbone_trainable(self) -> int:
@@ -61,7 +65,10 @@ def model_budget(model: FewShotModel, finetune: dict[str, Any], *, from_checkpoi
     strategy = build_strategy(name, **options)
     stages = backbone_stages(model)
     sizes = {s: sum(p.numel() for p in getattr(model.backbone, s).parameters()) for s in stages}
-    svf = svf_singular_values(model.backbone, strategy.stages) if isinstance(strategy, LoRAStrategy) else None
+    compare = isinstance(strategy, LoRAStrategy) or (
+        isinstance(strategy, SVFStrategy) and strategy.is_variant
+    )
+    svf = svf_singular_values(model.backbone, strategy.stages) if compare else None
     strategy.apply(model, from_checkpoint=from_checkpoint)
     return Budget(
         method=type(model).__name__,
@@ -116,6 +123,10 @@ def format_budget(budget: Budget) -> str:
         lines.append(
             f"rank {budget.rank} (rank={budget.finetune['rank']}); finetune=svf on the same stages trains "
             f"{budget.svf_same_stages:,}"
+        )
+    elif budget.svf_same_stages is not None:
+        lines.append(
+            f"finetune=svf (every singular value) on the same stages trains {budget.svf_same_stages:,}"
         )
     return "\n".join(lines)
 

@@ -13,6 +13,11 @@ Conversion and training are separate choices:
   s itself (the reference), ``exp`` trains s_delta with s = s0 * exp(s_delta) (s stays positive).
 * ``train_bn``: also train the BN affine parameters of ``stages`` (Table 4, "S + BN"); BN statistics
   stay frozen (eval mode) as in every strategy but ``bn``.
+* Variants from later work (docs/peft.md), each an option of the same layers: ``directions=top|bottom``
+  with ``k`` trains only the k largest / smallest singular values of each conv (the rest stay in a frozen
+  buffer; conf/finetune/svf_top.yaml, svf_bottom.yaml); ``parametrization=scale_shift`` trains
+  s = relu(a * s0 + b) and ``residual_rank`` a low-rank update of the frozen directions' subspace
+  (together with ``directions=top``: SALT, conf/finetune/salt.yaml).
 
 Applying SVF to a backbone that already holds SVF layers is an error: one SVD per layer.
 """
@@ -41,7 +46,9 @@ class SVFStrategy(FinetuneStrategy):
         svf_options: :class:`~svfseg.svf.options.SVFOptions` fields: ``train`` (factors that train,
             default ``["s"]``), ``parametrization`` (``direct`` | ``exp``), ``execution`` (``auto`` |
             ``three_op``), ``svd_dtype`` (``float64``, exact to fp32 rounding, or ``float32`` as the
-            reference).
+            reference), ``directions`` (``all`` | ``top`` | ``bottom``), ``k`` (count or fraction of
+            each layer's rank for top / bottom), ``residual_rank`` (0, or the rank of the low-rank core
+            update of the frozen directions).
     """
 
     name = "svf"
@@ -79,6 +86,13 @@ class SVFStrategy(FinetuneStrategy):
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
         return (*super().option_names(), *SVFOptions.names())
+
+    @property
+    def is_variant(self) -> bool:
+        """True for the variants that train other tensors than the paper's s (top / bottom, scale_shift,
+        residual), whose budgets are compared with plain SVF's."""
+        opts = self.svf
+        return opts.directions != "all" or opts.parametrization == "scale_shift" or opts.residual_rank > 0
 
     def options(self) -> dict[str, Any]:
         return {
