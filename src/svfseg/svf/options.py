@@ -161,5 +161,13 @@ class SVFOptions:
         return getattr(torch, self.svd_dtype)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values for logs and run records (lists, not tuples)."""
-        return {**asdict(self), "train": list(self.train)}
+        """Plain values for logs and run records (lists, not tuples).
+
+        The variant options (``directions``, ``k``, ``residual_rank``) appear only when one is set, so the
+        records of plain SVF runs read as they did before these options existed.
+        """
+        out = {**asdict(self), "train": list(self.train)}
+        if self.directions == "all" and self.residual_rank == 0:
+            for key in ("directions", "k", "residual_rank"):
+                out.pop(key)
+        return out
