@@ -206,6 +206,20 @@ def test_salt_update_stays_in_its_blocks() -> None:
     torch.testing.assert_close(core[3:, 3:], expected_rest, rtol=1e-10, atol=1e-12)
 
 
+def test_salt_a_init_depends_on_the_weights_only() -> None:
+    """A is drawn from a generator seeded by the layer fingerprint: the same weights give the same A
+    whatever the global RNG did (every DDP rank, every re-conversion), other weights another A."""
+    conv = nn.Conv2d(6, 9, 3)
+    torch.manual_seed(1)
+    first = SVFConv2d.from_conv(conv, **VARIANTS["salt"]).s_lora_a
+    torch.manual_seed(2)
+    torch.randn(100)
+    again = SVFConv2d.from_conv(conv, **VARIANTS["salt"]).s_lora_a
+    other = SVFConv2d.from_conv(nn.Conv2d(6, 9, 3), **VARIANTS["salt"]).s_lora_a
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.abs().max() <= 1 / math.sqrt(first.shape[2])  # LoRA's U(-1/sqrt(m), 1/sqrt(m))
+
+
 # ------------------------------------------------------------------------------- frozen values under SGD
 def _frozen_and_trained(layer: Any) -> tuple[Tensor, Tensor]:
     s = layer.effective_s().detach().reshape(layer.groups, layer.group_rank)
