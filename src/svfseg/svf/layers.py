@@ -165,17 +165,20 @@ class SVFLayer(nn.Module, ABC):
         """
         if self._disabled:
             return self.s0
-        s0_split = self._split(self.s0.reshape(self.groups, self.group_rank))
-        s0 = s0_split[0].reshape(-1) if self.partial else self.s0
+        if self.partial:
+            s0, s0_other = self._split(self.s0.reshape(self.groups, self.group_rank))
+            s0 = s0.reshape(-1)
+        else:
+            s0, s0_other = self.s0, None
         if self.parametrization == "direct":
             trained = self.s
         elif self.parametrization == "exp":
             trained = s0 * torch.exp(self.s_delta)
         else:
             trained = torch.relu(self.s_scale * s0 + self.s_shift)
-        if not self.partial:
+        if s0_other is None:
             return trained
-        return self._join(trained.reshape(self.groups, self.group_k), s0_split[1]).reshape(-1)
+        return self._join(trained.reshape(self.groups, self.group_k), s0_other).reshape(-1)
 
     def _scaled_u(self, u: Tensor, s: Tensor, lora: tuple[Tensor, Tensor] | None) -> Tensor:
         """U diag(s) per group plus U_rest B A in the frozen directions' columns; shape of ``u``."""
