@@ -26,6 +26,7 @@ from svfseg.metrics import FewShotIoU
 from svfseg.models.base import FewShotModel, FewShotOutput
 from svfseg.models.factory import build_fewshot_model
 from svfseg.run_spec import RunSpec, check_identity
+from svfseg.tta import SupportAdapter, TTAOptions
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,21 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
         self.run_config: dict[str, Any] | None = None
         self.test_results: dict[str, Tensor] = {}
         self.nonfinite = NonFiniteGuard(self.optim_cfg.nonfinite_check_every)
+        # Test-time adaptation on the support (eval.py tta.*); off unless configure_tta enables it.
+        self.tta = TTAOptions()
+        self._tta_adapter: SupportAdapter | None = None
+
+    def configure_tta(self, options: TTAOptions) -> None:
+        """Adapt on each test episode's support before predicting its query (docs/tta.md).
+
+        ``steps=0`` keeps the plain test path. A working copy is built here once so that a bad option (no
+        SVF layer, no LoRA target) fails before any episode runs; each test run then copies the model
+        again on its device (:meth:`on_test_start`).
+        """
+        if options.enabled:
+            SupportAdapter(self.model, options)
+        self.tta = options
+        self._tta_adapter = None
 
     def use_evaluation_fold(self, fold: FoldSpec) -> None:
         """Test on another dataset's classes (cross-dataset / cross-domain evaluation): the test metrics,
@@ -167,9 +183,23 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
         self.test_ious = nn.ModuleList([self._metric(self.num_eval_classes) for _ in range(n)]).to(
             self.device
         )
+        if self.tta.enabled:  # a copy of the model as it is now, on its device
+            self._tta_adapter = SupportAdapter(self.model, self.tta)
+
+    def on_test_end(self) -> None:
+        self._tta_adapter = None  # frees the working copy
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_update(self.test_ious[dataloader_idx], batch)
+        if not self.tta.enabled:
+            self._eval_update(self.test_ious[dataloader_idx], batch)
+            return
+        if self._tta_adapter is None:
+            self._tta_adapter = SupportAdapter(self.model, self.tta)
+        logits = self._tta_adapter.predict(batch)
+        sizes = batch.get("ori_hw", batch["ori_size"])
+        self.test_ious[dataloader_idx].update_from_logits(
+            logits, batch["query_label_ori"], sizes, batch["class_idx"]
+        )
 
     def _log_metric(self, prefix: str, metric: FewShotIoU, split: str = "val") -> dict[str, Tensor]:
         if int(metric.n_episodes) == 0 and not self.trainer.world_size > 1:

@@ -33,6 +33,7 @@ from svfseg.run_dir import is_global_rank_zero, save_hydra_record
 from svfseg.run_spec import RunSpec, check_identity
 from svfseg.tasks.builders import build_datamodule, plain, trainer_arguments
 from svfseg.tasks.reporting import metrics_record, print_metrics, write_metrics_json
+from svfseg.tta import TTAOptions, check_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ def _open_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         raise ConfigError(str(err)) from err
 
 
+def tta_options(cfg: DictConfig) -> TTAOptions:
+    """eval.py's ``tta.*`` options (test-time adaptation on the support, docs/tta.md); off by default."""
+    raw = cfg.get("tta")
+    return TTAOptions.from_config(None if raw is None else OmegaConf.to_container(raw, resolve=True))
+
+
 def check_eval_config(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     """Every start-up check of eval.py, before anything is built or written: (checkpoint file, its content).
 
@@ -109,6 +116,10 @@ def check_eval_config(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         _collect(problems, lambda: positive_count(cfg.eval_batch_size, "eval_batch_size", what))
     _collect(problems, lambda: _check_precision(cfg))
     _collect(problems, lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"))
+    tta = _collect(problems, lambda: tta_options(cfg))
+    if tta is not None and opened is not None:
+        finetune = (opened[1].get("svfseg", {}).get("finetune") or {}).get("name")
+        _collect(problems, lambda: check_checkpoint(tta, opened[1].get("state_dict", {}), finetune))
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
     return opened
@@ -152,11 +163,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     del checkpoint
     trained_dataset, trained_fold = str(run.dataset.name), int(run.fold)
     eval_spec, protocol = _evaluation_spec(cfg, run)
-    if is_global_rank_zero():  # the checks passed: now the run folder gets its record
-        save_hydra_record(Path(str(cfg.paths.output_dir)), cfg)
+    tta = tta_options(cfg)
     module = FewShotSegModule.load_from_checkpoint(
         ckpt, map_location="cpu", weights_only=True, strict=True, load_pretrained=False
     )
+    try:
+        module.configure_tta(tta)
+    except ValueError as err:  # e.g. tta.stages without a LoRA target
+        raise ConfigError(str(err)) from err
+    if is_global_rank_zero():  # the checks passed: now the run folder gets its record
+        save_hydra_record(Path(str(cfg.paths.output_dir)), cfg)
     if protocol is not None:
         module.use_evaluation_fold(eval_spec.fold)
     trainer_cfg = trainer_arguments(cfg, bn_trains=False)  # evaluation never trains BN
@@ -190,6 +206,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "novel_classes": list(eval_spec.fold.novel_classes),
             "trained_on": {"dataset": trained_dataset, "fold": trained_fold},
         }
+    if tta.enabled:  # absent when off, so a plain evaluation writes the record it always wrote
+        record["tta"] = tta.to_dict()
     if trainer.is_global_zero:
         out = Path(str(cfg.paths.output_dir))
         out.mkdir(parents=True, exist_ok=True)
