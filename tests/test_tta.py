@@ -4,6 +4,7 @@
   copy's tuned tensors are restored bit for bit after every episode;
 * an episode's prediction does not depend on the batch it came in, the episode order, or the query label;
   ``eval_batch_size=1`` and ``4`` give the same metrics, and so do 1 and 2 gloo processes (slow);
+* k-shot steps cycle through the shots as pseudo-queries, each against all K shots;
 * ``tta.steps=0`` is plain evaluation, bit for bit; ``steps > 0`` moves the parameters and the masks;
 * every bad option is refused at start naming the key, the value and the fix.
 """
@@ -163,6 +164,35 @@ def test_an_episode_does_not_depend_on_its_batch_order_or_the_query_label(
     for i in range(4):
         alone = {k: v[i : i + 1] for k, v in batch.items()}
         assert torch.equal(adapter.predict(alone), together[i : i + 1]), i
+
+
+def test_k_shot_steps_cycle_through_the_shots_against_all_k_supports(
+    ckpts: dict[str, Path], synthetic_pascal: Any, tmp_path: Path
+) -> None:
+    adapter = SupportAdapter(_load(ckpts["svf"]).model, TTAOptions(steps=5, params="s", lr=0.5))
+    batch = _batch(synthetic_pascal, tmp_path)
+    # a 2-shot episode from two episodes' supports (the baseline averages any number of shots)
+    support_img = torch.cat([batch["support_img"][:1], batch["support_img"][1:2]], dim=1)
+    support_mask = torch.cat([batch["support_mask"][:1], batch["support_mask"][1:2]], dim=1)
+    seen: list[tuple[int, int, bool]] = []
+    forward = adapter.model.forward
+
+    def record(**kwargs: Any) -> Any:
+        shots = [torch.equal(kwargs["query_img"][0], kwargs["support_img"][0, j]) for j in range(2)]
+        shot = shots.index(True) if any(shots) else -1  # -1: the real query
+        target = kwargs.get("query_mask")
+        seen.append((shot, kwargs["support_img"].shape[1], target is not None))
+        if target is not None:
+            assert torch.equal(target, kwargs["support_mask"][:, shot])
+        return forward(**kwargs)
+
+    adapter.model.forward = record  # type: ignore[method-assign]
+    two = {**batch, "support_img": support_img, "support_mask": support_mask}
+    two = {k: v[:1] for k, v in two.items()}
+    adapter.predict({**two, "query_img": batch["query_img"][:1]})
+    # steps 0..4 use shots 0, 1, 0, 1, 0 as the pseudo-query with its mask, always against both shots
+    assert [s for s in seen if s[2]] == [(0, 2, True), (1, 2, True), (0, 2, True), (1, 2, True), (0, 2, True)]
+    assert len(seen) == 6 and seen[-1] == (-1, 2, False)  # then the query, without a target
 
 
 def test_eval_batch_sizes_1_and_4_give_the_same_metrics(ckpts: dict[str, Path], tmp_path: Path) -> None:
