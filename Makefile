@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Everything ruff checks: the package, tests, benchmarks and every script at the repository root.
 LINT_PATHS := src tests benchmarks $(wildcard *.py)
 
-.PHONY: help install test test-fast demo proxy lint format bench bench-pipeline bench-load learning-spread clean
+.PHONY: help install test test-fast demo demo-synthetic study proxy lint format bench bench-pipeline bench-load learning-spread clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -26,8 +26,14 @@ test: $(STAMP)  ## run the test suite (what CI runs)
 test-fast: $(STAMP)  ## the suite without the slow end-to-end tests (the edit loop; CI runs make test)
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow"
 
-demo: $(STAMP)  ## proxy weights + synthetic data -> freeze/full/SVF x 3 seeds -> comparison.json + Figures 2, 4 (CPU, < 10 min)
+demo: $(STAMP)  ## real photos: CCP + ImageNet EfficientNet-Lite0 -> freeze/full/SVF x 3 seeds -> outputs/demo (CPU; CCP from SVFSEG_CCP_SRC or a download)
 	$(PY) -m svfseg.demo
+
+demo-synthetic: $(STAMP)  ## proxy weights + synthetic data -> freeze/full/SVF x 3 seeds -> outputs/demo-synthetic (CPU, no download)
+	$(PY) -m svfseg.demo --synthetic
+
+study: $(STAMP)  ## the real-photo study of docs/real-data.md: 4 folds x 5 seeds x 6 strategies -> outputs/study (CPU, hours; resumes)
+	$(PY) -m svfseg.demo --study
 
 proxy: $(STAMP)  ## build (or reuse) the proxy-pretrained ResNet-50 weights under initmodel/proxy (CPU, ~1 min)
 	$(PY) -m svfseg.pretrain --out initmodel/proxy

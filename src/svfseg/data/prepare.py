@@ -45,7 +45,7 @@ import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from svfseg.data import ccp, folder_layout
+from svfseg.data import ccp, folder_layout, folder_resize
 from svfseg.data.io import DataFileError, check_label_values
 from svfseg.data.label_index import default_workers
 from svfseg.data.layouts import PASCAL_SOURCE_RESOURCES, get_layout, read_source_file
@@ -373,6 +373,9 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
     ccp.add_arguments(sub.add_parser("ccp", help="Clothing Co-Parsing -> the own-dataset folder layout"))
+    folder_resize.add_arguments(
+        sub.add_parser("resize", help="a copy of a folder dataset at a working size (long side in pixels)")
+    )
     return p
 
 
@@ -382,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return folder_layout.run(args)
     if args.dataset == "ccp":
         return ccp.run(args)
+    if args.dataset == "resize":
+        return folder_resize.run(args)
     common = {
         "link": args.link,
         "workers": args.workers,

@@ -1,4 +1,4 @@
-"""``make demo``: the paper's freeze / full / SVF experiment at mini scale, on CPU, from nothing.
+"""``make demo-synthetic``: the paper's freeze / full / SVF experiment at mini scale, on CPU, from nothing.
 
 1. Build (or reuse) proxy-pretrained weights: a narrow deep-stem ResNet-50 pretrained on procedural
    categories that no few-shot class uses (``python -m svfseg.pretrain``).
@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,9 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
 from rich.console import Console
 from rich.table import Table
 
@@ -43,14 +38,13 @@ from svfseg.analysis import (
     singular_value_changes,
 )
 from svfseg.analysis.cues import cue_maps
-from svfseg.analysis.curves import TRAIN_KEY, VAL_KEY, find_metrics_csv, read_metric_curves
 from svfseg.analysis.export import save_png
 from svfseg.data.io import read_label
 from svfseg.data.synthetic import LAYOUT_CLASSES, make_synthetic
+from svfseg.demo.common import compose_train_config, epoch_curves, replace_previous_demo_run, summarise
 from svfseg.files import atomic_write_text
 from svfseg.labels import IGNORE_INDEX
 from svfseg.pretrain.proxy import ProxySpec, build_proxy_weights
-from svfseg.run_dir import RECORD_FILE
 from svfseg.tasks.reporting import percent_with_spread
 from svfseg.tasks.train import train
 
@@ -116,64 +110,6 @@ class DemoSettings:
         ]
 
 
-def _compose(overrides: Sequence[str]) -> Any:
-
-    conf_dir = Path(__file__).resolve().parents[2] / "conf"
-    if not conf_dir.is_dir():
-        raise FileNotFoundError(f"{conf_dir} not found: run the demo from a source checkout (make demo)")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.callbacks.pop("progress_bar", None)
-    return cfg
-
-
-def _replace_previous_demo_run(run_dir: Path, console: Console) -> None:
-    """The demo's run folders are its own: a previous demo run there is replaced, anything else refused.
-
-    train.py refuses to start over a folder holding a run's results (nothing silently overwritten); the
-    demo opts in for the folders it made itself, recognised by their ownership record.
-    """
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return
-    if not (run_dir / RECORD_FILE).is_file():
-        raise FileExistsError(
-            f"{run_dir} holds files that are not a demo run; choose another --out or remove the folder"
-        )
-    console.print(f"    replacing the previous demo run in {run_dir}")
-    shutil.rmtree(run_dir)
-
-
-def _epoch_curves(run_dir: Path) -> dict[str, list[float]]:
-    curves = read_metric_curves(find_metrics_csv(run_dir))
-    return {
-        "train_miou_per_epoch": list(curves[TRAIN_KEY].values),
-        "val_miou_per_epoch": list(curves[VAL_KEY].values),
-    }
-
-
-def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean and population std over training seeds, and the mean curves (what comparison.json holds)."""
-    mious = [r["miou"] for r in per_seed.values()]
-    fbious = [r["fbiou"] for r in per_seed.values()]
-    n_epochs = min(len(r["val_miou_per_epoch"]) for r in per_seed.values())
-
-    def mean_curve(key: str) -> list[float]:
-        return [statistics.fmean(r[key][e] for r in per_seed.values()) for e in range(n_epochs)]
-
-    return {
-        "miou_mean": statistics.fmean(mious),
-        "miou_std": statistics.pstdev(mious),
-        "fbiou_mean": statistics.fmean(fbious),
-        "fbiou_std": statistics.pstdev(fbious),
-        "seeds": sorted(per_seed),
-        "train_miou_per_epoch": mean_curve("train_miou_per_epoch"),
-        "val_miou_per_epoch": mean_curve("val_miou_per_epoch"),
-        "per_seed": {str(s): r for s, r in sorted(per_seed.items())},
-    }
-
-
 def run_demo(
     out: Path,
     data_root: Path,
@@ -200,14 +136,14 @@ def run_demo(
         per_seed: dict[int, dict[str, Any]] = {}
         for seed in settings.seeds:
             run_dir = out / finetune / f"seed{seed}"
-            _replace_previous_demo_run(run_dir, console)
+            replace_previous_demo_run(run_dir, console)
             overrides = [
                 *settings.overrides(data_root, proxy.path, run_dir, finetune, seed),
                 *extra_overrides,
             ]
             console.print(f"[bold]3/4[/] python train.py {' '.join(overrides)}")
             began = time.perf_counter()
-            metrics = train(_compose(overrides))
+            metrics = train(compose_train_config(overrides))
             per_seed[seed] = {
                 "miou": metrics["miou"],
                 "fbiou": metrics["fbiou"],
@@ -215,7 +151,7 @@ def run_demo(
                 "n_episodes": metrics["n_episodes"],
                 "checkpoint": metrics["checkpoint"],
                 "seconds": round(time.perf_counter() - began, 1),
-                **_epoch_curves(run_dir),
+                **epoch_curves(run_dir),
             }
         results[finetune] = summarise(per_seed)
     comparison = {
@@ -309,8 +245,10 @@ def write_plots(out: Path, comparison: dict[str, Any], data_root: Path) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m svfseg.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    parser = argparse.ArgumentParser(
+        prog="python -m svfseg.demo --synthetic", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo-synthetic"))
     parser.add_argument("--data", type=Path, default=Path("data/synthetic_pascal"))
     parser.add_argument("--weights", type=Path, default=Path("initmodel/proxy"), help="proxy weight cache")
     parser.add_argument("--epochs", type=int, default=DemoSettings.epochs)
