@@ -18,7 +18,7 @@ import torch
 
 from svfseg.data import prepare
 from svfseg.data.folder_resize import scaled_min_pixels
-from svfseg.demo.common import compose_train_config
+from svfseg.tasks.compose import compose_train_config
 from svfseg.tasks.train import train
 from tests.learning_helpers import max_singular_value_change
 

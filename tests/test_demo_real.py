@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 from svfseg.demo.baselines import PRIOR_THRESHOLD, evaluate_baselines
-from svfseg.demo.common import compose_train_config
 from svfseg.demo.qualitative import pick_episodes, qualitative_figure
 from svfseg.demo.real import RealDemoSettings, run_demo, verdict
 from svfseg.demo.study import interval, study_markdown, summarise_study
 from svfseg.labels import IGNORE_INDEX
 from svfseg.models.backbones import build_backbone
 from svfseg.models.registry import build_model
+from svfseg.tasks.compose import compose_train_config
 from tests.data_helpers import env_folder
 from tests.real_learning_helpers import SKIP, SRC_ENV
 

@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import shutil
 import statistics
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
+import cv2
 from rich.console import Console
 
+from svfseg.analysis import overlay_cues, plot_before_after, prepare_image, singular_value_changes
+from svfseg.analysis.cues import cue_maps
 from svfseg.analysis.curves import TRAIN_KEY, VAL_KEY, find_metrics_csv, read_metric_curves
+from svfseg.analysis.export import save_png
+from svfseg.labels import IGNORE_INDEX
 from svfseg.run_dir import RECORD_FILE
-
-
-def compose_train_config(overrides: Sequence[str]) -> Any:
-    """``conf/train.yaml`` with ``overrides``, as ``python train.py`` composes it (no progress bar)."""
-    conf_dir = Path(__file__).resolve().parents[3] / "conf"
-    if not conf_dir.is_dir():
-        raise FileNotFoundError(f"{conf_dir} not found: run the demo from a source checkout (make demo)")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.callbacks.pop("progress_bar", None)
-    return cfg
 
 
 def replace_previous_demo_run(run_dir: Path, console: Console) -> None:
@@ -73,3 +61,45 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "val_miou_per_epoch": mean_curve("val_miou_per_epoch"),
         "per_seed": {str(s): r for s, r in sorted(per_seed.items())},
     }
+
+
+def svf_figures(
+    out: Path,
+    backbone: Any,
+    layer: str,
+    image: Any,
+    *,
+    size: int,
+    title: str,
+    setting: str,
+    seed: int,
+    initial_label: str,
+    cues_name: str,
+    mask: Any = None,
+) -> dict[str, Path]:
+    """Figure 4 (top-30 singular values of ``layer`` before / after) and the cue maps of ``layer`` on
+    ``image``, for an SVF backbone; ``title`` names the scale ("at mini scale", "on real photos")."""
+    change = singular_value_changes(backbone, [layer])[layer]
+    plots = {"figure4": out / "figure4_singular_values.png", "cues": out / cues_name}
+    fig = plot_before_after(
+        change,
+        k=30,
+        title=f"Figure 4 {title}: top-30 singular values of {layer} before / after SVF (seed {seed})\n{setting}",
+        initial_label=initial_label,
+    )
+    save_png(fig, plots["figure4"])
+    shown, tensor = prepare_image(image, size)
+    if mask is not None:
+        mask = cv2.resize(mask, shown.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        mask = (mask > 0) & (mask != IGNORE_INDEX)
+    cues = cue_maps(backbone, layer, tensor, n_grown=3, n_shrunk=3)
+    fig = overlay_cues(
+        shown,
+        cues.maps,
+        cues.titles,
+        mask=mask,
+        ncols=4,
+        suptitle=f"SVF cue maps of {layer}: directions whose singular value grew / shrank most\n{setting}, seed {seed}",
+    )
+    save_png(fig, plots["cues"], dpi=80)
+    return plots

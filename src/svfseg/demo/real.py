@@ -34,25 +34,26 @@ from rich.table import Table
 
 from svfseg.analysis import (
     load_run,
-    overlay_cues,
-    plot_before_after,
     plot_strategy_panels,
-    prepare_image,
     select_convs,
-    singular_value_changes,
 )
-from svfseg.analysis.cues import cue_maps
 from svfseg.analysis.export import save_png
 from svfseg.data.ccp import SOURCE_ENV, convert
 from svfseg.data.folder_resize import resize_folder, scaled_min_pixels
 from svfseg.data.io import read_image
 from svfseg.demo.baselines import BASELINES, evaluate_baselines
-from svfseg.demo.common import compose_train_config, epoch_curves, replace_previous_demo_run, summarise
+from svfseg.demo.common import (
+    epoch_curves,
+    replace_previous_demo_run,
+    summarise,
+    svf_figures,
+)
 from svfseg.demo.qualitative import pick_episodes, qualitative_figure
 from svfseg.files import atomic_write_text
 from svfseg.run_spec import RunSpec
 from svfseg.svf.spectrum import stage_change_stats
 from svfseg.tasks.builders import build_datamodule, build_module
+from svfseg.tasks.compose import compose_train_config
 from svfseg.tasks.reporting import percent_with_spread
 from svfseg.tasks.train import train
 from svfseg.weights.fetch import fetch
@@ -322,30 +323,20 @@ def write_plots(out: Path, comparison: dict[str, Any], data_root: Path) -> dict[
     if "svf" in modules:
         backbone = modules["svf"].model.backbone
         layer = select_convs(backbone, "layer4", "all")[-1]  # the last block's 1x1 projection
-        change = singular_value_changes(backbone, [layer])[layer]
-        plots["figure4"] = out / "figure4_singular_values.png"
-        fig = plot_before_after(
-            change,
-            k=30,
-            title=f"Figure 4 on real photos: top-30 singular values of {layer} before / after SVF "
-            f"(seed {seed})\n{setting}",
-            initial_label="initial (ImageNet)",
-        )
-        save_png(fig, plots["figure4"])
         val_photo = (data_root / "val.txt").read_text().split()[0]
         image = read_image(next((data_root / "images").glob(f"{val_photo}.*")))
-        shown, tensor = prepare_image(image, comparison["demo"]["size"])
-        cues = cue_maps(backbone, layer, tensor, n_grown=3, n_shrunk=3)
-        fig = overlay_cues(
-            shown,
-            cues.maps,
-            cues.titles,
-            ncols=4,
-            suptitle=f"SVF cue maps of {layer}: directions whose singular value grew / shrank most\n"
-            f"{setting}, seed {seed}",
+        plots |= svf_figures(
+            out,
+            backbone,
+            layer,
+            image,
+            size=comparison["demo"]["size"],
+            title="on real photos",
+            setting=setting,
+            seed=seed,
+            initial_label="initial (ImageNet)",
+            cues_name="cues_layer4_last_conv.png",
         )
-        plots["cues"] = out / "cues_layer4_last_conv.png"
-        save_png(fig, plots["cues"], dpi=80)
     first = modules[strategies[0]]
     cfg = compose_train_config(
         [

@@ -23,28 +23,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 from rich.console import Console
 from rich.table import Table
 
 from svfseg.analysis import (
     image_from_dataset,
     load_run,
-    overlay_cues,
-    plot_before_after,
     plot_strategy_panels,
-    prepare_image,
     select_convs,
-    singular_value_changes,
 )
-from svfseg.analysis.cues import cue_maps
 from svfseg.analysis.export import save_png
 from svfseg.data.io import read_label
 from svfseg.data.synthetic import LAYOUT_CLASSES, make_synthetic
-from svfseg.demo.common import compose_train_config, epoch_curves, replace_previous_demo_run, summarise
+from svfseg.demo.common import (
+    epoch_curves,
+    replace_previous_demo_run,
+    summarise,
+    svf_figures,
+)
 from svfseg.files import atomic_write_text
-from svfseg.labels import IGNORE_INDEX
 from svfseg.pretrain.proxy import ProxySpec, build_proxy_weights
+from svfseg.tasks.compose import compose_train_config
 from svfseg.tasks.reporting import percent_with_spread
 from svfseg.tasks.train import train
 
@@ -215,32 +214,22 @@ def write_plots(out: Path, comparison: dict[str, Any], data_root: Path) -> dict[
         module, _ = load_run(Path(comparison["svf"]["per_seed"][str(seed)]["checkpoint"]))
         backbone = module.model.backbone
         layer = select_convs(backbone, "layer3", "3x3")[-1]
-        change = singular_value_changes(backbone, [layer])[layer]
-        plots["figure4"] = out / "figure4_singular_values.png"
-        fig = plot_before_after(
-            change,
-            k=30,
-            title=f"Figure 4 at mini scale: top-30 singular values of {layer} before / after SVF "
-            f"(seed {seed})\n{SETTING}",
-            initial_label="initial (proxy-pretrained)",
-        )
-        save_png(fig, plots["figure4"])
         first_val = (data_root / "lists" / "val.txt").read_text().split()
         image = image_from_dataset(data_root, first_val[0])
         label = read_label(data_root / first_val[1], LAYOUT_CLASSES["pascal"])
-        shown, tensor = prepare_image(image, 129)
-        mask = cv2.resize(label, shown.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-        cues = cue_maps(backbone, layer, tensor, n_grown=3, n_shrunk=3)
-        fig = overlay_cues(
-            shown,
-            cues.maps,
-            cues.titles,
-            mask=(mask > 0) & (mask != IGNORE_INDEX),
-            ncols=4,
-            suptitle=f"SVF cue maps of {layer}: directions whose singular value grew / shrank most\n{SETTING}, seed {seed}",
+        plots |= svf_figures(
+            out,
+            backbone,
+            layer,
+            image,
+            size=129,
+            title="at mini scale",
+            setting=SETTING,
+            seed=seed,
+            initial_label="initial (proxy-pretrained)",
+            cues_name="cues_layer3_last_3x3.png",
+            mask=label,
         )
-        plots["cues"] = out / "cues_layer3_last_3x3.png"
-        save_png(fig, plots["cues"], dpi=80)
     return {k: str(v) for k, v in plots.items()}
 
 

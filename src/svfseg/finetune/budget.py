@@ -15,11 +15,10 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from svfseg.finetune.base import backbone_stages
 from svfseg.finetune.counts import svf_singular_values
@@ -83,18 +82,9 @@ def model_budget(model: FewShotModel, finetune: dict[str, Any], *, from_checkpoi
 
 def compose_train(overrides: Sequence[str]) -> DictConfig:
     """conf/train.yaml with train.py overrides (the source checkout's conf folder)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from svfseg.tasks.compose import compose_train_config  # Hydra and the task layer only for the CLI
 
-    conf_dir = Path(__file__).resolve().parents[3] / "conf"
-    if not conf_dir.is_dir():
-        raise FileNotFoundError(f"{conf_dir} not found: run the budget tool from a source checkout")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.callbacks.pop("progress_bar", None)
-    return cfg
+    return compose_train_config(overrides)
 
 
 def config_budget(cfg: DictConfig) -> Budget:
