@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -26,35 +25,18 @@ from svfseg.inference.export import export_run, load_exported
 from svfseg.lightning.checkpointing import svf_artifact_path
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.models.backbones import build_backbone
-from svfseg.models.base import FewShotModel, FewShotOutput
 from svfseg.svf import load_adapter_state_dict, svf_layers
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.evaluate import evaluate
 from svfseg.tasks.predict import predict
 from svfseg.tasks.train import train
 from tests.hydra_helpers import compose_config, tiny_train_config
+from tests.model_helpers import Net
 
 WIDTH = 0.125
 L234 = ("layer2", "layer3", "layer4")
 VIT_TINY = {"embed_dim": 32, "depth": 4, "num_heads": 2}
 KERNEL = {"3x3": (3, 3), "1x1": (1, 1)}
-
-
-class Net(FewShotModel):
-    """A real backbone and a 1x1 head on layer4: the smallest FewShotModel a strategy can train."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Conv2d(backbone.channels["layer4"], 2, 1)
-
-    def forward(self, query_img, support_img=None, support_mask=None, query_mask=None, class_idx=None,
-                query_base_label=None) -> FewShotOutput:  # fmt: skip
-        with self.backbone_grad():
-            feats = self.backbone(query_img)["layer4"]
-        logits = F.interpolate(self.head(feats), size=query_img.shape[-2:], mode="bilinear")
-        loss = None if query_mask is None else F.cross_entropy(logits, query_mask)
-        return FewShotOutput(logits, loss)
 
 
 def backbone(name: str) -> nn.Module:

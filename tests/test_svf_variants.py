@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from svfseg.finetune import build_strategy, check_param_groups
@@ -22,7 +21,6 @@ from svfseg.inference import Predictor
 from svfseg.lightning.checkpointing import svf_artifact_path
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.models.backbones import build_backbone
-from svfseg.models.base import FewShotModel, FewShotOutput
 from svfseg.svf import (
     SVFConv2d,
     SVFStateError,
@@ -35,6 +33,7 @@ from svfseg.svf.convert import apply_svf
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.train import train
 from tests.hydra_helpers import CONF_DIR, compose_config, tiny_train_config
+from tests.model_helpers import Net
 
 WIDTH = 0.125
 L234 = ("layer2", "layer3", "layer4")
@@ -49,23 +48,6 @@ CASES = [
     ("top_int_exp", {"directions": "top", "k": 3, "parametrization": "exp"}),
     ("bottom_residual", {"directions": "bottom", "k": 2, "residual_rank": 2}),
 ]
-
-
-class Net(FewShotModel):
-    """A real backbone and a 1x1 head on layer4: the smallest FewShotModel a strategy can train."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Conv2d(backbone.channels["layer4"], 2, 1)
-
-    def forward(self, query_img, support_img=None, support_mask=None, query_mask=None, class_idx=None,
-                query_base_label=None) -> FewShotOutput:  # fmt: skip
-        with self.backbone_grad():
-            feats = self.backbone(query_img)["layer4"]
-        logits = F.interpolate(self.head(feats), size=query_img.shape[-2:], mode="bilinear")
-        loss = None if query_mask is None else F.cross_entropy(logits, query_mask)
-        return FewShotOutput(logits, loss)
 
 
 def net(name: str = "resnet50", seed: int = 0) -> Net:
