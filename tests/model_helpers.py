@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,3 +24,14 @@ class Net(FewShotModel):
         logits = F.interpolate(self.head(feats), size=query_img.shape[-2:], mode="bilinear")
         loss = None if query_mask is None else F.cross_entropy(logits, query_mask)
         return FewShotOutput(logits, loss)
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> None:
+    """``steps`` SGD steps on random 33 px images and masks (generator seeded with 0): what the strategy
+    tests need to see which tensors move."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        img, mask = torch.randn(2, 3, 33, 33, generator=gen), torch.randint(0, 2, (2, 33, 33), generator=gen)
+        optimizer.zero_grad()
+        model(img, query_mask=mask).loss.backward()
+        optimizer.step()

@@ -31,7 +31,7 @@ from svfseg.tasks.evaluate import evaluate
 from svfseg.tasks.predict import predict
 from svfseg.tasks.train import train
 from tests.hydra_helpers import compose_config, tiny_train_config
-from tests.model_helpers import Net
+from tests.model_helpers import Net, train_steps
 
 WIDTH = 0.125
 L234 = ("layer2", "layer3", "layer4")
@@ -293,12 +293,7 @@ def test_sgd_steps_change_exactly_the_selection_and_no_bn_statistic(name: str, o
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     stats = {n: b.clone() for n, b in model.backbone.named_buffers()}
     optimizer = torch.optim.SGD([{"params": g["params"], "lr": 0.5 * g["lr_mult"]} for g in groups])
-    g = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        img, mask = torch.randn(2, 3, 33, 33, generator=g), torch.randint(0, 2, (2, 33, 33), generator=g)
-        optimizer.zero_grad()
-        model(img, query_mask=mask).loss.backward()
-        optimizer.step()
+    train_steps(model, optimizer, 2)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == set(trainable(model))
     assert all(torch.equal(b, stats[n]) for n, b in model.backbone.named_buffers())

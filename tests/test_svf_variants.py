@@ -33,7 +33,7 @@ from svfseg.svf.convert import apply_svf
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.train import train
 from tests.hydra_helpers import CONF_DIR, compose_config, tiny_train_config
-from tests.model_helpers import Net
+from tests.model_helpers import Net, train_steps
 
 WIDTH = 0.125
 L234 = ("layer2", "layer3", "layer4")
@@ -223,12 +223,7 @@ def test_frozen_singular_values_stay_bit_identical_under_weight_decay_and_moment
         [{"params": g["params"], "lr": 0.5 * g["lr_mult"]} for g in groups], momentum=0.9, weight_decay=0.05
     )
     model.train()
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        img, mask = torch.randn(2, 3, 33, 33, generator=gen), torch.randint(0, 2, (2, 33, 33), generator=gen)
-        optimizer.zero_grad()
-        model(img, query_mask=mask).loss.backward()
-        optimizer.step()
+    train_steps(model, optimizer, 3)
     for name, layer in layers.items():
         now_frozen, now_selected = _frozen_and_trained(layer)
         assert torch.equal(now_frozen, frozen[name]), name  # bitwise
