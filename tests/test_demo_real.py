@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from PIL import Image
 
 from svfseg.demo.baselines import PRIOR_THRESHOLD, evaluate_baselines
 from svfseg.demo.qualitative import pick_episodes, qualitative_figure
-from svfseg.demo.real import RealDemoSettings, run_demo, verdict
-from svfseg.demo.study import interval, study_markdown, summarise_study
+from svfseg.demo.real import RealDemoSettings, is_svf, run_demo, strategy_dir, verdict
+from svfseg.demo.study import check_same_settings, interval, run_study, study_markdown, summarise_study
 from svfseg.labels import IGNORE_INDEX
 from svfseg.models.backbones import build_backbone
 from svfseg.models.registry import build_model
@@ -177,3 +178,71 @@ def test_tiny_real_demo_end_to_end(tmp_path: Path) -> None:
         assert Path(path).stat().st_size < 400_000
         with Image.open(path) as im:
             assert im.size[0] > 200
+
+
+@pytest.mark.slow
+def test_tiny_study_runs_seed_major_and_resumes(tmp_path: Path) -> None:
+    """Two folds x one seed x {freeze, svf} at tiny size; a second call trains nothing and reports the same."""
+    src = env_folder(SRC_ENV, "label_list.mat")
+    if src is None:
+        pytest.skip(SKIP)
+    settings = RealDemoSettings(
+        seeds=(0,),
+        strategies=("freeze", "svf"),
+        size=65,
+        head_steps=3,
+        steps_per_epoch=2,
+        epochs=2,
+        n_episodes=8,
+        train_episodes_for_curve=8,
+        num_workers=0,
+    )
+    out = tmp_path / "study"
+    first = run_study(out, tmp_path / "ccp", tmp_path / "weights", settings, folds=(0, 1), src=str(src))
+    assert set(first["runs"]) == {"0", "1"}
+    for fold in ("0", "1"):
+        assert set(first["runs"][fold]) == {"freeze", "svf"}
+        assert first["runs"][fold]["svf"]["0"]["singular_values"]["max_abs_relative_change"] > 0
+    overall = first["summary"]["overall"]
+    assert (
+        overall["svf"]["n"] == 2
+        and "val_last" in overall["svf"]
+        and "sv_mean_abs_relative_change" in overall["svf"]
+    )
+    assert first["summary"]["paired"]["svf - freeze"]["n"] == 2
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")}
+    again = run_study(out, tmp_path / "ccp", tmp_path / "weights", settings, folds=(0, 1), src=str(src))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")} == mtimes  # nothing retrained
+    assert again["summary"] == first["summary"]
+    assert (out / "figure2_miou_curves.png").stat().st_size < 400_000
+    assert "svf - freeze" in (out / "study.md").read_text()
+
+
+def test_experiment_rows_run_as_strategies_in_their_own_folders(tmp_path: Path) -> None:
+    """``peft/lora_match`` selects the experiment row (fine-tune choice + options); folders have no slash."""
+    s = RealDemoSettings()
+    common = (tmp_path / "data", tmp_path / "w.pth", tmp_path / "run", 0, tmp_path / "head.ckpt")
+    row = s.overrides(common[0], common[1], common[2], "peft/lora_match", *common[3:])
+    assert "experiment=peft/lora_match" in row and not any(o.startswith("finetune=") for o in row)
+    assert f"finetune.backbone_lr_mult={s.backbone_lr_mult}" in row
+    frozen = s.overrides(common[0], common[1], common[2], "peft/freeze", *common[3:])
+    assert not any(o.startswith("finetune.backbone_lr_mult") for o in frozen)
+    assert strategy_dir("peft/lora_match") == "peft-lora_match" and strategy_dir("svf") == "svf"
+    assert is_svf("peft/svf_top") and is_svf("salt") and not is_svf("peft/lora_match")
+
+
+def test_study_pairs_every_strategy_with_svf_and_refuses_other_settings(tmp_path: Path) -> None:
+    runs = {
+        0: {
+            "peft/freeze": {0: {"miou": 0.1}},
+            "peft/svf": {0: {"miou": 0.3}},
+            "peft/dora": {0: {"miou": 0.2}},
+        }
+    }
+    paired = summarise_study(runs)["paired"]
+    assert set(paired) == {"peft/svf - peft/freeze", "peft/svf - peft/dora"}
+    assert paired["peft/svf - peft/dora"]["mean"] == pytest.approx(0.1)
+    (tmp_path / "study.json").write_text(json.dumps({"settings": {**asdict(RealDemoSettings()), "lr": 0.5}}))
+    with pytest.raises(ValueError, match=r"lr: 0.5 -> 0.1"):
+        check_same_settings(tmp_path, RealDemoSettings())
+    check_same_settings(tmp_path / "empty", RealDemoSettings())  # no study yet: nothing to check

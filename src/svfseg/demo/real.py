@@ -88,11 +88,12 @@ class RealDemoSettings:
     dropout: float = 0.0
     reduce_dim: int = 64
     backbone_lr_mult: float = 0.1
-    head_steps: int = 300
-    steps_per_epoch: int = 50
+    head_steps: int = 200
+    steps_per_epoch: int = 30
     epochs: int = 2
     n_episodes: int = 200
-    train_episodes_for_curve: int = 60
+    val_batches_for_curve: int = 8
+    train_episodes_for_curve: int = 40
     num_workers: int = 0
     min_pixels: int = 2048
 
@@ -148,19 +149,33 @@ class RealDemoSettings:
     ) -> list[str]:
         """One strategy's run from the seed's head; tests its last weights (no selection on test episodes)."""
         trained_backbone = (
-            [] if finetune == "freeze" else [f"finetune.backbone_lr_mult={self.backbone_lr_mult}"]
+            []
+            if finetune.split("/")[-1] == "freeze"
+            else [f"finetune.backbone_lr_mult={self.backbone_lr_mult}"]
         )
         return [
             *self.common(data_root, weights, seed),
-            f"finetune={finetune}",
+            strategy_override(finetune),
             *trained_backbone,
             f"init_head={head}",
             f"dataset.epochs={self.epochs}",
             f"+trainer.limit_train_batches={self.steps_per_epoch}",
+            f"+trainer.limit_val_batches={self.val_batches_for_curve}",
             "callbacks.model_checkpoint.monitor=null",
             f"paths.output_dir={out_dir}",
             f"paths.log_dir={out_dir.parent}",
         ]
+
+
+def strategy_override(strategy: str) -> str:
+    """A strategy is a ``conf/finetune`` name (``svf``) or an experiment row (``peft/lora_match``: the
+    fine-tune choice with its options, e.g. LoRA with the rank matched to SVF)."""
+    return f"experiment={strategy}" if "/" in strategy else f"finetune={strategy}"
+
+
+def strategy_dir(strategy: str) -> str:
+    """The run folder's name for a strategy (``peft/lora_match`` -> ``peft-lora_match``)."""
+    return strategy.replace("/", "-")
 
 
 # --------------------------------------------------------------------------- preparation
@@ -212,7 +227,7 @@ def run_strategy(
     head: Path,
     console: Console,
 ) -> dict[str, Any]:
-    run_dir = out / finetune / f"seed{seed}"
+    run_dir = out / strategy_dir(finetune) / f"seed{seed}"
     replace_previous_demo_run(run_dir, console)
     overrides = settings.overrides(data_root, weights, run_dir, finetune, seed, head)
     console.print(f"[bold]{finetune}[/] python train.py {' '.join(overrides)}")
@@ -227,9 +242,14 @@ def run_strategy(
         "seconds": round(time.perf_counter() - began, 1),
         **epoch_curves(run_dir),
     }
-    if finetune.startswith("svf"):
+    if is_svf(finetune):
         result["singular_values"] = singular_value_movement(Path(metrics["checkpoint"]))
     return result
+
+
+def is_svf(strategy: str) -> bool:
+    """Strategies whose backbone holds SVF layers (their singular-value movement is reported)."""
+    return strategy.split("/")[-1].startswith(("svf", "salt"))
 
 
 def singular_value_movement(checkpoint: Path) -> dict[str, Any]:
@@ -315,7 +335,7 @@ def write_plots(out: Path, comparison: dict[str, Any], data_root: Path) -> dict[
     """Figure 2, Figure 4, the cue maps and the qualitative figure, titled with the setting."""
     setting = comparison["setting"]
     strategies = [s for s in comparison["strategies"] if s in comparison]
-    runs = {s: [out / s / f"seed{seed}" for seed in comparison[s]["seeds"]] for s in strategies}
+    runs = {s: [out / strategy_dir(s) / f"seed{seed}" for seed in comparison[s]["seeds"]] for s in strategies}
     plots = {"figure2": out / "figure2_miou_curves.png"}
     save_png(plot_strategy_panels(runs, title=f"Figure 2 on real photos: {setting}"), plots["figure2"])
     seed = comparison[strategies[0]]["seeds"][0]
