@@ -17,12 +17,12 @@ from PIL import Image
 from svfseg.data.class_names import class_names
 from svfseg.inference import PredictInputError, Predictor, read_supports
 from svfseg.inference.export import load_exported
-from svfseg.inference.figure import TILE, figure_from_predictions, make_figure
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.metrics.original_size import predict_at_original_size
 from svfseg.svf import svf_layers, svf_state_dict
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.evaluate import evaluate
+from svfseg.tasks.figure import TILE, figure_from_predictions, make_figure
 from svfseg.tasks.predict import predict
 from svfseg.tasks.train import train
 from tests.cli_helpers import REPO, run_cli
@@ -258,7 +258,7 @@ def test_export_writes_a_plain_model_with_the_checkpoint_outputs_and_the_svf_art
     trained: SimpleNamespace, tmp_path: Path
 ) -> None:
     module, episodes = _episodes(trained)
-    run_cli(["-m", "svfseg.svf", "export", str(trained.ckpt), "--out", str(tmp_path / "export")], REPO)
+    run_cli(["-m", "svfseg.inference.export", str(trained.ckpt), "--out", str(tmp_path / "export")], REPO)
     plain = load_exported(tmp_path / "export")
     assert next(svf_layers(plain), None) is None  # no svfseg SVF layer left
     assert all(
@@ -288,12 +288,24 @@ def test_export_writes_a_plain_model_with_the_checkpoint_outputs_and_the_svf_art
 
 def test_export_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
     proc = run_cli(
-        ["-m", "svfseg.svf", "export", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")],
+        ["-m", "svfseg.inference.export", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")],
         REPO,
         ok=False,
     )
     assert proc.returncode == 2 and f"ckpt_path={tmp_path / 'nope.ckpt'} does not exist" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_old_svf_export_command_names_the_new_one_and_imports_no_application(tmp_path: Path) -> None:
+    proc = run_cli(["-m", "svfseg.svf", "export", "run/best.ckpt", "--out", "exp"], REPO, ok=False)
+    assert proc.returncode == 2 and not proc.stdout
+    assert "python -m svfseg.inference.export run/best.ckpt --out exp" in proc.stderr
+    # the SVF core is a library: its command line loads nothing of svfseg outside svfseg.svf
+    code = (
+        "import sys, svfseg.svf.__main__; "
+        "print([m for m in sys.modules if m.startswith('svfseg.') and not m.startswith('svfseg.svf')])"
+    )
+    assert run_cli(["-c", code], REPO).stdout.strip() == "[]"
 
 
 # ------------------------------------------------------------------------------------------ class names

@@ -10,7 +10,7 @@ The user cases, one test (or parameter) each:
 * ``test_a_full_disk_keeps_the_previous_svf_artifact``: the same for ``best.svf.pt``.
 * ``test_a_full_disk_keeps_the_previous_metrics_json``: the same for ``metrics.json`` (``write_metrics_json``).
 * ``test_export_refuses_a_folder_with_other_files_and_force_replaces_a_previous_export``: ``python -m
-  svfseg.svf export`` into a folder holding a user's file is refused without ``--force`` (and with it),
+  svfseg.inference.export`` into a folder holding a user's file is refused without ``--force`` (and with it),
   the file byte-identical; ``--force`` replaces a previous export, and a freeze export over an SVF export
   leaves no stale ``svf.pt``.
 * ``test_a_failed_prediction_or_figure_write_keeps_the_previous_file``: masks, overlays,
@@ -47,13 +47,13 @@ from pytorch_lightning.loggers import CSVLogger
 
 import svfseg.tasks.train as train_task
 from svfseg.analysis.export import save_png
+from svfseg.inference.export import main as export_main
 from svfseg.inference.outputs import PredictionWriter
 from svfseg.inference.predictor import Prediction
 from svfseg.lightning.checkpointing import write_svf_artifact
 from svfseg.lightning.media import ExamplePredictionLogger
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.svf import svf_layers
-from svfseg.svf.__main__ import main as svf_main
 from svfseg.tasks.reporting import write_metrics_json
 from svfseg.tasks.train import train
 from tests.hydra_helpers import tiny_train_config
@@ -320,7 +320,7 @@ def test_a_full_disk_keeps_the_previous_metrics_json(disk: TmpfsDisk | Simulated
 
 # ------------------------------------------------------------------------------------------ export
 def _export(ckpt: Path, out: Path, *extra: str) -> int:
-    return svf_main(["export", str(ckpt), "--out", str(out), *extra])
+    return export_main([str(ckpt), "--out", str(out), *extra])
 
 
 def test_export_refuses_a_folder_with_other_files_and_force_replaces_a_previous_export(

@@ -1,5 +1,7 @@
 """Export a trained run: the merged plain model and the small adapter artifact.
 
+    python -m svfseg.inference.export CKPT --out DIR [--force]      (or: svfseg-export CKPT --out DIR)
+
 ``model.pt`` is the state dict of the method's plain network (every SVF layer merged into a Conv2d with
 W = U diag(s) V^T, every LoRA / DoRA adapter folded into its layer), loadable without svfseg's SVF layers
 or peft; ``svf.pt`` (SVF, LoRA and DoRA runs) holds the trained adapter tensors of the backbone and the
@@ -11,8 +13,10 @@ An export goes into a new or empty folder; ``force`` replaces a previous export 
 
 from __future__ import annotations
 
+import argparse
 import json
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +148,38 @@ def load_exported(export_dir: str | Path, *, device: str = "cpu") -> FewShotMode
     for path in (run_file, model_file):
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path} is missing: export with python -m svfseg.svf export CKPT --out {folder}"
+                f"{path} is missing: export with python -m svfseg.inference.export CKPT --out {folder}"
             )
     spec = RunSpec.from_dict(json.loads(run_file.read_text())["run"])
     model = build_fewshot_model(dict(spec.method), dict(spec.backbone), fold=spec.fold, load_pretrained=False)
     state = torch.load(model_file, map_location=device, weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m svfseg.inference.export CKPT --out DIR [--force]``: 0 on success, 2 on a refused input."""
+    parser = argparse.ArgumentParser(
+        prog="python -m svfseg.inference.export",
+        description="write DIR/model.pt (merged, plain convs), DIR/svf.pt, DIR/run.json of a trained run",
+    )
+    parser.add_argument("ckpt", help="a train.py checkpoint or run directory")
+    parser.add_argument("--out", required=True, help="output folder (new or empty)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a previous export in --out (its model.pt, svf.pt, run.json; a stale svf.pt is "
+        "removed); a folder holding any other file is still refused",
+    )
+    args = parser.parse_args(argv)
+    try:
+        record = export_run(args.ckpt, args.out, force=args.force)
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": args.out, **record["files"], "merged_svf_layers": record["merged_svf_layers"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

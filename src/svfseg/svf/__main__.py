@@ -1,36 +1,30 @@
-"""``python -m svfseg.svf export CKPT --out DIR [--force]``: the merged plain model and the SVF artifact of a run."""
+"""``python -m svfseg.svf``: the export command moved to the application, ``svfseg.inference.export``.
+
+The SVF core is a library for any PyTorch model and imports nothing of svfseg's application; exporting a
+trained run (checkpoint, run config, merged model) is the application's work. This stub only points an
+old command line at the new one and fails (exit 2), so a script that still calls it stops visibly.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
+import shlex
 import sys
+from collections.abc import Sequence
 
-from svfseg.inference.export import export_run
+NEW_COMMAND = "python -m svfseg.inference.export CKPT --out DIR [--force]"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m svfseg.svf", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser(
-        "export", help="write DIR/model.pt (merged, plain convs), DIR/svf.pt, DIR/run.json"
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "export":
+        args = args[1:]
+    shown = shlex.join(args) if args else "CKPT --out DIR [--force]"
+    print(
+        f"python -m svfseg.svf export has moved: run python -m svfseg.inference.export {shown}\n"
+        f"(usage: {NEW_COMMAND}; installed as the svfseg-export command too)",
+        file=sys.stderr,
     )
-    export.add_argument("ckpt", help="a train.py checkpoint or run directory")
-    export.add_argument("--out", required=True, help="output folder (new or empty)")
-    export.add_argument(
-        "--force",
-        action="store_true",
-        help="replace a previous export in --out (its model.pt, svf.pt, run.json; a stale svf.pt is "
-        "removed); a folder holding any other file is still refused",
-    )
-    args = parser.parse_args(argv)
-    try:
-        record = export_run(args.ckpt, args.out, force=args.force)
-    except (OSError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out": args.out, **record["files"], "merged_svf_layers": record["merged_svf_layers"]}))
-    return 0
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """A picture of predict.py at work: one support with its mask, and the overlays of queries of its class.
 
-    python -m svfseg.inference.figure CKPT --out docs/images/predict_overlays.png [--queries 4]
-    python -m svfseg.inference.figure --predictions PREDICT_RUN_DIR --out FIGURE.png [--support-class C]
+    python -m svfseg.tasks.figure CKPT --out docs/images/predict_overlays.png [--queries 4]
+    python -m svfseg.tasks.figure --predictions PREDICT_RUN_DIR --out FIGURE.png [--support-class C]
 
 The support and the queries come from the run's own fixed evaluation episodes (the first class of the
-fold that has enough episodes), so the picture shows the model on classes it never trained on.
+fold that has enough episodes), so the picture shows the model on classes it never trained on. It is an
+application tool: it builds the run's DataModule (``svfseg.tasks.builders``) around the inference API.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _save_row(tiles: list[Image.Image], out: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m svfseg.inference.figure", description=__doc__.splitlines()[0]
+        prog="python -m svfseg.tasks.figure", description=__doc__.splitlines()[0]
     )
     parser.add_argument("ckpt", nargs="?", help="a train.py checkpoint or run directory")
     parser.add_argument("--out", required=True)
