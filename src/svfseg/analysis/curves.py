@@ -119,6 +119,8 @@ def plot_strategy_panels(runs: Mapping[str, Sequence[Path]], *, title: str) -> F
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
+    # mIoU is never negative; an all-zero run would otherwise get a symmetric axis around 0.
+    axes[0].set_ylim(0, max(axes[0].get_ylim()[1], 1.0))
     axes[0].set_ylabel("mIoU (%)")
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(title, fontsize=10)
