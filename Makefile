@@ -4,8 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-# Everything ruff checks: the package, tests, benchmarks and every script at the repository root.
-LINT_PATHS := src tests benchmarks $(wildcard *.py)
+# Everything ruff checks: the package, tests, benchmarks, tools and every script at the repository root.
+LINT_PATHS := src tests benchmarks tools $(wildcard *.py)
 
 .PHONY: help install test test-fast demo demo-synthetic study proxy lint format bench bench-pipeline bench-load learning-spread clean
 

@@ -1,0 +1,94 @@
+"""tools/check_experiment_configs.py: its comparison logic, and the experiment files' one home per fact.
+
+The tool proves a refactor of ``conf/experiment`` keeps every row's composed config (issue 23); here its
+comparison is run on small cases, and one real row is recorded in both command forms.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from tests.hydra_helpers import CONF_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "check_experiment_configs", ROOT / "tools/check_experiment_configs.py"
+)
+assert _spec and _spec.loader
+checker = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = checker  # dataclasses look their module up
+_spec.loader.exec_module(checker)
+
+
+def _rec(lr: float = 0.015, backbone: str = "resnet50", run_hash: str = "aaaa0000") -> dict:
+    return {
+        "config": {"optim": {"lr": lr}, "backbone": {"dilation": "torchvision"}},
+        "paths": {"root_dir": "${oc.env:SVFSEG_ROOT,.}"},
+        "run_hash": run_hash,
+        "choices": {"backbone": backbone},
+    }
+
+
+def test_compare_sorts_commands_into_identical_differing_choice_only_removed_and_new() -> None:
+    before = {"format": 1, "commands": {"a": _rec(), "b": _rec(), "c": _rec(), "gone": _rec()}}
+    after = {
+        "format": 1,
+        "commands": {"a": _rec(), "b": _rec(lr=0.02), "c": _rec(backbone="resnet50_x"), "new": _rec()},
+    }
+    result = checker.compare(before, after)
+    assert result.identical == ["a"]
+    assert result.differing == {"b": ["config.optim.lr: 0.015 -> 0.02"]}
+    assert result.choices_only == {"c": ['choices.backbone: "resnet50" -> "resnet50_x"']}
+    assert (result.removed, result.added) == (["gone"], ["new"])
+    assert not result.ok
+    lines = list(result.lines())
+    assert (
+        lines[-1]
+        == "2 of 4 commands compose to the same config (1 with other group choices); 1 differ, 1 removed, 1 new."
+    )
+
+
+def test_compare_passes_choice_changes_and_new_rows_but_not_a_key_or_type_change() -> None:
+    assert checker.compare({"a": _rec()}, {"a": _rec(backbone="x"), "b": _rec()}).ok
+    dropped = _rec()
+    del dropped["config"]["backbone"]
+    result = checker.compare({"a": _rec()}, {"a": dropped})
+    assert result.differing == {"a": ['config.backbone: only before ({"dilation": "torchvision"})']}
+    assert not checker.compare({"a": _rec(lr=1)}, {"a": _rec(lr=1.0)}).ok  # int vs float is a change
+    assert not checker.compare({"a": _rec()}, {"a": _rec(run_hash="bbbb1111")}).ok
+    assert not checker.compare({"a": _rec()}, {"a": {"error": "ConfigCompositionException: x"}}).ok
+
+
+def test_a_row_is_recorded_in_both_command_forms_without_machine_paths(tmp_path: Path) -> None:
+    assert checker.commands("table2/vgg16_bam_svf") == [
+        "experiment=table2/vgg16_bam_svf",
+        "+experiment/table2=vgg16_bam_svf",
+    ]
+    snap = checker.snapshot(["table2/vgg16_bam_svf"])
+    plain, sweep = (snap["commands"][c] for c in checker.commands("table2/vgg16_bam_svf"))
+    assert "error" not in plain and "error" not in sweep
+    assert plain["config"] == sweep["config"] and plain["run_hash"] == sweep["run_hash"]
+    assert plain["config"]["backbone"]["pretrained"] == "<paths.weights_dir>/vgg16_bn.pth"
+    assert plain["config"]["table"] == "table2" and plain["config"]["dataset"]["name"] == "coco"
+    assert plain["paths"]["root_dir"] == "${oc.env:SVFSEG_ROOT,.}"
+    assert (
+        plain["choices"]["experiment"] == "table2/vgg16_bam_svf" and "hydra/launcher" not in plain["choices"]
+    )
+    # Written and read back, a snapshot compares identical to itself.
+    (tmp_path / "s.json").write_text(json.dumps(snap))
+    result = checker.compare(json.loads((tmp_path / "s.json").read_text()), snap)
+    assert result.ok and len(result.identical) == 2
+
+
+def test_a_row_that_does_not_compose_is_recorded_not_raised() -> None:
+    rec = checker.record("experiment=table1/no_such_row")
+    assert set(rec) == {"error"} and "no_such_row" in rec["error"]
+
+
+def test_every_experiment_file_is_listed() -> None:
+    names = checker.experiment_names(CONF_DIR)
+    assert "table1/resnet50_bam_svf" in names and "table2/vgg16_pfenet_freeze" in names
+    assert names == sorted(names) and len(names) == len(list((CONF_DIR / "experiment").rglob("*.yaml")))
