@@ -212,3 +212,100 @@ def test_table11_eval_only_sweep_gives_one_row_per_episode_count(tmp_path: Path)
     assert table.mean("baseline (4000 episodes)", 1) == pytest.approx(41.6)  # folds 40.1, 41.1, 42.1, 43.1
     assert table.mean("baseline + SVF (5000 episodes)", 1) == pytest.approx(43.7)
     assert table.header_line == "dataset: coco; evaluation episodes per run: 1000, 4000, 5000; runs: 24"
+
+
+def _seeded(
+    root: Path, row: str, *, fold: int, seed: int, miou: float, shot: int = 1, trainable: int | None = None
+) -> None:
+    """A train.py-style record of the PEFT layout: one run of ``row`` with a training seed."""
+    d = root / f"{row}-f{fold}-s{seed}-{shot}shot".replace(" ", "_")
+    d.mkdir(parents=True)
+    record = {
+        "miou": miou,
+        "fbiou": miou,
+        "fold": fold,
+        "shot": shot,
+        "n_episodes": 200,
+        "checkpoint": f"/runs/{d.name}/last.ckpt",
+        "run": {"row": row, "table": "peft", "seed": seed, "dataset": "folder"},
+    }
+    if trainable is not None:
+        record["trainable"] = {"backbone": trainable, "head": 7, "per_group": {"head": 7}}
+    (d / "metrics.json").write_text(json.dumps(record))
+
+
+def _peft_sweep(root: Path) -> None:
+    """SVF (the reference) and LoRA on folds 0 and 1 with seeds 0-2, LoRA = SVF + 1, 2, 3 points per seed;
+    LoRA has an extra seed 3 (no SVF partner); freeze one run without a recorded count; a 5-shot pair."""
+    svf = {0: [0.50, 0.52, 0.54], 1: [0.40, 0.40, 0.43]}
+    for fold, values in svf.items():
+        for seed, v in enumerate(values):
+            _seeded(root, "SVF", fold=fold, seed=seed, miou=v, trainable=11_880)
+            _seeded(root, "LoRA r=8", fold=fold, seed=seed, miou=v + (seed + 1) / 100, trainable=164_544)
+    _seeded(root, "LoRA r=8", fold=0, seed=3, miou=0.60, trainable=164_544)
+    _seeded(root, "freeze", fold=0, seed=0, miou=0.45)
+    _seeded(root, "SVF", fold=0, seed=0, miou=0.65, shot=5, trainable=11_880)
+    _seeded(root, "LoRA r=8", fold=0, seed=0, miou=0.70, shot=5, trainable=164_544)
+
+
+def test_paired_differences_pair_fold_shot_and_seed_with_a_t_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from svfseg.tables import paired_report, t_interval
+
+    _peft_sweep(tmp_path)
+    table = build_table(load_runs(tmp_path), layout="peft")
+    text = paired_report(table, "SVF")
+    lines = text.splitlines()
+    # per fold, mean and sample std (n - 1) over seeds:
+    # SVF fold 0: 50, 52, 54 -> 52 +- 2; fold 1: 40, 40, 43 -> 41 +- sqrt(3) = 1.73
+    # LoRA fold 0: 51, 54, 57, 60 -> 55.5 +- sqrt(15) = 3.87; fold 1: 41, 42, 46 -> 43 +- sqrt(7) = 2.65
+    assert "| SVF | 1 | 0 | 3 | 52.00 ± 2.00 | 11,880 |" in lines
+    assert "| SVF | 1 | 1 | 3 | 41.00 ± 1.73 | 11,880 |" in lines
+    assert "| LoRA r=8 | 1 | 0 | 4 | 55.50 ± 3.87 | 164,544 |" in lines
+    assert "| LoRA r=8 | 1 | 1 | 3 | 43.00 ± 2.65 | 164,544 |" in lines
+    assert "| freeze | 1 | 0 | 1 | 45.00 | not recorded |" in lines
+    assert "| SVF | 5 | 0 | 1 | 65.00 | 11,880 |" in lines
+    # paired: differences 1, 2, 3 on both folds (seed 3 has no partner): mean 2, sample std sqrt(4/5);
+    # t(0.975, 5) = 2.5706 (t table): half width 2.5706 * 0.894427 / sqrt(6) = 0.93865 -> [1.06, 2.94]
+    assert "| LoRA r=8 | 1 | 6 | 0,1 | +2.00 | [+1.06, +2.94] | 1 | 164,544 |" in lines
+    assert "| SVF (reference) | 1 | | | | | | 11,880 |" in lines
+    assert "| freeze | 1 | 1 | 0 | -5.00 | n/a (one pair) | 0 | not recorded |" in lines
+    assert "| LoRA r=8 | 5 | 1 | 0 | +5.00 | n/a (one pair) | 0 | 164,544 |" in lines
+    # the interval itself, against the hand computation (t quantile from a t table, 8 digits)
+    low, high = t_interval([1.0, 2.0, 3.0, 1.0, 2.0, 3.0])  # type: ignore[misc]
+    half = 2.5705818 * (0.8**0.5) / 6**0.5
+    assert low == pytest.approx(2 - half, abs=1e-6) and high == pytest.approx(2 + half, abs=1e-6)
+    # three values 1, 2, 3: t(0.975, 2) = 4.3026527, sd 1 -> 2 +- 4.3026527 / sqrt(3)
+    low, high = t_interval([1.0, 2.0, 3.0])  # type: ignore[misc]
+    assert high - 2 == pytest.approx(4.3026527 / 3**0.5, abs=1e-6) and low + high == pytest.approx(4.0)
+    assert t_interval([1.0]) is None
+
+    assert main([str(tmp_path), "--layout", "peft", "--paired", "SVF"]) == 0
+    out = capsys.readouterr().out
+    assert text in out
+    # the main table (cells: mean +- population std, as it always had); its delta refers to the paired row
+    assert "| SVF | 52.00 ± 1.63 | 41.00 ± 1.41 |" in out
+    assert build_table(load_runs(tmp_path), layout="peft").baseline == "LoRA r=8"  # the first row otherwise
+
+
+def test_paired_names_an_unknown_reference_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _peft_sweep(tmp_path)
+    assert main([str(tmp_path), "--layout", "peft", "--paired", "LoRA"]) == 2
+    assert "--paired row 'LoRA' not among ['LoRA r=8', 'SVF', 'freeze']" in capsys.readouterr().err
+
+
+def test_paired_row_is_the_delta_baseline_unless_one_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for fold in range(4):
+        _seeded(tmp_path, "A", fold=fold, seed=0, miou=0.5)
+        _seeded(tmp_path, "SVF", fold=fold, seed=0, miou=0.4)
+    assert main([str(tmp_path), "--layout", "peft"]) == 0
+    assert "| SVF | 40.00 | 40.00 | 40.00 | 40.00 | 40.00 | -10.00 |" in capsys.readouterr().out
+    assert main([str(tmp_path), "--layout", "peft", "--paired", "SVF"]) == 0
+    out = capsys.readouterr().out
+    assert "| A | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | +10.00 |" in out
+    assert "| A | 1 | 4 | 0,1,2,3 | +10.00 | [+10.00, +10.00] | 0 | not recorded |" in out
+    assert main([str(tmp_path), "--layout", "peft", "--paired", "SVF", "--baseline", "A"]) == 0
+    assert "| SVF | 40.00 | 40.00 | 40.00 | 40.00 | 40.00 | -10.00 |" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """Gather the ``metrics.json`` of a sweep into the paper's table form.
 
     python -m svfseg.tables SWEEP_DIR [--layout table1] [--metric miou] [--out OUT_PREFIX] [--per-class]
+                                      [--paired ROW]
 
 Each run directory holds a ``metrics.json`` (written by train.py and eval.py) with ``miou``, ``fbiou``,
 ``fold``, ``shot`` and a ``row`` label (set by the experiment file, e.g. "baseline + SVF"; derived from
@@ -8,6 +9,10 @@ method / backbone / finetune otherwise). Rows are settings, columns are folds 0-
 ``delta`` is the difference of the mean from the layout's baseline row (the first row unless named).
 Output: Markdown on stdout, plus ``OUT_PREFIX.md`` / ``OUT_PREFIX.csv`` when ``--out`` is given.
 ``--per-class`` adds one table per (shot, fold): settings x that fold's evaluation classes, by name.
+``--paired ROW`` adds two tables (:func:`paired_report`): mean and sample std over training seeds per
+(row, shot, fold), and every row's difference from ``ROW`` taken pair by pair (the same fold, shot and
+training seed) with a 95 % t-interval over the pairs, each with the backbone's trainable parameter count
+that train.py and eval.py record in ``metrics.json`` (``trainable.backbone``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from scipy import stats
 
 from svfseg.data.splits import NUM_FOLDS
 from svfseg.files import atomic_write, atomic_write_text
@@ -45,6 +52,7 @@ class RunResult:
     dataset: str = ""
     n_episodes: int = 0
     mtime: float = 0.0
+    trainable: int | None = None  # trainable backbone parameters, when the record holds them
 
 
 def default_row_label(meta: dict[str, Any]) -> str:
@@ -76,6 +84,7 @@ def load_runs(sweep_dir: Path) -> list[RunResult]:
                     dataset=str(meta.get("dataset") or ""),
                     n_episodes=int(data.get("n_episodes") or 0),
                     mtime=path.stat().st_mtime,
+                    trainable=_trainable(data.get("trainable")),
                 )
             )
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as err:
@@ -111,6 +120,13 @@ def describe_runs(runs: list[RunResult]) -> str:
     episodes = sorted({r.n_episodes for r in runs if r.n_episodes})
     count = ", ".join(map(str, episodes)) if episodes else "unknown"
     return f"dataset: {', '.join(marked)}; evaluation episodes per run: {count}; runs: {len(runs)}"
+
+
+def _trainable(value: Any) -> int | None:
+    """``trainable.backbone`` of a record (absent in records written before train.py stored it)."""
+    if not isinstance(value, dict) or value.get("backbone") is None:
+        return None
+    return int(value["backbone"])
 
 
 def _class_iou(value: Any) -> dict[int, tuple[str, float]]:
@@ -154,6 +170,7 @@ class Table:
     cells: dict[tuple[str, int, int], list[float]]  # one value per training seed (or run)
     baseline: str
     header_line: str = ""
+    runs: list[RunResult] = field(default_factory=list)  # the runs behind the cells
 
     def cell(self, row: str, shot: int, fold: int) -> float | None:
         values = self.cells.get((row, shot, fold))
@@ -279,7 +296,103 @@ def build_table(
     base = baseline or rows[0]
     if base not in rows:
         raise ValueError(f"baseline row {base!r} not among {rows}")
-    return Table(shots=sorted(shots), rows=rows, cells=cells, baseline=base, header_line=describe_runs(runs))
+    return Table(
+        shots=sorted(shots),
+        rows=rows,
+        cells=cells,
+        baseline=base,
+        header_line=describe_runs(runs),
+        runs=[r for group in origin.values() for r in group],
+    )
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The two-sided t-interval of the mean (n - 1 degrees of freedom); None below two values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = statistics.fmean(values)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def _count_text(counts: set[int]) -> str:
+    if not counts:
+        return "not recorded"
+    if len(counts) == 1:
+        return f"{next(iter(counts)):,}"
+    return f"{min(counts):,} to {max(counts):,} (differs between runs)"
+
+
+def paired_report(table: Table, reference: str, *, metric: str = "miou") -> str:
+    """Mean and sample std over training seeds per (row, shot, fold), and each row minus ``reference``.
+
+    A pair is two runs of the same fold, shot and training seed, one of ``reference`` and one of the row;
+    the difference (points of ``metric``, in percent) is taken per pair, and its mean comes with the 95 %
+    t-interval over all pairs of that row and shot (folds pooled). Runs without a partner, or without a
+    recorded training seed, are left out and counted. ``trainable`` is the backbone's trainable parameter
+    count as the runs recorded it.
+    """
+    if reference not in table.rows:
+        raise ValueError(f"--paired row {reference!r} not among {table.rows}")
+    value = {
+        (r.row, r.shot, r.fold, r.train_seed): 100.0 * r.metrics[metric]
+        for r in table.runs
+        if r.train_seed is not None
+    }
+    unseeded = {
+        row: sum(1 for r in table.runs if r.row == row and r.train_seed is None) for row in table.rows
+    }
+    counts = {
+        row: {r.trainable for r in table.runs if r.row == row and r.trainable is not None}
+        for row in table.rows
+    }
+    lines = [
+        f"Per fold: {metric} % over training seeds (mean ± sample std, n - 1)",
+        "",
+        "| setting | shot | fold | seeds | mean ± std | trainable (backbone) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in table.rows:
+        for shot in table.shots:
+            for fold in FOLDS:
+                values = table.cells.get((row, shot, fold))
+                if not values:
+                    continue
+                mean = statistics.fmean(values)
+                spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+                lines.append(
+                    f"| {row} | {shot} | {fold} | {len(values)} | {mean:.2f}{spread} | {_count_text(counts[row])} |"
+                )
+    lines += [
+        "",
+        f"Paired differences from {reference!r} ({metric} points; pairs: same fold, shot and training seed; "
+        "95 % t-interval over the pairs)",
+        "",
+        "| setting | shot | pairs | folds | mean difference | 95 % interval | unpaired runs | trainable (backbone) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.rows:
+        for shot in table.shots:
+            mine = {(f, s): v for (r, sh, f, s), v in value.items() if r == row and sh == shot}
+            if not mine:
+                continue
+            if row == reference:
+                lines.append(f"| {row} (reference) | {shot} | | | | | | {_count_text(counts[row])} |")
+                continue
+            theirs = {(f, s): v for (r, sh, f, s), v in value.items() if r == reference and sh == shot}
+            keys = sorted(mine.keys() & theirs.keys())
+            diffs = [mine[k] - theirs[k] for k in keys]
+            unpaired = len(mine) - len(keys) + unseeded[row]
+            folds = ",".join(str(f) for f in sorted({f for f, _ in keys})) or "-"
+            mean = f"{statistics.fmean(diffs):+.2f}" if diffs else ""
+            ci = t_interval(diffs)
+            ci_text = "" if not diffs else "n/a (one pair)" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+            lines.append(
+                f"| {row} | {shot} | {len(keys)} | {folds} | {mean} | {ci_text} | {unpaired} | "
+                f"{_count_text(counts[row])} |"
+            )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,14 +405,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--per-class", action="store_true", help="add a per-class IoU table per fold and shot"
     )
+    parser.add_argument(
+        "--paired",
+        default=None,
+        metavar="ROW",
+        help="add mean ± std per (row, fold) and every row's paired difference from ROW (same fold, shot and "
+        "training seed) with a 95 %% t-interval, and the trainable backbone parameters",
+    )
     args = parser.parse_args(argv)
     try:
         runs = load_runs(args.sweep_dir)
         table = build_table(runs, metric=args.metric, layout=args.layout, baseline=args.baseline)
+        paired = None
+        if args.paired is not None:
+            paired = paired_report(table, args.paired, metric=args.metric)
+            if args.baseline is None:
+                table.baseline = args.paired  # the delta column refers to the paired row too
         md = table.to_markdown()
         if args.per_class:
             tables = per_class_tables(runs, layout=args.layout)
             md += "".join(f"\n\n{title}\n\n{body}" for title, body in tables)
+        if paired is not None:
+            md += "\n\n" + paired
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
