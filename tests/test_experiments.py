@@ -148,8 +148,11 @@ def test_rows_of_a_table_are_distinct_and_recipes_match_the_strategy(experiments
     for b in experiments.values():
         tables.setdefault(b.cfg.table, []).append(b.cfg.row)
         optim, method = b.cfg.optim, b.cfg.method.name
-        # Table 9 is the one table whose frozen "(ours)" rows take SVF's recipe on purpose.
-        svf_recipe_on_frozen = b.cfg.table == "table9" and b.cfg.row.endswith("(ours)")
+        # Table 9's frozen "(ours)" rows take SVF's recipe on purpose, and so does every row of the PEFT
+        # comparison (docs/peft-comparison.md: one recipe for all its rows, set on the command line).
+        svf_recipe_on_frozen = (
+            b.cfg.table == "table9" and b.cfg.row.endswith("(ours)")
+        ) or b.cfg.table == "peft"
         if b.cfg.finetune.name == "freeze" and not svf_recipe_on_frozen:
             assert (optim.schedule, optim.lr) == ("poly", FREEZE_LR[method]), b.cfg.row
         else:  # paper section 4.1: SGD, lr 0.015, cosine decay whenever the backbone is fine-tuned
@@ -157,7 +160,8 @@ def test_rows_of_a_table_are_distinct_and_recipes_match_the_strategy(experiments
     for table, rows in tables.items():
         assert len(rows) == len(set(rows)), (table, rows)
     tables_with_rows = {f"table{i}" for i in (1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)}
-    assert set(tables) == tables_with_rows | {"figure2", "figure3", "vit"}  # vit: beyond the paper
+    beyond_the_paper = {"vit", "peft"}
+    assert set(tables) == tables_with_rows | {"figure2", "figure3"} | beyond_the_paper
     assert sorted(tables["table9"]) == sorted(
         f"{m} ({v})" for m in ("baseline", "PFENet", "BAM") for v in ("original recipe", "ours")
     )
@@ -173,7 +177,13 @@ def test_strategies_train_exactly_what_the_row_says(experiments: dict[str, Built
         assert backbone, name
         leaves = {n.rsplit(".", 1)[1] for n, _ in backbone}
         if ft.name == "svf":
-            expected = set(ft.train) if ft.parametrization == "direct" else {"s_delta"}
+            expected = {
+                "direct": set(ft.train),
+                "exp": {"s_delta"},
+                "scale_shift": {"s_scale", "s_shift"},  # SALT
+            }[ft.parametrization]
+            if ft.get("residual_rank"):  # SALT's low-rank update of the other directions
+                expected |= {"s_lora_a", "s_lora_b"}
             if ft.train_bn:
                 expected |= {"weight", "bias"}
             assert leaves == expected, name
@@ -441,6 +451,8 @@ def test_paper_rows_use_the_reference_network_layout(experiments: dict[str, Buil
         method, backbone = b.cfg.method.name, b.cfg.backbone.name
         if b.cfg.table == "vit":  # beyond the paper: ViTs have no dilation layout
             assert "dilation" not in b.cfg.backbone and backbone == "dinov2_vits14", name
+            continue
+        if b.cfg.table == "peft":  # the backbone (and its layout) comes from the command line
             continue
         expected = (
             "torchvision" if method in ("baseline", "pfenet") and backbone.startswith("resnet") else "uniform"

@@ -32,7 +32,7 @@ from svfseg.precision import apply_matmul_precision
 from svfseg.run_dir import is_global_rank_zero, save_hydra_record
 from svfseg.run_spec import RunSpec, check_identity
 from svfseg.tasks.builders import build_datamodule, plain, trainer_arguments
-from svfseg.tasks.reporting import metrics_record, print_metrics, write_metrics_json
+from svfseg.tasks.reporting import metrics_record, print_metrics, trainable_counts, write_metrics_json
 from svfseg.tta import TTAOptions, check_checkpoint
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         seeds=seeds,
         config=plain(run),
         fold=eval_spec.fold,
+        trainable=trainable_counts(module.param_groups),  # the strategy re-applied from the checkpoint
     )
     if protocol is not None:
         record["evaluation"] = {

@@ -77,6 +77,17 @@ def run_meta(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def trainable_counts(param_groups: Sequence[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """Trainable elements of the optimizer groups a strategy built (``FinetuneStrategy.apply``): the backbone's
+    total (what ``python -m svfseg.finetune.budget`` prints as ``backbone``), the head's, and per group.
+    None when no strategy was applied (nothing to count)."""
+    if param_groups is None:
+        return None
+    per_group = {str(g["name"]): sum(p.numel() for p in g["params"]) for g in param_groups}
+    backbone = sum(n for name, n in per_group.items() if name.startswith("backbone."))
+    return {"backbone": backbone, "head": per_group.get("head", 0), "per_group": per_group}
+
+
 def metrics_record(
     values: dict[str, Any] | dict[int, dict[str, Any]],
     *,
@@ -86,17 +97,19 @@ def metrics_record(
     seeds: Sequence[int],
     config: dict[str, Any] | None = None,
     fold: FoldSpec | None = None,
+    trainable: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``metrics.json`` record: headline numbers (mean over seeds), per-class and per-seed values, run identity.
 
     ``class_iou`` maps each evaluation class id to its name and IoU (mean and std over seeds, and per seed).
     ``fold``: the classes evaluated (default: the run's fold; another one for a cross-dataset evaluation).
+    ``trainable``: :func:`trainable_counts` of the run's strategy, recorded when given.
     """
     per_seed = values if all(isinstance(k, int) for k in values) else {int(seeds[0]): values}
     fold = fold if fold is not None else RunSpec.from_config(cfg).fold
     per_seed = {int(s): _floats(v, fold.novel_classes) for s, v in per_seed.items()}  # type: ignore[union-attr]
     summary = seeds_summary(per_seed)
-    return {
+    record: dict[str, Any] = {
         "miou": summary["miou_mean"],
         "fbiou": summary["fbiou_mean"],
         "class_iou": per_class_summary(per_seed, fold.class_names()),
@@ -110,6 +123,9 @@ def metrics_record(
         "run": run_meta(cfg),
         "config": config,
     }
+    if trainable is not None:
+        record["trainable"] = trainable
+    return record
 
 
 def write_metrics_json(path: str | Path, record: dict[str, Any]) -> Path:

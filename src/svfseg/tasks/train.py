@@ -40,7 +40,13 @@ from svfseg.tasks.builders import (
     output_dir,
     plain,
 )
-from svfseg.tasks.reporting import close_loggers, metrics_record, print_metrics, write_metrics_json
+from svfseg.tasks.reporting import (
+    close_loggers,
+    metrics_record,
+    print_metrics,
+    trainable_counts,
+    write_metrics_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +199,7 @@ def _train(
                 n_episodes=int(cfg.dataset.n_episodes),
                 seeds=list(cfg.dataset.eval_seeds)[:1],
                 config=module.run_config,  # resolved and redacted, as in eval.py's record
+                trainable=trainable_counts(module.param_groups),
             )
             if trainer.is_global_zero:
                 path = output_dir(cfg) / "metrics.json"
