@@ -487,6 +487,27 @@ def test_registry_builds_bam_from_a_checkpoint_path(tmp_path: Path) -> None:
         build_model("bam", vgg, shot=1, base_learner=net)
 
 
+def test_a_run_builds_bam_on_its_base_learner_through_the_method_table(tmp_path: Path) -> None:
+    from svfseg.data.fold import FoldSpec
+    from svfseg.models.bam import BAM
+    from svfseg.models.factory import build_fewshot_model
+
+    net, path = save_tiny(tmp_path, fold=1)
+    fold = FoldSpec(dataset="pascal", fold=1, shot=1)
+    spec = {"name": "resnet50", "width_mult": TINY, "pretrained": "/ignored/by/bam.pth"}
+    method = {"name": "bam", "base_learner": str(path), "reduce_dim": 16}
+    bam = build_fewshot_model(method, spec, fold=fold)
+    assert isinstance(bam, BAM) and bam.num_base_classes == 15
+    for k, v in net.state_dict().items():
+        assert torch.equal(bam.base_learner.state_dict()[k], v), k
+    shell = build_fewshot_model({**method, "base_learner": None}, spec, fold=fold, load_pretrained=False)
+    assert shell.state_dict().keys() == bam.state_dict().keys()
+    with pytest.raises(ValueError, match=r"method\.base_learner is null"):
+        build_fewshot_model({**method, "base_learner": None}, spec, fold=fold)
+    with pytest.raises(ValueError, match="method=bam needs a dilated CNN backbone"):
+        build_fewshot_model(method, {"name": "dinov2_vits14"}, fold=fold, load_pretrained=False)
+
+
 def test_svf_strategy_converts_only_the_meta_branch() -> None:
     from svfseg.finetune import build_strategy
     from svfseg.svf import svf_layers

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from svfseg.data.fold import FoldSpec
+from svfseg.models import registry
 from svfseg.models.backbones import build_backbone
 from svfseg.models.baseline import BaselineASPP
+from svfseg.models.factory import build_fewshot_model
 from svfseg.models.pfenet import PFENet, bin_size, check_bins
-from svfseg.models.registry import build_model, register_model, registered_models
+from svfseg.models.registry import build_model, method_options, register_model, registered_models
 
 SMALL = {"reduce_dim": 32}
 REL_BINS = {"bins": (1.0, 0.5, 0.25, 0.125)}
@@ -52,6 +58,29 @@ def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_model("pfenet")(BaselineASPP)
     assert register_model("baseline")(BaselineASPP) is BaselineASPP  # re-registering the same is a no-op
+
+
+def test_a_method_of_ones_own_joins_the_table_and_runs_through_the_run_factory(monkeypatch) -> None:
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # leave the table as it was
+
+    def mine(backbone: nn.Module, *, shot: int, reduce_dim: int = 8, extra: float = 0.0) -> BaselineASPP:
+        return BaselineASPP(backbone, shot=shot, reduce_dim=reduce_dim)
+
+    assert register_model("mine")(mine) is mine
+    assert "mine" in registered_models() and method_options("mine") == ("extra", "reduce_dim")
+    fold = FoldSpec(dataset="pascal", fold=0, shot=2)
+    spec = {"name": "resnet50", "width_mult": 0.125, "pretrained": None}
+    model = build_fewshot_model({"name": "mine", "reduce_dim": 16}, spec, fold=fold, load_pretrained=False)
+    assert isinstance(model, BaselineASPP) and model.backbone.width_mult == 0.125
+
+
+def test_the_method_modules_do_not_import_the_table() -> None:
+    code = (
+        "import sys, svfseg.models.bam, svfseg.models.baseline, svfseg.models.pfenet; "
+        "print('svfseg.models.registry' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
 
 
 # ----------------------------------------------------------------------------- parameter counts

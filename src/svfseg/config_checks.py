@@ -18,9 +18,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from svfseg.models.backbones.timm_cnn import BAM_ON_TIMM_CNN, check_timm_backbone_config
-from svfseg.models.backbones.vit import VIT_MODELS
-from svfseg.models.factory import BAM_ON_VIT
+from svfseg.models.backbones.timm_cnn import check_timm_backbone_config
+from svfseg.models.bam import bam_backbone_problem
 from svfseg.models.registry import method_options
 from svfseg.precision import check_matmul_precision
 from svfseg.run_spec import RunSpec
@@ -125,10 +124,9 @@ def _check_precision(cfg: DictConfig) -> None:
 def _check_bam(cfg: DictConfig, spec: RunSpec | None, stage: str) -> None:
     if cfg.method.name != "bam":
         return
-    if cfg.backbone.name in VIT_MODELS:
-        raise ConfigError(f"backbone={cfg.backbone.name}: {BAM_ON_VIT}")
-    if cfg.backbone.name == "timm_cnn":
-        raise ConfigError(f"backbone=timm_cnn: {BAM_ON_TIMM_CNN}")
+    problem = bam_backbone_problem(str(cfg.backbone.name))
+    if problem is not None:
+        raise ConfigError(f"backbone={cfg.backbone.name}: {problem}")
     if stage != "meta" or spec is None:
         return
     tag = str(cfg.get("run_tag") or "")

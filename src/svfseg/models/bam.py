@@ -10,22 +10,32 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from svfseg.models.backbones import Backbone
+from svfseg.models.backbones.timm_cnn import BAM_ON_TIMM_CNN, TIMM_CNN
+from svfseg.models.backbones.vit import VIT_MODELS
 from svfseg.models.base import FewShotOutput
 from svfseg.models.baseline import MetaLearner
 from svfseg.models.components import cross_entropy, episode_cues, mid_channels, reduction_block, resize
-from svfseg.models.pspnet import PSPNet, load_base_learner
-from svfseg.models.registry import register_model
+from svfseg.models.pspnet import PSPNet, backbone_shell, load_base_learner
+
+if TYPE_CHECKING:
+    from svfseg.data.fold import FoldSpec
 
 log = logging.getLogger(__name__)
 
 GRAM_EPS = 1e-7
+BAM_ON_VIT = (
+    "method=bam needs a dilated CNN backbone: its base learner is a PSPNet trained on ResNet/VGG features "
+    "(stage=base), and BAM's released base learners are ResNet-50/VGG-16 files; use method=baseline or "
+    "method=pfenet with a ViT backbone"
+)
 
 
 # ----------------------------------------------------------------------------- Gram adjustment
@@ -226,7 +236,6 @@ class BAM(MetaLearner):
         return FewShotOutput(logits=final, loss=loss, losses=losses)
 
 
-@register_model("bam", options_of=BAM)
 def build_bam(
     backbone: Backbone,
     *,
@@ -237,7 +246,7 @@ def build_bam(
     coco_split: str = "interleaved",
     **options: Any,
 ) -> BAM:
-    """Registry factory: BAM from a loaded stage-1 PSPNet or from the path of its checkpoint.
+    """The method table's factory: BAM from a loaded stage-1 PSPNet or from the path of its checkpoint.
 
     The meta branch always starts from the base learner's backbone (stage-1 weights, as in BAM);
     ``backbone`` only names the architecture, which must match the base learner's. A path needs
@@ -278,3 +287,51 @@ def build_bam(
             "BAM: the meta branch copies the base learner's %s backbone; the given one is not used", arch[0]
         )
     return BAM(base_learner, shot=shot, **options)
+
+
+def bam_backbone_problem(backbone_name: str) -> str | None:
+    """Why BAM cannot run on the backbone ``backbone_name`` (None: it can); config checks name it early."""
+    if backbone_name in VIT_MODELS:
+        return BAM_ON_VIT
+    if backbone_name == TIMM_CNN:
+        return BAM_ON_TIMM_CNN
+    return None
+
+
+def bam_from_run(
+    backbone: Mapping[str, Any],
+    *,
+    fold: FoldSpec,
+    load_pretrained: bool = True,
+    base_learner: str | Path | None = None,
+    **options: Any,
+) -> BAM:
+    """BAM of a run: on its stage-1 PSPNet, read from ``base_learner`` and checked against the run's fold.
+
+    Only the backbone's ``name`` and ``width_mult`` count: the meta branch is a copy of the base learner's
+    backbone. ``load_pretrained=False`` builds the same architecture without reading the file (a BAM
+    checkpoint supplies every tensor next).
+    """
+    name = str(backbone["name"])
+    width_mult = float(backbone.get("width_mult", 1.0))
+    problem = bam_backbone_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    num_classes = len(fold.base_classes) + 1
+    if load_pretrained:
+        if base_learner is None:
+            raise ValueError("method.base_learner is null: BAM needs the stage-1 PSPNet checkpoint")
+        pspnet = load_base_learner(
+            base_learner,
+            backbone_name=name,
+            dataset=fold.split_dataset,
+            dataset_name=fold.dataset,
+            fold=fold.fold,
+            width_mult=width_mult,
+            coco_split=fold.coco_split,
+            num_classes=num_classes,
+            classes=fold.fold_record() if fold.folds is not None else None,
+        )
+    else:  # weights come from a BAM checkpoint next
+        pspnet = PSPNet(backbone_shell(name, width_mult), num_classes=num_classes)
+    return build_bam(pspnet.backbone, shot=fold.shot, base_learner=pspnet, **options)

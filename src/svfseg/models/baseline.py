@@ -16,7 +16,6 @@ from svfseg.models.components import (
     reduction_block,
     resize,
 )
-from svfseg.models.registry import register_model
 
 
 class MetaLearner(FewShotModel):
@@ -51,7 +50,6 @@ class MetaLearner(FewShotModel):
         return self.cls_meta(x)
 
 
-@register_model("baseline")
 class BaselineASPP(MetaLearner):
     """Query/support reduction, prototype + prior, init_merge, ASPP, residual convs and a 2-way classifier.
 

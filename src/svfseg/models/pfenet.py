@@ -23,7 +23,6 @@ from svfseg.models.components import (
     reduction_block,
     resize,
 )
-from svfseg.models.registry import register_model
 
 Bin = int | float
 
@@ -50,7 +49,6 @@ def bin_size(bin_: Bin, feat_size: int) -> int:
     return int(bin_)
 
 
-@register_model("pfenet")
 class PFENet(FewShotModel):
     """Reduction + prior as the baseline; FEM over pyramid bins with inter-scale merging; aux losses.
 
