@@ -336,8 +336,9 @@ def test_strategy_panels_share_axes_and_show_the_mean_over_seeds(tmp_path: Path)
     assert left.get_xlabel() == "epoch" and left.get_ylabel() == "mIoU (%)"
     assert left.get_ylim()[0] == 0
     _write_curve_csv(tmp_path / "z0", [0.0, 0.0], [0.0, 0.0])
-    (flat,) = plot_strategy_panels({"z": [tmp_path / "z0"]}, title="T").axes
+    (flat,) = plot_strategy_panels({"z": [tmp_path / "z0"]}, title="T", unit="run").axes
     assert flat.get_ylim() == (0.0, 1.0)  # all zeros: the axis starts at 0, not symmetric around it
+    assert flat.get_title() == "z (1 run)"
     epochs, mean, low, high = mean_curve(
         [Curve((0, 1, 2), (0.1, 0.2, 0.3)), Curve((0, 1), (0.3, 0.4))]
     )  # only the epochs both runs have

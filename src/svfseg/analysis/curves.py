@@ -92,11 +92,12 @@ def mean_curve(curves: Sequence[Curve]) -> tuple[tuple[int, ...], list[float], l
     return epochs, [sum(v) / len(v) for v in table], [min(v) for v in table], [max(v) for v in table]
 
 
-def plot_strategy_panels(runs: Mapping[str, Sequence[Path]], *, title: str) -> Figure:
+def plot_strategy_panels(runs: Mapping[str, Sequence[Path]], *, title: str, unit: str = "seed") -> Figure:
     """The layout of the paper's Fig. 2: one panel per strategy, shared axes, train vs val mIoU per epoch.
 
-    ``runs`` maps a strategy to its run directories (one per seed): lines are the mean over seeds, the
-    band spans the lowest to highest seed, so a reader sees the spread next to the trend.
+    ``runs`` maps a strategy to its run directories (one per seed; ``unit`` names what one run is, e.g.
+    "run" for folds x seeds): lines are the mean over runs, the band spans the lowest to highest run, so
+    a reader sees the spread next to the trend.
     """
     if not runs:
         raise ValueError("plot_strategy_panels got no runs")
@@ -115,7 +116,7 @@ def plot_strategy_panels(runs: Mapping[str, Sequence[Path]], *, title: str) -> F
                 ax.fill_between(
                     shown, [100 * v for v in low], [100 * v for v in high], color=colour, alpha=0.2
                 )
-        ax.set_title(f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})", fontsize=10)
+        ax.set_title(f"{label} ({len(curves)} {unit}{'s' if len(curves) > 1 else ''})", fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)

@@ -213,7 +213,7 @@ def write_study_figure(
     n = len(next(iter(dirs.values())))
     title = f"Figure 2, study ({n} runs per strategy: folds x seeds): {settings.setting.replace(f'fold {settings.fold}', 'all folds')}"
     path = out / "figure2_miou_curves.png"
-    save_png(plot_strategy_panels(dirs, title=title), path)
+    save_png(plot_strategy_panels(dirs, title=title, unit="run"), path)
     return path
 
 
