@@ -11,17 +11,23 @@ import torchvision
 from torch import Tensor, nn
 
 from svfseg.svf import (
+    NoSVFLayerError,
     SVFConv2d,
     SVFLayer,
     SVFLinear,
     SVFSelectionError,
+    SVFStateError,
     apply_svf,
+    base_fingerprint,
     disable_svf,
     mark_only_svf_trainable,
     merge_svf,
+    require_svf_layers,
     set_svf_execution,
     svf_layers,
+    svf_state_dict,
 )
+from svfseg.svf.spectrum import singular_value_changes
 
 
 def _rel_err(a: Tensor, b: Tensor) -> float:
@@ -211,3 +217,23 @@ def test_disable_svf_on_model_and_errors_without_layers() -> None:
         assert torch.equal(model(x), tuned)
     with pytest.raises(SVFSelectionError, match="holds no SVF layer"), disable_svf(_small()):
         pass
+
+
+def test_every_tool_that_needs_svf_layers_raises_the_one_error_naming_itself() -> None:
+    model = _small()
+    with pytest.warns(UserWarning, match="depthwise"):
+        apply_svf(model)
+    assert list(require_svf_layers(model, "mine")) == [name for name, _ in svf_layers(model)]
+    plain = _small()
+    for action, call in [
+        ("mine", lambda: require_svf_layers(plain, "mine")),
+        ("set_svf_execution", lambda: set_svf_execution(plain, "auto")),
+        ("svf_state_dict", lambda: svf_state_dict(plain)),
+        ("base_fingerprint", lambda: base_fingerprint(plain)),
+        ("singular_value_changes", lambda: singular_value_changes(plain)),
+    ]:
+        with pytest.raises(NoSVFLayerError, match=rf"^{action}: Sequential holds no SVF layer; convert it"):
+            call()
+    # the error that a caller caught before (selection, state, ValueError, RuntimeError) still catches it
+    assert issubclass(NoSVFLayerError, SVFSelectionError) and issubclass(NoSVFLayerError, SVFStateError)
+    assert issubclass(NoSVFLayerError, ValueError) and issubclass(NoSVFLayerError, RuntimeError)

@@ -26,6 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from svfseg.messages import preview
+
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "svfseg-run.json"
@@ -146,9 +148,9 @@ def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], keys: list[str], limit: int = 8) -> str:
     a, b = _flatten(dict(old)), _flatten(dict(new))
-    shown = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys[:limit]]
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return "; ".join(shown) + more
+    return preview(
+        (f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys), limit, sep="; "
+    )
 
 
 def is_global_rank_zero() -> bool:

@@ -19,16 +19,15 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from svfseg.messages import preview
 from svfseg.models.backbones.base import STAGE_NAMES
-from svfseg.svf import SVFConv2d
+from svfseg.svf import SVFConv2d, require_svf_layers
 from svfseg.svf.spectrum import (
     SpectrumChange,
-    preview_names,
     singular_value_changes,
     spectrum_change,
     stage_change_stats,
     stage_of,
-    svf_layer_map,
 )
 
 KINDS: tuple[str, ...] = ("3x3", "1x1", "all")
@@ -59,7 +58,7 @@ def select_convs(model: nn.Module, stage: str = "layer3", kind: str = "3x3") -> 
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not supported; choose one of {list(KINDS)}")
-    convs = [(n, m) for n, m in svf_layer_map(model).items() if isinstance(m, SVFConv2d)]
+    convs = [(n, m) for n, m in require_svf_layers(model, "select_convs").items() if isinstance(m, SVFConv2d)]
     in_stage = [(n, m, pos) for n, m in convs if (pos := _stage_position(n, stage)) is not None]
     if not in_stage:
         stages = sorted({p for n, _ in convs for p in n.split(".") if p in STAGE_NAMES})
@@ -87,7 +86,7 @@ def select_convs(model: nn.Module, stage: str = "layer3", kind: str = "3x3") -> 
         chosen = list(last_per_block.values())
     if not chosen:
         raise ValueError(
-            f"stage {stage!r} has no SVF conv of kind {kind!r}; its SVF convs: {preview_names(n for n, _, _ in in_stage)}"
+            f"stage {stage!r} has no SVF conv of kind {kind!r}; its SVF convs: [{preview(n for n, _, _ in in_stage)}]"
         )
     return chosen
 

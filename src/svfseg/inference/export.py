@@ -27,6 +27,7 @@ from svfseg.finetune.adapters import lora_layers, merge_lora
 from svfseg.inference.predictor import resolve_checkpoint
 from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.module import FewShotSegModule
+from svfseg.messages import preview
 from svfseg.models.base import FewShotModel
 from svfseg.models.factory import build_fewshot_model
 from svfseg.run_spec import RunSpec
@@ -53,11 +54,6 @@ def _is_export_record(path: Path) -> bool:
     return isinstance(record, dict) and isinstance(record.get("files"), dict) and "run" in record
 
 
-def _listing(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
 def check_export_folder(out_dir: str | Path, *, force: bool = False) -> list[Path]:
     """Refuse an ``--out`` folder the export would overwrite files in; returns the files ``--force`` replaces.
 
@@ -76,7 +72,7 @@ def check_export_folder(out_dir: str | Path, *, force: bool = False) -> list[Pat
         return []
     if not force:
         raise ExportFolderError(
-            f"--out {out} is not empty ({_listing(names)}): export writes {', '.join(EXPORT_FILES)} "
+            f"--out {out} is not empty ({preview(names)}): export writes {', '.join(EXPORT_FILES)} "
             "into an empty or new folder. Choose another --out, or pass --force to replace a previous "
             "export there (only its model.pt, svf.pt and run.json; other files are never touched)"
         )
@@ -86,7 +82,7 @@ def check_export_folder(out_dir: str | Path, *, force: bool = False) -> list[Pat
         foreign.append(f"{RUN_FILE} (not an export's record)")
     if foreign:
         raise ExportFolderError(
-            f"--out {out} holds files that are not a previous export's: {_listing(foreign)}. --force "
+            f"--out {out} holds files that are not a previous export's: {preview(foreign)}. --force "
             f"replaces only an export's own files ({', '.join(EXPORT_FILES)}) and never deletes others; "
             "move them away or choose another --out"
         )

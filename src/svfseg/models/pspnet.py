@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from svfseg.data.splits import base_classes
 from svfseg.files import atomic_write, torch_save
+from svfseg.messages import preview
 from svfseg.models.backbones import Backbone, build_backbone
 from svfseg.models.backbones.base import scale_width
 from svfseg.models.components import cross_entropy
@@ -162,12 +163,6 @@ def save_base_learner(pspnet: PSPNet, path: str | Path, meta: Mapping[str, Any])
     return atomic_write(path, lambda tmp: torch_save({"state_dict": state, "meta": record}, tmp))
 
 
-def _listing(keys: Sequence[str]) -> str:
-    shown = ", ".join(sorted(keys)[:_MAX_LISTED])
-    more = len(keys) - _MAX_LISTED
-    return shown + (f" ... (+{more} more)" if more > 0 else "")
-
-
 def _check_meta(path: Path, meta: Mapping[str, Any], expected: Mapping[str, Any], command: str) -> None:
     wrong = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
     if wrong:
@@ -253,8 +248,8 @@ def load_exact_state(model: nn.Module, state: Mapping[str, Tensor], path: Path, 
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise BaseLearnerCheckpointError(
-            f"base learner {path} does not fit the PSPNet it should rebuild: missing keys [{_listing(missing)}], "
-            f"unexpected keys [{_listing(unexpected)}]. The file is damaged or from another code version; "
+            f"base learner {path} does not fit the PSPNet it should rebuild: missing keys [{preview(sorted(missing), _MAX_LISTED)}], "
+            f"unexpected keys [{preview(sorted(unexpected), _MAX_LISTED)}]. The file is damaged or from another code version; "
             f"recreate it with: {command}"
         )
     shapes = [
@@ -264,6 +259,6 @@ def load_exact_state(model: nn.Module, state: Mapping[str, Tensor], path: Path, 
     ]
     if shapes:
         raise BaseLearnerCheckpointError(
-            f"base learner {path} has tensors of the wrong shape ({_listing(shapes)}); recreate it with: {command}"
+            f"base learner {path} has tensors of the wrong shape ({preview(sorted(shapes), _MAX_LISTED)}); recreate it with: {command}"
         )
     model.load_state_dict(state, strict=True)

@@ -20,10 +20,11 @@ from svfseg.svf.convert import (
     disable_svf,
     mark_only_svf_trainable,
     merge_svf,
+    require_svf_layers,
     set_svf_execution,
     svf_layers,
 )
-from svfseg.svf.errors import SVFSelectionError, SVFStateError
+from svfseg.svf.errors import NoSVFLayerError, SVFSelectionError, SVFStateError
 from svfseg.svf.layers import SVFConv2d, SVFLayer, SVFLinear
 from svfseg.svf.options import EXECUTIONS, PARAMETRIZATIONS, SUBSPACES, SVD_DTYPES, SVFOptions
 from svfseg.svf.state import (
@@ -42,6 +43,7 @@ __all__ = [
     "PARAMETRIZATIONS",
     "SUBSPACES",
     "SVD_DTYPES",
+    "NoSVFLayerError",
     "SVFConv2d",
     "SVFLayer",
     "SVFLinear",
@@ -60,6 +62,7 @@ __all__ = [
     "load_svf_state_dict",
     "mark_only_svf_trainable",
     "merge_svf",
+    "require_svf_layers",
     "set_svf_execution",
     "svf_layers",
     "svf_state_dict",

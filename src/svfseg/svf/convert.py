@@ -31,11 +31,10 @@ from typing import Any
 
 from torch import nn
 
-from svfseg.svf.errors import SVFSelectionError
+from svfseg.messages import preview
+from svfseg.svf.errors import NoSVFLayerError, SVFSelectionError
 from svfseg.svf.layers import SVFConv2d, SVFLayer, SVFLinear
 from svfseg.svf.options import EXECUTIONS, SVFOptions, check_choice
-
-_SHOWN_NAMES = 8
 
 
 @dataclass
@@ -83,11 +82,6 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatchcase(name, p) for p in patterns)
 
 
-def _preview(names: list[str]) -> str:
-    shown = ", ".join(names[:_SHOWN_NAMES])
-    return f"[{shown}{', ...' if len(names) > _SHOWN_NAMES else ''}] ({len(names)} in all)"
-
-
 def _is_depthwise(conv: nn.Conv2d) -> bool:
     return conv.groups > 1 and conv.in_channels // conv.groups == 1
 
@@ -130,7 +124,7 @@ def apply_svf(
         if unmatched:
             raise SVFSelectionError(
                 f"{key} pattern(s) {unmatched} match no Conv2d/Linear layer of {type(module).__name__}; "
-                f"available names: {_preview(names)}"
+                f"available names: [{preview(names)}] ({len(names)} in all)"
             )
     selected = [
         s for s in sites if (not includes or _matches(s.name, includes)) and not _matches(s.name, excludes)
@@ -139,7 +133,7 @@ def apply_svf(
     if converted_already:
         raise SVFSelectionError(
             f"apply_svf(include={includes or None}, exclude={excludes or None}) selects layers that are "
-            f"already SVF layers: {_preview(converted_already)}; exclude them or call merge_svf first"
+            f"already SVF layers: [{preview(converted_already)}] ({len(converted_already)} in all); exclude them or call merge_svf first"
         )
 
     packed = [
@@ -148,7 +142,7 @@ def apply_svf(
     if packed:
         mha = sorted({n.rsplit(".", 1)[0] for n in packed})
         raise SVFSelectionError(
-            f"apply_svf: {_preview(mha)} is an nn.MultiheadAttention, whose fused kernel reads its packed "
+            f"apply_svf: [{preview(mha)}] ({len(mha)} in all) is an nn.MultiheadAttention, whose fused kernel reads its packed "
             "q/k/v projection (in_proj_weight) as a raw parameter and its out_proj directly, so SVF cannot "
             f"replace them; exclude them (exclude=['{mha[0]}.*']) or use an attention whose projections "
             "are nn.Linear modules (timm's ViTs: the packed qkv Linear is decomposed as one matrix)"
@@ -172,7 +166,7 @@ def apply_svf(
     if not todo:
         raise SVFSelectionError(
             f"apply_svf(include={includes or None}, exclude={excludes or None}) selects no convertible "
-            f"Conv2d/Linear layer; available names: {_preview(names)}"
+            f"Conv2d/Linear layer; available names: [{preview(names)}] ({len(names)} in all)"
         )
 
     for site in todo:
@@ -209,17 +203,24 @@ def svf_layers(module: nn.Module) -> Iterator[tuple[str, SVFLayer]]:
             yield name, m
 
 
-def _require_layers(module: nn.Module, action: str) -> list[SVFLayer]:
-    layers = [layer for _, layer in svf_layers(module)]
+def require_svf_layers(module: nn.Module, action: str) -> dict[str, SVFLayer]:
+    """``{name: layer}`` of every SVF layer under ``module``, in module order; at least one.
+
+    Raises :class:`NoSVFLayerError`, naming ``action`` (the tool that needs them), when there is none.
+    """
+    layers = dict(svf_layers(module))
     if not layers:
-        raise SVFSelectionError(f"{action}: {type(module).__name__} holds no SVF layer; call apply_svf first")
+        raise NoSVFLayerError(
+            f"{action}: {type(module).__name__} holds no SVF layer; convert it with svfseg.svf.apply_svf "
+            "first (a model trained with finetune=svf has them)"
+        )
     return layers
 
 
 def set_svf_execution(module: nn.Module, execution: str) -> int:
     """Switch every SVF layer to ``execution`` (auto / three_op); returns the layer count."""
     check_choice("execution", execution, EXECUTIONS)
-    layers = _require_layers(module, "set_svf_execution")
+    layers = list(require_svf_layers(module, "set_svf_execution").values())
     for layer in layers:
         layer.execution = execution
     return len(layers)
@@ -245,7 +246,7 @@ def disable_svf(module: nn.Module) -> Iterator[None]:
 
     With only ``s`` trained this gives the pretrained network back; trained ``u``/``v`` stay in effect.
     """
-    layers = _require_layers(module, "disable_svf")
+    layers = list(require_svf_layers(module, "disable_svf").values())
     previous = [layer._disabled for layer in layers]
     for layer in layers:
         layer._disabled = True

@@ -9,3 +9,11 @@ class SVFSelectionError(ValueError):
 
 class SVFStateError(RuntimeError):
     """An SVF checkpoint or layer state does not belong to the model it is loaded into."""
+
+
+class NoSVFLayerError(SVFSelectionError, SVFStateError):
+    """A module holds no SVF layer where one is needed (``require_svf_layers``): convert it first.
+
+    Both a selection error (a ``ValueError``) and a state error (a ``RuntimeError``): an SVF tool
+    raised one of them here before this error existed, and code that catches either still does.
+    """

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from svfseg.svf.convert import svf_layers
+from svfseg.messages import preview
+from svfseg.svf.convert import require_svf_layers
 from svfseg.svf.layers import SVFLayer
 
-_SHOWN = 8
 _STAGE = re.compile(r"layer\d+$")
 
 
@@ -73,32 +73,14 @@ def spectrum_change(name: str, layer: SVFLayer) -> SpectrumChange:
     return SpectrumChange(name, initial[order], current[order], order, layer.groups, layer.group_rank)
 
 
-def svf_layer_map(model: nn.Module) -> dict[str, SVFLayer]:
-    """``{name: layer}`` of every SVF layer; an error that says what to pass when there is none."""
-    layers = dict(svf_layers(model))
-    if not layers:
-        raise ValueError(
-            f"{type(model).__name__} holds no SVF layer: analyse a model trained with finetune=svf "
-            "(or convert one with svfseg.svf.apply_svf)"
-        )
-    return layers
-
-
-def preview_names(names: Iterable[str]) -> str:
-    """The first few names and the count, for error messages."""
-    items = list(names)
-    more = f", ... ({len(items)} in all)" if len(items) > _SHOWN else ""
-    return "[" + ", ".join(items[:_SHOWN]) + more + "]"
-
-
 def singular_value_changes(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, SpectrumChange]:
     """:class:`SpectrumChange` of every SVF layer of ``model`` (or of ``names``, in the given order)."""
-    layers = svf_layer_map(model)
+    layers = require_svf_layers(model, "singular_value_changes")
     wanted = list(layers) if names is None else list(names)
     unknown = [n for n in wanted if n not in layers]
     if unknown:
         raise KeyError(
-            f"{unknown} are not SVF layers of {type(model).__name__}; SVF layers: {preview_names(layers)}"
+            f"{unknown} are not SVF layers of {type(model).__name__}; SVF layers: [{preview(layers)}]"
         )
     return {n: spectrum_change(n, layers[n]) for n in wanted}
 

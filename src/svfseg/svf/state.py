@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from svfseg.svf.convert import svf_layers
+from svfseg.messages import preview
+from svfseg.svf.convert import require_svf_layers, svf_layers
 from svfseg.svf.decompose import tensor_digest
 from svfseg.svf.errors import SVFStateError
 from svfseg.svf.layers import SVFLayer
@@ -46,22 +47,12 @@ from svfseg.svf.layers import SVFLayer
 FORMAT = "svfseg.svf"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-_SHOWN = 6
-
-
-def _layers(model: nn.Module) -> dict[str, SVFLayer]:
-    layers = dict(svf_layers(model))
-    if not layers:
-        raise SVFStateError(
-            f"{type(model).__name__} holds no SVF layer; call apply_svf before (de)serialising"
-        )
-    return layers
 
 
 def base_fingerprint(model: nn.Module) -> str:
     """sha256 over (name, original-weight fingerprint) of every SVF layer, in name order."""
     h = hashlib.sha256(f"{FORMAT}|base".encode())
-    for name, layer in sorted(_layers(model).items()):
+    for name, layer in sorted(require_svf_layers(model, "base_fingerprint").items()):
         h.update(f"|{name}={layer.fingerprint}".encode())
     return h.hexdigest()
 
@@ -169,18 +160,13 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Any]:
 
 
 def svf_state_dict(model: nn.Module) -> dict[str, Any]:
-    """:func:`adapter_state_dict` of a model that holds SVF layers (raises :class:`SVFStateError` otherwise).
+    """:func:`adapter_state_dict` of a model that holds SVF layers (raises :class:`NoSVFLayerError` otherwise).
 
     Besides the trainable SVF tensors it holds every other trainable tensor (e.g. BN affine under
     ``train_bn``), so restoring it reproduces the fine-tuned model.
     """
-    _layers(model)
+    require_svf_layers(model, "svf_state_dict")
     return adapter_state_dict(model)
-
-
-def _listing(names: list[str]) -> str:
-    more = f", ... ({len(names)} in all)" if len(names) > _SHOWN else ""
-    return ", ".join(names[:_SHOWN]) + more
 
 
 def _check_header(state: Any) -> None:
@@ -208,8 +194,8 @@ def _check_layers(saved: dict[str, dict[str, Any]], layers: dict[str, SVFLayer])
     if missing or unexpected:
         raise SVFStateError(
             "SVF artifact and model convert different layers: "
-            f"missing from the artifact: [{_listing(missing)}]; not SVF layers in the model: "
-            f"[{_listing(unexpected)}]; convert the model with the include/exclude used in training"
+            f"missing from the artifact: [{preview(missing)}]; not SVF layers in the model: "
+            f"[{preview(unexpected)}]; convert the model with the include/exclude used in training"
         )
 
     def meta(name: str, key: str) -> Any:
@@ -257,8 +243,8 @@ def _check_plain(model: nn.Module, state: dict[str, Any], targets: dict[str, Ten
         old = " (a version 1 artifact holds SVF tensors only)" if state["version"] == 1 else ""
         raise SVFStateError(
             "SVF artifact and model train different non-SVF tensors: trainable in the model but not in "
-            f"the artifact{old}: [{_listing(missing)}]; in the artifact but frozen in the model: "
-            f"[{_listing(frozen)}]; in the artifact but not in the model: [{_listing(homeless)}]. "
+            f"the artifact{old}: [{preview(missing)}]; in the artifact but frozen in the model: "
+            f"[{preview(frozen)}]; in the artifact but not in the model: [{preview(homeless)}]. "
             "Apply the fine-tune strategy used in training (the same tensors with requires_grad) before "
             "loading; best.ckpt is the complete record"
         )
@@ -290,8 +276,8 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, Any]) -> None:
     unexpected = sorted(set(tensors) - set(targets))
     if missing or unexpected:
         raise SVFStateError(
-            f"SVF artifact tensors do not match the model's trainable SVF tensors: missing [{_listing(missing)}]; "
-            f"unexpected [{_listing(unexpected)}]; convert with the same train=... subspaces "
+            f"SVF artifact tensors do not match the model's trainable SVF tensors: missing [{preview(missing)}]; "
+            f"unexpected [{preview(unexpected)}]; convert with the same train=... subspaces "
             "(requires_grad decides what is saved and expected)"
         )
     _check_shapes(tensors, targets)

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from svfseg.data.fold import FoldSpec
 from svfseg.files import sha256_file
+from svfseg.messages import preview
 from svfseg.models.pspnet import (
     BaseLearnerCheckpointError,
     PSPNet,
@@ -52,12 +53,6 @@ _MAX_LISTED = 20
 
 class BAMImportError(ValueError):
     """A BAM checkpoint that cannot become the requested base learner; the message names the fix."""
-
-
-def _listing(keys: list[str]) -> str:
-    shown = ", ".join(sorted(keys)[:_MAX_LISTED])
-    more = len(keys) - _MAX_LISTED
-    return shown + (f" ... (+{more} more)" if more > 0 else "")
 
 
 def default_output(weights_dir: str | Path, dataset: str, fold: int, backbone: str) -> Path:
@@ -128,14 +123,14 @@ def drop_encoder_aliases(state: Mapping[str, Tensor], path: Path) -> dict[str, T
             differing.append(f"{key} vs {twin} (values differ)")
     if orphans:
         raise BAMImportError(
-            f"{path}: encoder aliases without a layer twin: [{_listing(orphans)}]. BAM's PSPNet stores its "
+            f"{path}: encoder aliases without a layer twin: [{preview(sorted(orphans), _MAX_LISTED)}]. BAM's PSPNet stores its "
             "backbone both as layer0..4 and as encoder = Sequential(layer0..layer4), so every encoder.<i>.* "
             "tensor must come with the same layer<i>.* tensor; these do not, so the file is not a BAM PSPNet "
             "state dict (or was edited)"
         )
     if differing:
         raise BAMImportError(
-            f"{path}: encoder aliases differ from their layer twins: [{_listing(differing)}]. In BAM's PSPNet "
+            f"{path}: encoder aliases differ from their layer twins: [{preview(sorted(differing), _MAX_LISTED)}]. In BAM's PSPNet "
             "encoder.<i> and layer<i> are one module, so both names must hold identical tensors; a difference "
             "means the file was edited or corrupted, and which copy is right cannot be told"
         )

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 import timm
 from torch import Tensor, nn
 
+from svfseg.messages import preview
+
 # The wheels' parts of a block -> timm's, per timm block type. The first block of Lite0-2 has no expansion
 # (timm's DepthwiseSeparableConv); every other block is an InvertedResidual.
 DS_PARTS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
@@ -39,10 +41,6 @@ TOP_PARTS = {
 
 class LiteConversionError(ValueError):
     """A state dict that is not the efficientnet_pytorch layout of the requested Lite network."""
-
-
-def _listing(items: list[str], shown: int = 10) -> str:
-    return ", ".join(items[:shown]) + (f" (+{len(items) - shown} more)" if len(items) > shown else "")
 
 
 def timm_block_names(model: nn.Module) -> list[tuple[str, dict[str, str]]]:
@@ -100,9 +98,8 @@ def convert_lite_state_dict(state: Mapping[str, Tensor], timm_name: str) -> dict
     if unexpected or shapes or twice or missing:
         raise LiteConversionError(
             f"the state dict does not fit timm {timm_name} ({len(target)} tensors; the file has {len(state)}): "
-            f"missing {_listing(missing) or 'none'}; unexpected {_listing(unexpected) or 'none'}; shape "
-            f"mismatches {_listing(shapes) or 'none'}"
-            + (f"; mapped twice {_listing(twice)}" if twice else "")
+            f"missing {preview(missing) or 'none'}; unexpected {preview(unexpected) or 'none'}; shape "
+            f"mismatches {preview(shapes) or 'none'}" + (f"; mapped twice {preview(twice)}" if twice else "")
         )
     return {k: out[k] for k in target}  # timm's key order
 

@@ -41,6 +41,7 @@ from timm.layers import Conv2dSame, pad_same
 from timm.models import FeatureDictNet
 from torch import Tensor, nn
 
+from svfseg.messages import preview
 from svfseg.models.backbones.base import STAGE_NAMES, Backbone
 from svfseg.models.backbones.weights import BackboneWeightsError
 
@@ -202,11 +203,6 @@ def create_features(timm_name: str, *, hub_weights: bool = False) -> nn.Module:
         ) from err
 
 
-def _listing(items: Sequence[str], shown: int = 8) -> str:
-    items = list(items)
-    return ", ".join(items[:shown]) + (f" (+{len(items) - shown} more)" if len(items) > shown else "")
-
-
 def _full_model_state(timm_name: str) -> dict[str, Tensor]:
     """The state dict (random init) of timm's full model: the key layout a weight file is in."""
     return timm.create_model(timm_name, pretrained=False).state_dict()
@@ -247,7 +243,7 @@ def read_timm_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise BackboneWeightsError(f"backbone weights {p} hold a {type(obj).__name__}, not a state dict")
     not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, Tensor))
     if not_tensors:
-        raise BackboneWeightsError(f"backbone weights {p} hold non-tensor entries: {_listing(not_tensors)}")
+        raise BackboneWeightsError(f"backbone weights {p} hold non-tensor entries: {preview(not_tensors)}")
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -285,9 +281,9 @@ def load_timm_weights(features: nn.Module, path: str | Path, *, name: str, timm_
         )
         raise BackboneWeightsError(
             f"backbone weights {path} do not fit backbone {name} (timm {timm_name}, {len(own)} tensors + "
-            f"{len(head)} classifier-head tensors): missing {_listing(missing) or 'none'}; unexpected "
-            f"{_listing(unexpected) or 'none'}; shape mismatches {_listing(shapes) or 'none'}"
-            + (f"; classifier-head keys missing {_listing(absent_head)}" if absent_head else "")
+            f"{len(head)} classifier-head tensors): missing {preview(missing) or 'none'}; unexpected "
+            f"{preview(unexpected) or 'none'}; shape mismatches {preview(shapes) or 'none'}"
+            + (f"; classifier-head keys missing {preview(absent_head)}" if absent_head else "")
             + f".{hint} Use the file python -m svfseg.weights fetch writes for this backbone."
         )
     features.load_state_dict({k: state[k] for k in own}, strict=True)

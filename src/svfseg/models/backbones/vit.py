@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
+from svfseg.messages import preview
 from svfseg.models.backbones.base import STAGE_NAMES, Backbone
 
 # svfseg backbone name -> (timm architecture, pretraining image size, embed_dim, num_heads)
@@ -183,13 +184,9 @@ def load_vit_weights(vit: nn.Module, path: str | Path) -> None:
         if k in state and state[k].shape != own[k].shape
     ]
     if missing or unexpected or shapes:
-
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
-
         raise ValueError(
-            f"{path} does not fit {type(vit).__name__} ({len(own)} tensors): missing {show(missing) or 'none'}; "
-            f"unexpected {show(unexpected) or 'none'}; shape mismatches {show(shapes) or 'none'}. Use the "
+            f"{path} does not fit {type(vit).__name__} ({len(own)} tensors): missing {preview(missing) or 'none'}; "
+            f"unexpected {preview(unexpected) or 'none'}; shape mismatches {preview(shapes) or 'none'}. Use the "
             "timm file of the architecture in the backbone config (timm_name), with its own image size"
         )
     vit.load_state_dict(state, strict=True)

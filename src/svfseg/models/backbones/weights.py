@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from svfseg.messages import preview
 from svfseg.models.backbones.base import Backbone
 from svfseg.models.backbones.provenance import provenance_hint
 from svfseg.models.backbones.vgg import VGG_SLICES
@@ -72,12 +73,6 @@ class WeightsReport:
     filled: tuple[str, ...]  # BN step counters absent from old files, kept at the backbone's value
 
 
-def _listing(keys: Iterable[str]) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:_MAX_LISTED])
-    return shown + (f", ... ({len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else "")
-
-
 def missing_file_message(path: Path, backbone_name: str | None) -> str:
     default = DEFAULT_FILES.get(backbone_name or "", "initmodel/<backbone>.pth")
     return (
@@ -112,7 +107,7 @@ def read_state_dict(path: str | Path, backbone_name: str | None = None) -> dict[
     not_tensors = [k for k, v in obj.items() if not isinstance(v, Tensor)]
     if not_tensors:
         raise BackboneWeightsError(
-            f"backbone weights {path} are not a plain state dict: non-tensor entries {_listing(map(str, not_tensors))}. "
+            f"backbone weights {path} are not a plain state dict: non-tensor entries {preview(sorted(map(str, not_tensors)), _MAX_LISTED)}. "
             f"Save model.state_dict() or wrap it under one of {WRAPPER_KEYS}."
         )
     if obj and all(k.startswith("module.") for k in obj):
@@ -171,7 +166,7 @@ def _check_format(weights_format: str, keys: set[str], path: Path, backbone: Bac
         detected = detect_format(keys)
         if detected is None:
             raise BackboneWeightsError(
-                f"cannot tell the format of backbone weights {path}: first keys {_listing(list(keys)[:8])}. "
+                f"cannot tell the format of backbone weights {path}: first keys {preview(keys, 8)}. "
                 "Known layouts: pspnet (conv1..3, bn1..3, layer1..4, fc), torchvision/timm ResNet (conv1, bn1, "
                 "layer1..4, fc), torchvision/timm VGG (features.N, classifier / pre_logits / head), native "
                 "(layer0..layer4). Rename the keys or pass weights_format=... explicitly."
@@ -227,8 +222,8 @@ def load_backbone_weights(
     if missing or unexpected:
         raise BackboneWeightsError(
             f"backbone weights {path} (format {weights_format}) do not match backbone {backbone.name} "
-            f"(width_mult={backbone.width_mult}): {len(missing)} missing key(s) [{_listing(missing)}], "
-            f"{len(unexpected)} unexpected key(s) [{_listing(unexpected)}]. Check backbone.name and "
+            f"(width_mult={backbone.width_mult}): {len(missing)} missing key(s) [{preview(sorted(missing), _MAX_LISTED)}], "
+            f"{len(unexpected)} unexpected key(s) [{preview(sorted(unexpected), _MAX_LISTED)}]. Check backbone.name and "
             f"backbone.weights_format.{provenance_hint(path, backbone.width_mult)}"
         )
     mismatched = [
@@ -239,14 +234,17 @@ def load_backbone_weights(
     if mismatched:
         raise BackboneWeightsError(
             f"backbone weights {path} have {len(mismatched)} shape mismatch(es) with backbone "
-            f"{backbone.name} (width_mult={backbone.width_mult}): {'; '.join(mismatched[:_MAX_LISTED])}."
+            f"{backbone.name} (width_mult={backbone.width_mult}): {preview(mismatched, _MAX_LISTED, sep='; ')}."
             f"{provenance_hint(path, backbone.width_mult) or ' Check backbone.width_mult and backbone.name.'}"
         )
     full = {**{k: target[k] for k in filled}, **mapped}
     backbone.load_state_dict(full, strict=True)
     if dropped:
         log.info(
-            "backbone weights %s: dropped %d classifier key(s): %s", path, len(dropped), _listing(dropped)
+            "backbone weights %s: dropped %d classifier key(s): %s",
+            path,
+            len(dropped),
+            preview(sorted(dropped), _MAX_LISTED),
         )
     log.info(
         "loaded %d tensors from %s (format %s) into %s", len(mapped), path, weights_format, backbone.name
