@@ -106,6 +106,16 @@ def test_base_learner_round_trip(tmp_path: Path) -> None:
     assert meta["backbone"] == "resnet50" and meta["num_classes"] == 16
 
 
+def test_the_stage1_command_is_written_in_one_place() -> None:
+    from svfseg.models.pspnet import stage1_command
+
+    base = "python train.py stage=base method=bam"
+    assert stage1_command("coco", 3, "vgg16_bn") == f"{base} dataset=coco fold=3 backbone=vgg16"
+    assert stage1_command("synthetic", 0, "resnet50", 0.125, debug="tiny") == (
+        f"{base} dataset=synthetic fold=0 backbone=resnet50 backbone.width_mult=0.125 debug=tiny"
+    )
+
+
 def test_missing_base_learner_names_stage1_command(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as err:
         load_base_learner(tmp_path / "nope.pth", backbone_name="vgg16_bn", dataset="coco", fold=3)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from svfseg.models.backbones.timm_cnn import check_timm_backbone_config
 from svfseg.models.bam import bam_backbone_problem
+from svfseg.models.pspnet import stage1_command
 from svfseg.models.registry import method_options
 from svfseg.precision import check_matmul_precision
 from svfseg.run_spec import RunSpec
@@ -129,12 +130,15 @@ def _check_bam(cfg: DictConfig, spec: RunSpec | None, stage: str) -> None:
         raise ConfigError(f"backbone={cfg.backbone.name}: {problem}")
     if stage != "meta" or spec is None:
         return
-    tag = str(cfg.get("run_tag") or "")
-    extra = " debug=tiny" if tag == "-tiny" else (" debug=fdr" if tag == "-fdr" else "")
-    stage1 = (
-        f"the stage-1 command: python train.py stage=base method=bam dataset={cfg.dataset.name} "
-        f"fold={spec.fold.fold} backbone={_backbone_group(cfg.backbone.name)}{extra}"
+    debug = {"-tiny": "tiny", "-fdr": "fdr"}.get(str(cfg.get("run_tag") or ""))  # conf/debug's run_tag
+    command = stage1_command(
+        str(cfg.dataset.name),
+        spec.fold.fold,
+        str(cfg.backbone.name),
+        float(cfg.backbone.get("width_mult", 1.0)),
+        debug=debug,
     )
+    stage1 = f"the stage-1 command: {command}"
     if cfg.method.get("base_learner") is None:
         raise ConfigError(
             f"method.base_learner is null: BAM's meta stage needs the stage-1 base learner. Make it with "
@@ -378,10 +382,6 @@ def check_writable_dir(path: Any, key: str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "is not writable" if probe == target else f"cannot be created: {probe} is not writable"
         raise ConfigError(f"{key}={target} {what}; {how}")
-
-
-def _backbone_group(name: str) -> str:
-    return {"vgg16_bn": "vgg16"}.get(name, name)
 
 
 def _check_dataset_keys(dataset: DictConfig) -> None:
