@@ -19,7 +19,9 @@ from svfseg.labels import IGNORE_INDEX
 
 
 def mask_at_original_size(logits: Tensor, height: int, width: int) -> Tensor:
-    """(H, W) int64 argmax of one sample's (2, h, w) canvas scores at its original size.
+    """(H, W) int64 argmax of one sample's (C, h, w) canvas scores at its original size.
+
+    C = 2 (background, foreground) for the few-shot methods; BAM's stage-1 PSPNet scores its base classes.
 
     The canvas holds the image pasted top-left, resized so its long side fills it; upsampling the scores to
     an L x L square (L = max(H, W)) and cropping H x W maps them back, as the references evaluate.

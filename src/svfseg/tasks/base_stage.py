@@ -18,7 +18,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch import Tensor
@@ -30,6 +29,7 @@ from svfseg.labels import IGNORE_INDEX
 from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
 from svfseg.lightning.optim import OptimConfig, build_scheduler
 from svfseg.lightning.progress import SparseMetricsProgressBar
+from svfseg.metrics.original_size import mask_at_original_size
 from svfseg.models.backbones import build_backbone
 from svfseg.models.pspnet import PSPNet, save_base_learner
 from svfseg.run_spec import RunSpec
@@ -77,10 +77,9 @@ class BaseLearnerModule(GuardedTraining, pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         logits, _ = self.model(batch["image"])
-        for i, (h, w) in enumerate(batch["ori_hw"]):
-            side = max(h, w)
-            up = F.interpolate(logits[i : i + 1], size=(side, side), mode="bilinear", align_corners=True)
-            self.val_iou.update(up.argmax(1)[:, :h, :w], batch["label_ori"][i : i + 1, :h, :w])
+        for i, (h, w) in enumerate(batch["ori_hw"]):  # scored at the original size, as the meta stage is
+            pred = mask_at_original_size(logits[i], int(h), int(w))
+            self.val_iou.update(pred[None], batch["label_ori"][i : i + 1, :h, :w])
 
     def on_validation_epoch_end(self) -> None:
         per_class = self.val_iou.compute()
