@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from svfseg.data.synthetic import COLOURS, SHAPES, TEXTURES, class_styles
 from svfseg.models.backbones import build_backbone
+from svfseg.models.backbones.provenance import find_record, legacy_record_path, read_record, record_path
 from svfseg.models.backbones.weights import BackboneWeightsError, detect_format, read_state_dict
 from svfseg.pretrain import ProxySpec, ProxyWeightsError, build_proxy_weights, proxy_styles
 from svfseg.pretrain.__main__ import main as proxy_main
@@ -71,7 +73,8 @@ def test_file_is_pspnet_v2_and_loads_through_the_normal_config_path(tiny_proxy) 
 
 
 def test_record_describes_the_file_and_a_second_call_returns_at_once(tiny_proxy, tmp_path: Path) -> None:
-    record = json.loads(tiny_proxy.path.with_suffix(".json").read_text())
+    assert record_path(tiny_proxy.path).name == f"{tiny_proxy.path.name}.json"  # <file>.json, as fetch's
+    record = json.loads(record_path(tiny_proxy.path).read_text())
     assert tiny_proxy.built and record == tiny_proxy.record
     assert record["spec"]["width_mult"] == TINY.width_mult and record["spec"]["steps"] == 3
     assert record["use"].endswith(f"backbone.pretrained={tiny_proxy.path}")
@@ -105,7 +108,7 @@ def _copy_with_record(src, dst_dir: Path, data: bytes) -> Path:
     dst_dir.mkdir(parents=True, exist_ok=True)
     path = dst_dir / src.path.name
     path.write_bytes(data)
-    path.with_suffix(".json").write_text(src.path.with_suffix(".json").read_text())
+    record_path(path).write_text(record_path(src.path).read_text())
     return path
 
 
@@ -131,7 +134,7 @@ def test_wrong_keys_are_listed_with_the_fix(tiny_proxy, tmp_path: Path) -> None:
     path = tmp_path / "keys" / tiny_proxy.path.name
     path.parent.mkdir()
     torch.save(state, path)
-    path.with_suffix(".json").write_text(tiny_proxy.path.with_suffix(".json").read_text())
+    record_path(path).write_text(record_path(tiny_proxy.path).read_text())
     with pytest.raises(BackboneWeightsError) as err:
         build_backbone("resnet50", pretrained=path, width_mult=TINY.width_mult)
     msg = str(err.value)
@@ -149,6 +152,26 @@ def test_other_width_says_which_width_the_file_was_built_for(tiny_proxy) -> None
     assert str(tiny_proxy.path) in msg and "shape mismatch" in msg
     assert "built for backbone.width_mult=0.0625, this backbone has 0.125" in msg
     assert "python -m svfseg.pretrain --width-mult 0.125" in msg
+
+
+def test_a_record_of_the_older_name_is_still_read(tiny_proxy, tmp_path: Path) -> None:
+    # files built before the one rule have <stem>.json beside the .pth: cached, hinted, never rewritten
+    path = tmp_path / tiny_proxy.path.name
+    path.write_bytes(tiny_proxy.path.read_bytes())
+    old = legacy_record_path(path)
+    assert old.name == f"{path.stem}.json"
+    old.write_text(record_path(tiny_proxy.path).read_text())
+    assert find_record(path) == old and read_record(path) == tiny_proxy.record
+    before = files(tmp_path)
+    again = build_proxy_weights(TINY, tmp_path)
+    assert not again.built and again.record == tiny_proxy.record and files(tmp_path) == before
+    with pytest.raises(BackboneWeightsError, match=re.escape(f"record {old})")):
+        build_backbone("resnet50", pretrained=path, width_mult=0.125)
+    with pytest.raises(ProxyWeightsError, match=re.escape(f"delete {path} and {old}, then run")):
+        build_proxy_weights(replace(TINY, steps=4), tmp_path)
+    # both there: the <file>.json record is the one read
+    record_path(path).write_text(json.dumps({**tiny_proxy.record, "rebuild": "the new one"}))
+    assert find_record(path) == record_path(path) and read_record(path)["rebuild"] == "the new one"
 
 
 def test_a_foreign_file_at_the_path_is_never_overwritten(tmp_path: Path) -> None:

