@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
-from tests.hydra_helpers import CONF_DIR
+import yaml
+
+from tests.hydra_helpers import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
@@ -92,3 +95,53 @@ def test_every_experiment_file_is_listed() -> None:
     names = checker.experiment_names(CONF_DIR)
     assert "table1/resnet50_bam_svf" in names and "table2/vgg16_pfenet_freeze" in names
     assert names == sorted(names) and len(names) == len(list((CONF_DIR / "experiment").rglob("*.yaml")))
+
+
+# ------------------------------------------------------------------------- one home per fact (issue 23)
+def _rows() -> dict[str, dict]:
+    root = CONF_DIR / "experiment"
+    return {
+        p.relative_to(root).with_suffix("").as_posix(): yaml.safe_load(p.read_text())
+        for p in root.rglob("*.yaml")
+    }
+
+
+def test_no_experiment_row_repeats_the_dilation_layout() -> None:
+    """``backbone.dilation: torchvision`` lives in conf/backbone/dilation/torchvision.yaml; rows include it."""
+    key = re.compile(r"^\s*dilation:\s*torchvision\b", re.MULTILINE)  # the key, not the defaults entry
+    homes = sorted(
+        p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.yaml") if key.search(p.read_text())
+    )
+    assert homes == ["backbone/dilation/torchvision.yaml"]
+    for name, row in _rows().items():
+        assert "dilation" not in (row.get("backbone") or {}), name
+        entries = {k: v for d in row.get("defaults", []) if isinstance(d, dict) for k, v in d.items()}
+        svf_code = entries.get("override /method") in ("baseline", "pfenet") and str(
+            entries.get("override /backbone")
+        ).startswith("resnet")
+        # The SVF code's baseline/PFENet ResNet rows include it (Table 2's through Table 1's rows).
+        assert (entries.get("/backbone/dilation") == "torchvision") == svf_code, name
+
+
+def test_table2_rows_are_table1_rows_with_only_the_dataset_and_table_label_changed() -> None:
+    rows = _rows()
+    table1 = {n.split("/")[1] for n in rows if n.startswith("table1/")}
+    table2 = {n.split("/")[1] for n in rows if n.startswith("table2/")}
+    assert table1 == table2 and len(table1) == 12
+    for stem in sorted(table2):
+        row = rows[f"table2/{stem}"]
+        assert row == {
+            "defaults": [f"/experiment/table1/{stem}", {"override /dataset": "coco"}],
+            "table": "table2",
+        }, stem
+        assert rows[f"table1/{stem}"]["table"] == "table1"
+
+
+def test_vgg16_is_an_alias_of_vgg16_bn() -> None:
+    alias = yaml.safe_load((CONF_DIR / "backbone/vgg16.yaml").read_text())
+    assert alias == {"defaults": ["vgg16_bn"]}
+    assert yaml.safe_load((CONF_DIR / "backbone/vgg16_bn.yaml").read_text())["name"] == "vgg16_bn"
+    for name, row in _rows().items():
+        assert {"override /backbone": "vgg16"} not in row.get("defaults", []), name  # rows spell it vgg16_bn
+    composed = [compose_config("train", [f"backbone={b}"]).backbone for b in ("vgg16", "vgg16_bn")]
+    assert composed[0] == composed[1]
