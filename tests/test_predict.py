@@ -300,12 +300,15 @@ def test_the_old_svf_export_command_names_the_new_one_and_imports_no_application
     proc = run_cli(["-m", "svfseg.svf", "export", "run/best.ckpt", "--out", "exp"], REPO, ok=False)
     assert proc.returncode == 2 and not proc.stdout
     assert "python -m svfseg.inference.export run/best.ckpt --out exp" in proc.stderr
-    # the SVF core is a library: its command line loads nothing of svfseg outside svfseg.svf
+    # the SVF core is a library: its command line loads nothing of svfseg outside svfseg.svf but the
+    # message helpers (a standard-library-only leaf module that imports nothing of svfseg)
     code = (
         "import sys, svfseg.svf.__main__; "
         "print([m for m in sys.modules if m.startswith('svfseg.') and not m.startswith('svfseg.svf')])"
     )
-    assert run_cli(["-c", code], REPO).stdout.strip() == "[]"
+    assert run_cli(["-c", code], REPO).stdout.strip() == "['svfseg.messages']"
+    leaf = "import sys, svfseg.messages; print([m for m in sys.modules if m.startswith('svfseg.')])"
+    assert run_cli(["-c", leaf], REPO).stdout.strip() == "['svfseg.messages']"
 
 
 # ------------------------------------------------------------------------------------------ class names
