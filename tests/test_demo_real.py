@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -149,22 +149,25 @@ def test_every_strategy_gets_the_same_settings(tmp_path: Path) -> None:
     assert cfg.optim.lr == s.lr and cfg.dataset.train_size == s.size and cfg.init_head.endswith("head.ckpt")
 
 
+# The demo's settings at a size that runs in seconds (the pipeline, not the learning, is under test).
+TINY = RealDemoSettings(
+    strategies=("freeze", "svf"),
+    size=65,
+    head_steps=3,
+    steps_per_epoch=2,
+    epochs=2,
+    n_episodes=8,
+    train_episodes_for_curve=8,
+    num_workers=0,
+)
+
+
 @pytest.mark.slow
 def test_tiny_real_demo_end_to_end(tmp_path: Path) -> None:
     src = env_folder(SRC_ENV, "label_list.mat")
     if src is None:
         pytest.skip(SKIP)
-    settings = RealDemoSettings(
-        seeds=(0, 1),
-        strategies=("freeze", "svf"),
-        size=65,
-        head_steps=3,
-        steps_per_epoch=2,
-        epochs=2,
-        n_episodes=8,
-        train_episodes_for_curve=8,
-        num_workers=0,
-    )
+    settings = replace(TINY, seeds=(0, 1))
     out = tmp_path / "demo"
     comparison = run_demo(out, tmp_path / "ccp", tmp_path / "weights", settings, src=str(src))
     saved = json.loads((out / "comparison.json").read_text())
@@ -186,17 +189,7 @@ def test_tiny_study_runs_seed_major_and_resumes(tmp_path: Path) -> None:
     src = env_folder(SRC_ENV, "label_list.mat")
     if src is None:
         pytest.skip(SKIP)
-    settings = RealDemoSettings(
-        seeds=(0,),
-        strategies=("freeze", "svf"),
-        size=65,
-        head_steps=3,
-        steps_per_epoch=2,
-        epochs=2,
-        n_episodes=8,
-        train_episodes_for_curve=8,
-        num_workers=0,
-    )
+    settings = replace(TINY, seeds=(0,))
     out = tmp_path / "study"
     first = run_study(out, tmp_path / "ccp", tmp_path / "weights", settings, folds=(0, 1), src=str(src))
     assert set(first["runs"]) == {"0", "1"}
