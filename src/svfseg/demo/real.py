@@ -73,9 +73,10 @@ class RealDemoSettings:
 
     Chosen on fold 0 with ``finetune=freeze`` only, before any strategy was compared (docs/real-data.md):
     photos at 129 px (a working copy, so training crops and evaluation share one scale); head lr 0.1, the
-    one of {0.01, 0.1} at which the head left all-background within 300 steps (0.3 diverged); 300 head
-    steps, where its validation mIoU had risen (10.6 at 200, 6.3 at 300). ``backbone_lr_mult`` is the
-    paper's 0.1 for every fine-tuned backbone; dropout 0 (the head's 0.5 slows a short run further).
+    one of {0.01, 0.1} at which the head left all-background within 300 steps (0.3 diverged); 200 head
+    steps, the best check there (10.6 at 200, 6.3 at 300). ``backbone_lr_mult`` is the paper's 0.1 for
+    every fine-tuned backbone; dropout 0 (the head's 0.5 slows a short run further). The 60 steps per
+    strategy and the 64-episode curves (``val_batches_for_curve`` x eval batch 8) fit the demo in 10 min.
     """
 
     fold: int = 1
