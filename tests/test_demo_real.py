@@ -184,7 +184,11 @@ def test_tiny_real_demo_end_to_end(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_study_runs_seed_major_and_resumes(tmp_path: Path) -> None:
+def _must_not_run(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a resumed study scored its baselines again")
+
+
+def test_tiny_study_runs_seed_major_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two folds x one seed x {freeze, svf} at tiny size; a second call trains nothing and reports the same."""
     src = env_folder(SRC_ENV, "label_list.mat")
     if src is None:
@@ -204,6 +208,7 @@ def test_tiny_study_runs_seed_major_and_resumes(tmp_path: Path) -> None:
     )
     assert first["summary"]["paired"]["svf - freeze"]["n"] == 2
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")}
+    monkeypatch.setattr("svfseg.demo.study.score_baselines", _must_not_run)  # reused from study.json
     again = run_study(out, tmp_path / "ccp", tmp_path / "weights", settings, folds=(0, 1), src=str(src))
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")} == mtimes  # nothing retrained
     assert again["summary"] == first["summary"]

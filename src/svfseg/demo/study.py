@@ -236,6 +236,13 @@ def check_same_settings(out: Path, settings: RealDemoSettings) -> None:
         )
 
 
+def _saved_baselines(out: Path) -> dict[int, dict[str, Any]]:
+    path = out / "study.json"
+    if not path.is_file():
+        return {}
+    return {int(fold): r for fold, r in json.loads(path.read_text()).get("baselines", {}).items()}
+
+
 def _finished(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -259,8 +266,11 @@ def run_study(
     runs: dict[int, dict[str, dict[int, dict[str, Any]]]] = {
         fold: {s: {} for s in settings.strategies} for fold in folds
     }
+    # The baselines depend only on the settings (checked above) and the fold: a resumed study reuses them.
+    scored = _saved_baselines(out)
     baselines = {
-        fold: score_baselines(replace(settings, fold=fold), data_root, weights, out / f"fold{fold}")
+        fold: scored.get(fold)
+        or score_baselines(replace(settings, fold=fold), data_root, weights, out / f"fold{fold}")
         for fold in folds
     }
     # Seed-major: after each pass over the folds the finished part is balanced across folds, so a study
