@@ -16,7 +16,6 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from svfseg.data.fold import FoldSpec
-from svfseg.data.layouts import FOLDER
 from svfseg.finetune import STRATEGIES, build_strategy
 from svfseg.models.backbones import BACKBONE_NAMES
 from svfseg.models.registry import registered_models
@@ -66,17 +65,8 @@ class RunSpec:
     @classmethod
     def from_config(cls, cfg: Any) -> RunSpec:
         """The spec of a composed train.py config (``fold``, ``shot``, ``dataset``, ``method``, ...)."""
-        if cfg.dataset.name == FOLDER:  # a user's folder: its classes and folds are read from it
-            fold = FoldSpec.for_folder(str(cfg.dataset.root), cfg.fold, cfg.shot)
-        else:
-            fold = FoldSpec(
-                dataset=cfg.dataset.name,
-                fold=cfg.fold,
-                shot=cfg.shot,
-                coco_split=str(cfg.dataset.get("coco_split", "interleaved")),
-            )
         return cls(
-            fold=fold,
+            fold=FoldSpec.from_config(cfg),
             method=_plain(cfg.method),
             backbone=_plain(cfg.backbone),
             finetune=_plain(cfg.finetune),

@@ -93,6 +93,19 @@ class FoldSpec:
         folder = read_folder(Path(str(root)).expanduser())
         return cls(FOLDER, fold, shot, folds=folder.folds, names=folder.class_names)
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> FoldSpec:
+        """The FoldSpec of a composed train.py config (``dataset``, ``fold``, ``shot``)."""
+        if cfg.dataset.name == FOLDER:  # a user's folder: its classes and folds are read from it
+            return cls.for_folder(str(cfg.dataset.root), cfg.fold, cfg.shot)
+        coco_split = str(cfg.dataset.get("coco_split", "interleaved"))
+        return cls(dataset=cfg.dataset.name, fold=cfg.fold, shot=cfg.shot, coco_split=coco_split)
+
+    @property
+    def num_base_labels(self) -> int:
+        """Outputs of a base learner of this fold: its base classes and background."""
+        return len(self.base_classes) + 1
+
     @property
     def num_classes(self) -> int:
         """Foreground classes of the dataset (label values 1..num_classes)."""

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from svfseg.data.fold import FoldSpec
 from svfseg.finetune.base import backbone_stages
 from svfseg.finetune.counts import svf_singular_values
 from svfseg.finetune.lora import LoRAStrategy
@@ -27,7 +28,6 @@ from svfseg.finetune.registry import build_strategy
 from svfseg.finetune.svf import SVFStrategy
 from svfseg.models.base import FewShotModel
 from svfseg.models.factory import build_fewshot_model
-from svfseg.run_spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,16 @@ def compose_train(overrides: Sequence[str]) -> DictConfig:
 
 def config_budget(cfg: DictConfig) -> Budget:
     """The budget of the model a composed train.py config builds (on the meta device, no weights)."""
-    spec = RunSpec.from_config(cfg)
+    method, backbone, finetune = (_plain(cfg[key]) for key in ("method", "backbone", "finetune"))
     with torch.device("meta"):
-        model = build_fewshot_model(
-            dict(spec.method), dict(spec.backbone), fold=spec.fold, load_pretrained=False
-        )
-        return model_budget(model, dict(spec.finetune))
+        model = build_fewshot_model(method, backbone, fold=FoldSpec.from_config(cfg), load_pretrained=False)
+        return model_budget(model, finetune)
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    value = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(value, dict)
+    return {str(k): v for k, v in value.items()}
 
 
 def format_budget(budget: Budget) -> str:

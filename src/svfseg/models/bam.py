@@ -317,7 +317,7 @@ def bam_from_run(
     problem = bam_backbone_problem(name)
     if problem is not None:
         raise ValueError(problem)
-    num_classes = len(fold.base_classes) + 1
+    num_classes = fold.num_base_labels
     if load_pretrained:
         if base_learner is None:
             raise ValueError("method.base_learner is null: BAM needs the stage-1 PSPNet checkpoint")

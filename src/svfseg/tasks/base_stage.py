@@ -127,7 +127,6 @@ def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
     stage = cfg.dataset.base_stage
     fold = spec.fold
     train_batch, eval_batch = stage_batch_sizes(cfg, "base", world_size(cfg.trainer))
-    num_classes = len(fold.base_classes) + 1  # the fold's base classes and background
     datamodule = BaseSegDataModule(
         split=fold,
         root=str(cfg.dataset.root),
@@ -142,7 +141,7 @@ def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
     )
     module = BaseLearnerModule(
         backbone=plain(cfg.backbone),
-        num_classes=num_classes,
+        num_classes=fold.num_base_labels,
         lr=float(stage.lr),
         encoder_lr_mult=float(stage.encoder_lr_mult),
         nonfinite_check_every=int(cfg.optim.nonfinite_check_every),

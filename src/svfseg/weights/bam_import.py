@@ -212,7 +212,7 @@ def import_bam_base_learner(
     warning = check_source_path(source, split, backbone)
     raw, epoch = read_bam_checkpoint(source)
     state = convert_bam_state(drop_encoder_aliases(raw, source), backbone, source)
-    num_classes = len(split.base_classes) + 1
+    num_classes = split.num_base_labels
     classifier = state.get("cls.4.weight")
     if classifier is not None and classifier.shape[0] != num_classes:
         raise BAMImportError(
