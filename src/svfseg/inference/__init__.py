@@ -6,7 +6,6 @@ for p in predictor.predict(supports, expand_queries("photos/")):
     print(p.path, p.mask.shape, p.foreground_fraction)      # mask at the query's original size
 """
 
-from svfseg.inference.checkpoints import resolve_checkpoint
 from svfseg.inference.inputs import (
     PredictInputError,
     Support,
@@ -17,6 +16,7 @@ from svfseg.inference.inputs import (
 )
 from svfseg.inference.outputs import PredictionWriter, overlay
 from svfseg.inference.predictor import Prediction, Predictor
+from svfseg.lightning.checkpointing import resolve_checkpoint
 
 __all__ = [
     "PredictInputError",

@@ -20,9 +20,8 @@ from torch import Tensor
 
 from svfseg.data.transforms import EvalTransform
 from svfseg.finetune.adapters import merge_lora
-from svfseg.inference.checkpoints import resolve_checkpoint
 from svfseg.inference.inputs import PredictInputError, Support, read_query
-from svfseg.lightning.checkpointing import load_checkpoint_dict
+from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.metrics.original_size import binary_mask_at_original_size
 from svfseg.svf import merge_svf

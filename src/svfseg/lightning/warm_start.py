@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from svfseg.inference.checkpoints import resolve_checkpoint
-from svfseg.lightning.checkpointing import load_checkpoint_dict
+from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
 from svfseg.models.base import FewShotModel
 from svfseg.run_spec import RunSpec, check_identity
 

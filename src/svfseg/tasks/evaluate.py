@@ -25,8 +25,7 @@ from svfseg.config_checks import (
     positive_count,
 )
 from svfseg.data.cross_dataset import evaluation_fold
-from svfseg.inference.checkpoints import resolve_checkpoint
-from svfseg.lightning.checkpointing import load_checkpoint_dict
+from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.precision import apply_matmul_precision
 from svfseg.run_dir import is_global_rank_zero, save_hydra_record

@@ -12,8 +12,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from svfseg.config_checks import ConfigError, check_train_config
-from svfseg.inference.checkpoints import resolve_checkpoint
-from svfseg.lightning.checkpointing import load_checkpoint_dict
+from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
 from svfseg.lightning.wandb_logging import redact_secrets
 from svfseg.lightning.warm_start import load_head
 from svfseg.precision import apply_matmul_precision
