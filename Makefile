@@ -55,7 +55,7 @@ bench-load: $(STAMP)  ## loading an SVF checkpoint from shapes vs with SVDs (CPU
 bench-pipeline: $(STAMP)  ## training steps 1/5-shot, checkpointing memory, eval, loader, class index (CPU, ~25 min)
 	$(PY) benchmarks/bench_pipeline.py --write docs/benchmarks.md
 
-learning-spread: $(STAMP)  ## the spread over seeds and thread counts behind tests/test_learning.py's margins (~10 min)
+learning-spread: $(STAMP)  ## the spread over seeds and thread counts behind tests/tasks/test_learning.py's margins (~10 min)
 	$(PY) benchmarks/learning_spread.py
 
 clean:  ## remove caches and outputs (keeps .venv)

@@ -12,6 +12,6 @@ python="${PYTHON:-$here/../.venv/bin/python}"
 "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 mkdir -p "$out"
-(cd "$here/.." && timeout 120 "$python" -m pytest -q -p no:cacheprovider tests/test_tolerances.py \
-    tests/test_nonfinite.py 2>&1 | tee "$out/gpu_tests.txt")
+(cd "$here/.." && timeout 120 "$python" -m pytest -q -p no:cacheprovider tests/svf/test_tolerances.py \
+    tests/lightning/test_nonfinite.py 2>&1 | tee "$out/gpu_tests.txt")
 timeout 480 "$python" "$here/bench_gpu.py" --out "$out" --device cuda

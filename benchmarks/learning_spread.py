@@ -1,4 +1,4 @@
-"""The spread behind tests/test_learning.py's margins: its runs over seeds and thread counts.
+"""The spread behind tests/tasks/test_learning.py's margins: its runs over seeds and thread counts.
 
     python benchmarks/learning_spread.py --seeds 0 1 2 3 4 --threads 1 2 [--out DIR]
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
 from svfseg.pretrain import build_proxy_weights
-from tests.learning_helpers import LEARNING_PROXY, run_learning
+from tests.helpers.learning import LEARNING_PROXY, run_learning
 
 VARIANTS = {"svf": ("svf", True), "freeze": ("freeze", True), "svf_random_init": ("svf", False)}
 

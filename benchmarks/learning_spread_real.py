@@ -1,7 +1,7 @@
-"""The spread behind tests/test_learning_real.py's margins: its run over seeds and 1 / 2 threads.
+"""The spread behind tests/tasks/test_learning_real.py's margins: its run over seeds and 1 / 2 threads.
 
 ``python benchmarks/learning_spread_real.py --src CCP_RELEASE`` converts CCP once (to a temporary folder),
-runs ``tests.real_learning_helpers.run_real_learning`` for every seed x thread count, each in a fresh
+runs ``tests.helpers.real_learning.run_real_learning`` for every seed x thread count, each in a fresh
 process (the thread count is fixed at start), and prints per quantity the mean, the lowest value and the
 largest deviation from the mean, the numbers the test's margins come from (mean - 3 x deviation).
 """
@@ -22,7 +22,7 @@ ONE_RUN = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from tests.real_learning_helpers import run_real_learning
+from tests.helpers.real_learning import run_real_learning
 r = run_real_learning(Path({root!r}), Path({weights!r}), Path({out!r}), seed={seed})
 print("RESULT " + json.dumps(r))
 """
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from svfseg.weights.fetch import fetch
     from svfseg.weights.sources import source
-    from tests.real_learning_helpers import convert_subset
+    from tests.helpers.real_learning import convert_subset
 
     with tempfile.TemporaryDirectory() as tmp:
         root = convert_subset(Path(args.src), Path(tmp) / "ccp")

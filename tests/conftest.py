@@ -41,7 +41,7 @@ def proxy_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     makes the first worker build while the others wait and then read the cache.
     """
     from svfseg.pretrain import build_proxy_weights
-    from tests.learning_helpers import LEARNING_PROXY
+    from tests.helpers.learning import LEARNING_PROXY
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base

@@ -10,7 +10,7 @@ import torch
 import svfseg.tasks.train as train_task
 from svfseg.config_checks import ConfigError, check_train_config
 from svfseg.precision import apply_matmul_precision
-from tests.hydra_helpers import compose_config
+from tests.helpers.hydra import compose_config
 
 
 def _cfg(tmp_path: Path, extra: list[str]):

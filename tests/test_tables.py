@@ -139,7 +139,7 @@ def _documented_table11_evaluations() -> list[list[list[str]]]:
     """The eval.py commands of docs/reproduce.md's Table 11 eval-only way: per command, one override list per job."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from tests.test_docs_commands import ROOT, doc_commands
+    from tests.project.test_docs_commands import ROOT, doc_commands
 
     commands = [
         c.words
@@ -166,7 +166,7 @@ def test_table11_eval_only_sweep_gives_one_row_per_episode_count(tmp_path: Path)
     from svfseg.data.splits import novel_classes
     from svfseg.tasks.evaluate import run_config_from_checkpoint
     from svfseg.tasks.reporting import metrics_record
-    from tests.hydra_helpers import compose_config
+    from tests.helpers.hydra import compose_config
 
     freeze_jobs, svf_jobs = _documented_table11_evaluations()
     rows = [str(compose_config("eval", job).row) for job in [*freeze_jobs, *svf_jobs]]

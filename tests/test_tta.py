@@ -28,9 +28,9 @@ from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.evaluate import evaluate
 from svfseg.tasks.train import train
 from svfseg.tta import SupportAdapter, TTAOptions
-from tests.cli_helpers import REPO, run_cli
-from tests.hydra_helpers import compose_config, tiny_train_config
-from tests.test_ddp import DDP, _eval
+from tests.helpers.cli import REPO, run_cli
+from tests.helpers.hydra import compose_config, tiny_train_config
+from tests.tasks.test_ddp import DDP, _eval
 
 STEPS = 3
 

@@ -15,7 +15,7 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 # Relative error, max |out - exact| / max |exact|, that one float32 conv or linear layer (SVF or plain)
 # stays under at each precision: fp32 (highest), TF32 operands with a 10-bit mantissa (high), bf16
 # operands (medium). Measured under emulated operand rounding at 6e-4 (TF32) and 5e-3 (bf16) for
-# ResNet-sized layers; tests/test_tolerances.py checks these bounds on every available device.
+# ResNet-sized layers; tests/svf/test_tolerances.py checks these bounds on every available device.
 FLOAT32_LAYER_RTOL = {"highest": 1e-5, "high": 5e-3, "medium": 5e-2}
 
 

@@ -47,7 +47,7 @@ def binary_mask_at_original_size(
     ``F.interpolate`` (the height weights are then 1 and 0, so it is exact), then the height pass for
     ``rows_per_band`` output rows at a time with the kernel's weights and its order of operations
     (``w0 * row0 + (w1 * row1)``, fused). Only a (2, h, W) buffer and one band exist at a time; the
-    mask equals the full computation (tests/test_reliability_inputs.py checks it).
+    mask equals the full computation (tests/tasks/test_reliability_inputs.py checks it).
     """
     side = max(height, width)
     if rows_per_band is None and side * side <= FULL_RESOLUTION_PIXELS:

@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny datasets, Hydra configs, command lines, models and learning runs."""

@@ -1,0 +1,74 @@
+"""The benchmark scripts keep working (not timed): a small class-index run writes its own Markdown section."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_pipeline_benchmark_index_part_writes_only_its_section(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Other section\n\nkept as it is\n")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_pipeline.py"), "--only", "index",
+           "--index-labels", "300", "--write", str(doc)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = doc.read_text()
+    assert "## Other section\n\nkept as it is\n" in text
+    assert text.count("## Pipeline (CPU): class index build time") == 1
+    assert "for 300 synthetic COCO-layout labels of 64 px" in text
+    assert f"--only index --index-labels 300 --write {doc}" in text
+    # a second run replaces the section instead of appending another
+    subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    assert doc.read_text().count("## Pipeline (CPU): class index build time") == 1
+
+
+def test_gpu_check_runs_in_its_cpu_smoke_mode_and_writes_its_table(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.sh's Python part end to end on CPU at tiny size (the GPU run needs a GPU)."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--out", str(tmp_path), "--device", "cpu",
+           "--settings", "65:1,65:2", "--eval-settings", "65:1", "--repeats", "1", "--warmup", "0",
+           "--eval-episodes", "2", "--width", "0.125", "--reduce-dim", "32"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    record = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert sorted(record["steps"]) == ["65 px 1-shot", "65 px 2-shot"]
+    keys = {f"{v}/{p}" for v in ("freeze", "full", "svf", "svf_ckpt") for p in ("fp32", "bf16")}
+    assert all(set(rows) == keys for rows in record["steps"].values())
+    assert all(
+        r["median_s"] > 0 and r["peak_mib"] is None
+        for rows in record["steps"].values()
+        for r in rows.values()
+    )
+    text = (tmp_path / "gpu_check.md").read_text()
+    assert text.count("| 65 px 1-shot | bf16 |") == 4 and "| 65 px 1-shot | 1.0 |" not in text
+    assert "| 65 px 1-shot |" in text.split("episodes/s")[1]
+
+
+def test_svf_benchmark_lite0_part_times_lora_and_dora_through_the_strategies(tmp_path: Path) -> None:
+    """bench_svf.py's Lite0 part at 65 px, one round: its section has the LoRA / DoRA rows with the
+    trainable counts of `python -m svfseg.finetune.budget` (docs/peft-comparison.md) and keeps the rest."""
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Other section\n\nkept as it is\n")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_svf.py"), "--backbones", "efficientnet_lite0",
+           "--size", "65", "--repeats", "1", "--warmup", "0", "--write", str(doc)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = doc.read_text()
+    assert "## Other section\n\nkept as it is\n" in text
+    assert text.count("### EfficientNet-Lite0: SVF with depthwise convs") == 1
+    rows = {
+        line.split(" | ")[0]: line.split(" | ")[1] for line in text.splitlines() if "training step:" in line
+    }
+    assert rows == {
+        "| training step: full fine-tune": "2,958,848",
+        "| training step: SVF (auto), s trains in layer2-4": "11,880",
+        "| training step: LoRA r=8 (peft), layer2-4": "164,544",
+        "| training step: LoRA rank=match_svf (peft), layer2-4 (= rank 1)": "20,568",
+        "| training step: DoRA r=8 (peft), layer2-4": "174,976",
+        "| training step: DoRA rank=match_svf (peft), layer2-4 (= rank 1)": "31,000",
+    }

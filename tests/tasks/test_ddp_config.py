@@ -1,0 +1,125 @@
+"""DDP fidelity checked without processes: batch sizes are totals everywhere, SyncBN exactly where BN trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from svfseg.config_checks import ConfigError, check_train_config, sync_batchnorm
+from svfseg.finetune import STRATEGIES
+from svfseg.run_spec import RunSpec
+from svfseg.tasks.builders import build_datamodule, trainer_arguments
+from tests.helpers.hydra import compose_config
+
+
+def _cfg(tmp_path: Path, extra: list[str]) -> DictConfig:
+    return compose_config(
+        "train", ["dataset=synthetic", "debug=tiny", f"paths.output_dir={tmp_path}", *extra]
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "value", "world"),
+    [
+        (["trainer.devices=4", "dataset.batch_size=6"], "dataset.batch_size", 6, 4),
+        (
+            ["stage=base", "method=bam", "trainer.devices=4", "dataset.base_stage.batch_size=6"],
+            "dataset.base_stage.batch_size",
+            6,
+            4,
+        ),
+        (
+            ["stage=base", "method=bam", "trainer.devices=2", "dataset.base_stage.batch_size=5"],
+            "dataset.base_stage.batch_size",
+            5,
+            2,
+        ),
+    ],
+)
+def test_a_training_batch_is_a_total_that_must_divide(
+    tmp_path: Path, overrides: list[str], key: str, value: int, world: int
+) -> None:
+    cfg = _cfg(tmp_path, overrides)
+    with pytest.raises(
+        ConfigError, match=rf"^{key}={value} is the total training batch over {world} processes"
+    ):
+        check_train_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "key", ["dataset.eval_batch_size", "dataset.base_stage.eval_batch_size", "dataset.base_stage.batch_size"]
+)
+def test_batches_that_do_not_define_the_meta_stage_never_refuse_it(tmp_path: Path, key: str) -> None:
+    cfg = _cfg(tmp_path, ["trainer.devices=4", "dataset.batch_size=8", f"{key}=7"])
+    check_train_config(cfg)
+
+
+@pytest.mark.parametrize("value", [0, -2, "abc", 2.5])
+def test_an_evaluation_batch_must_still_be_a_positive_integer(tmp_path: Path, value: object) -> None:
+    cfg = _cfg(tmp_path, ["trainer.devices=2", "dataset.batch_size=4", f"dataset.eval_batch_size={value}"])
+    with pytest.raises(
+        ConfigError, match=r"^dataset\.eval_batch_size=.* is invalid: a batch size is a positive"
+    ):
+        check_train_config(cfg)
+
+
+def test_each_process_gets_its_share_of_every_batch(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, ["trainer.devices=2", "dataset.batch_size=4", "dataset.eval_batch_size=6"])
+    dm = build_datamodule(cfg, RunSpec.from_config(cfg))
+    assert (dm.batch_size, dm.eval_batch_size) == (2, 3)
+    odd = _cfg(tmp_path, ["trainer.devices=2", "dataset.batch_size=4", "dataset.eval_batch_size=5"])
+    dm = build_datamodule(odd, RunSpec.from_config(odd))
+    assert (dm.batch_size, dm.eval_batch_size) == (2, 3)  # 5 over 2 processes: at most 3 each
+
+
+def test_evaluation_does_not_hold_the_training_batch_to_its_world_size(tmp_path: Path) -> None:
+    """A checkpoint trained with batch 8 on 4 processes evaluates on 3 (eval.py builds with training=False)."""
+    cfg = _cfg(tmp_path, ["trainer.devices=3", "dataset.batch_size=8", "dataset.eval_batch_size=8"])
+    with pytest.raises(ConfigError, match=r"^dataset\.batch_size=8 is the total training batch over 3"):
+        build_datamodule(cfg, RunSpec.from_config(cfg))
+    dm = build_datamodule(cfg, RunSpec.from_config(cfg), training=False)
+    assert dm.eval_batch_size == 3
+
+
+@pytest.mark.parametrize(
+    ("trainer", "bn_trains", "expected"),
+    [
+        (
+            {"accelerator": "gpu", "devices": 4, "sync_batchnorm": "auto"},
+            True,
+            True,
+        ),  # finetune=bn, BAM stage 1
+        (
+            {"accelerator": "gpu", "devices": 4, "sync_batchnorm": "auto"},
+            False,
+            False,
+        ),  # frozen BN: nothing to sync
+        ({"accelerator": "gpu", "devices": 1, "sync_batchnorm": "auto"}, True, False),  # one process
+        ({"accelerator": "cpu", "devices": 2, "sync_batchnorm": "auto"}, True, False),  # no CPU kernel
+        ({"accelerator": "gpu", "devices": 4, "sync_batchnorm": False}, True, False),  # forced off
+        ({"accelerator": "gpu", "devices": 4, "sync_batchnorm": True}, False, True),  # forced on
+    ],
+)
+def test_sync_batchnorm_auto_follows_whether_bn_trains(
+    trainer: dict, bn_trains: bool, expected: bool
+) -> None:
+    assert sync_batchnorm(trainer, bn_trains) is expected
+
+
+def test_sync_batchnorm_per_strategy_and_bad_values(tmp_path: Path) -> None:
+    for finetune, expected in (("bn", True), ("svf", False), ("full", False), ("freeze", False)):
+        gpus = ["trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=4", "dataset.eval_batch_size=8"]
+        cfg = _cfg(tmp_path, [f"finetune={finetune}", *gpus, "dataset.batch_size=8"])
+        bn_trains = not STRATEGIES[
+            RunSpec.from_config(cfg).finetune["name"]
+        ].frozen_bn  # as build_trainer does
+        assert trainer_arguments(cfg, bn_trains=bn_trains)["sync_batchnorm"] is expected, finetune
+    with pytest.raises(
+        ConfigError, match=r"trainer\.sync_batchnorm='yes' is invalid: use auto, true or false"
+    ):
+        check_train_config(_cfg(tmp_path, ["trainer.sync_batchnorm=yes"]))
+    cpu = {"accelerator": "cpu", "devices": 2, "sync_batchnorm": True}
+    with pytest.raises(ConfigError, match=r"sync_batchnorm=true needs GPUs"):
+        sync_batchnorm(cpu, True)
