@@ -2,7 +2,7 @@
 
 A refactor of the experiment files (shared presets, rows that include other rows) must leave every
 ``python train.py experiment=<table>/<row>`` run exactly as it was. This tool composes each row through
-:func:`svfseg.tasks.compose.compose_train_config` (what ``train.py`` composes, less the progress bar), in
+:func:`svfseg.compose.compose_train_config` (what ``train.py`` composes, less the progress bar), in
 both command forms the docs use (``experiment=table1/x`` and the sweep form ``+experiment/table1=x``),
 and records per command:
 
@@ -74,14 +74,24 @@ def _choices(conf_dir: Path, overrides: list[str]) -> dict[str, Any]:
     }
 
 
+def _composer() -> tuple[Path, Any]:
+    """The conf folder and ``compose_train_config`` of the imported svfseg; a revision (``--against``) from
+    before they moved from ``svfseg.tasks.compose`` to ``svfseg.compose`` has them at the old place."""
+    try:
+        from svfseg.compose import CONF_DIR, compose_train_config
+    except ImportError:
+        from svfseg.tasks.compose import CONF_DIR, compose_train_config
+    return CONF_DIR, compose_train_config
+
+
 def record(command: str) -> dict[str, Any]:
     """What ``command`` (one override) composes to: see the module docstring."""
     from omegaconf import OmegaConf
 
     from svfseg.run_dir import config_hash
-    from svfseg.tasks.compose import CONF_DIR, compose_train_config
 
-    overrides = [command, *(["~local"] if (CONF_DIR / "local").is_dir() else [])]
+    conf_dir, compose_train_config = _composer()
+    overrides = [command, *(["~local"] if (conf_dir / "local").is_dir() else [])]
     try:
         cfg = compose_train_config(overrides)
         tree = OmegaConf.to_container(cfg, resolve=False)
@@ -93,7 +103,7 @@ def record(command: str) -> dict[str, Any]:
             "config": resolved,
             "paths": paths,
             "run_hash": config_hash(cfg),
-            "choices": _choices(CONF_DIR, overrides),
+            "choices": _choices(conf_dir, overrides),
         }
     except Exception as err:  # a row that does not compose is recorded, not fatal
         return {"error": f"{type(err).__name__}: {err}"}
@@ -101,11 +111,10 @@ def record(command: str) -> dict[str, Any]:
 
 def snapshot(names: Iterable[str] | None = None) -> dict[str, Any]:
     """Every experiment command (or those of ``names``) of the checkout whose ``svfseg`` is imported."""
-    from svfseg.tasks.compose import CONF_DIR
-
-    chosen = experiment_names(CONF_DIR) if names is None else names
+    conf_dir, _ = _composer()
+    chosen = experiment_names(conf_dir) if names is None else names
     records = {cmd: record(cmd) for name in chosen for cmd in commands(name)}
-    return {"format": FORMAT, "conf_dir": str(CONF_DIR), "commands": records}
+    return {"format": FORMAT, "conf_dir": str(conf_dir), "commands": records}
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -82,7 +82,7 @@ def model_budget(model: FewShotModel, finetune: dict[str, Any], *, from_checkpoi
 
 def compose_train(overrides: Sequence[str]) -> DictConfig:
     """conf/train.yaml with train.py overrides (the source checkout's conf folder)."""
-    from svfseg.tasks.compose import compose_train_config  # Hydra and the task layer only for the CLI
+    from svfseg.compose import compose_train_config  # Hydra only for the CLI
 
     return compose_train_config(overrides)
 
