@@ -12,27 +12,22 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from svfseg.lightning.progress import EpochClock
+from svfseg.lightning.progress import EpochTimed, epochs_total
 
 log = logging.getLogger("svfseg.train")
 
 
-class EpochSummary(pl.Callback):
+class EpochSummary(EpochTimed):
     """``epoch 3/200: train loss 0.4123, val mIoU 41.20, FB-IoU 60.15 (125 steps, 312 s)``."""
 
     def __init__(self) -> None:
-        self._clock = EpochClock()
+        super().__init__()
         self._loss_sum: torch.Tensor | None = None
         self._steps = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._clock.reset()
+        super().on_train_epoch_start(trainer, pl_module)
         self._loss_sum, self._steps = None, 0
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._clock.tick(trainer.current_epoch, batch_idx)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -56,11 +51,10 @@ class EpochSummary(pl.Callback):
             parts.append(f"FB-IoU {100 * float(metrics['val/fbiou']):.2f}")
         seconds = self._clock.elapsed()
         resumed = f", resumed at batch {self._clock.first_batch + 1}" if self._clock.first_batch else ""
-        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
         log.info(
             "epoch %d/%s: %s (%d steps, %.0f s%s)",
             trainer.current_epoch + 1,
-            total,
+            epochs_total(trainer),
             ", ".join(parts) or "no metrics",
             self._steps,
             seconds,

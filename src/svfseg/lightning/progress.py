@@ -79,7 +79,28 @@ class EpochClock:
         return time.perf_counter() - self.start if self.epoch is not None else 0.0
 
 
-class LineProgress(ProgressBar):
+class EpochTimed(pl.Callback):
+    """A callback whose ``_clock`` times each epoch's batches: the hooks both log-line writers share."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._clock = EpochClock()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._clock.reset()
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._clock.tick(trainer.current_epoch, batch_idx)
+
+
+def epochs_total(trainer: pl.Trainer) -> int | str:
+    """``max_epochs`` for "epoch 3/200", or "?" when the run has no epoch limit."""
+    return trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+
+
+class LineProgress(EpochTimed, ProgressBar):
     """Progress as log lines: every ``every_n_steps`` training batches and at the end of an epoch.
 
     ``train epoch 2/200: 150/526 batches (29%), train/loss 0.4123, 0.31 s/batch, 1 min 57 s left``.
@@ -93,21 +114,12 @@ class LineProgress(ProgressBar):
         self.every_n_steps = int(every_n_steps)
         self.show = tuple(show)
         self._enabled = True
-        self._clock = EpochClock()
 
     def disable(self) -> None:
         self._enabled = False
 
     def enable(self) -> None:
         self._enabled = True
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._clock.reset()
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._clock.tick(trainer.current_epoch, batch_idx)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -122,12 +134,11 @@ class LineProgress(ProgressBar):
         left = per * (total - done) if isinstance(total, int) else float("nan")
         logged = trainer.callback_metrics
         values = "".join(f", {k} {float(logged[k]):.4f}" for k in self.show if k in logged)
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
         share = f" ({100 * done / total:.0f}%)" if isinstance(total, int) and total else ""
         log.info(
             "train epoch %d/%s: %d/%s batches%s%s, %.2f s/batch, %s left",
             trainer.current_epoch + 1,
-            epochs,
+            epochs_total(trainer),
             done,
             total,
             share,
