@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import shutil
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
 import cv2
 from rich.console import Console
+from rich.table import Table
 
 from svfseg.analysis import overlay_cues, plot_before_after, prepare_image, singular_value_changes
 from svfseg.analysis.cues import cue_maps
 from svfseg.analysis.curves import TRAIN_KEY, VAL_KEY, find_metrics_csv, read_metric_curves
 from svfseg.analysis.export import save_png
+from svfseg.compose import compose_train_config
 from svfseg.labels import IGNORE_INDEX
 from svfseg.run_dir import RECORD_FILE
+from svfseg.tasks.reporting import percent_with_spread
+from svfseg.tasks.train import train
 
 
 def replace_previous_demo_run(run_dir: Path, console: Console) -> None:
@@ -32,6 +37,48 @@ def replace_previous_demo_run(run_dir: Path, console: Console) -> None:
         )
     console.print(f"    replacing the previous demo run in {run_dir}")
     shutil.rmtree(run_dir)
+
+
+def train_run(run_dir: Path, overrides: list[str], console: Console, label: str) -> dict[str, Any]:
+    """``python train.py OVERRIDES`` in the demo's own ``run_dir`` (a previous demo run there is replaced),
+    printed as that command under ``label``; returns train.py's metrics."""
+    replace_previous_demo_run(run_dir, console)
+    console.print(f"[bold]{label}[/] python train.py {' '.join(overrides)}")
+    return train(compose_train_config(overrides))
+
+
+def run_result(run_dir: Path, overrides: list[str], console: Console, label: str) -> dict[str, Any]:
+    """:func:`train_run`, kept as comparison.json keeps a run: test scores, checkpoint, time, curves."""
+    began = time.perf_counter()
+    metrics = train_run(run_dir, overrides, console, label)
+    return {
+        "miou": metrics["miou"],
+        "fbiou": metrics["fbiou"],
+        "class_iou": metrics["class_iou"],
+        "n_episodes": metrics["n_episodes"],
+        "checkpoint": metrics["checkpoint"],
+        "seconds": round(time.perf_counter() - began, 1),
+        **epoch_curves(run_dir),
+    }
+
+
+def strategy_cells(name: str, r: dict[str, Any]) -> list[str]:
+    """The first cells of a strategy's row in a comparison table: name, mIoU (mean ± std), FB-IoU."""
+    return [
+        name,
+        percent_with_spread(r["miou_mean"], r["miou_std"], len(r["seeds"])),
+        f"{100 * r['fbiou_mean']:.2f}",
+    ]
+
+
+def print_table(title: str, columns: tuple[str, ...], rows: list[list[str]], console: Console) -> None:
+    """A comparison table, every column right-aligned."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 def epoch_curves(run_dir: Path) -> dict[str, list[float]]:

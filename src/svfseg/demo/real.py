@@ -30,7 +30,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 from rich.console import Console
-from rich.table import Table
 
 from svfseg.analysis import (
     load_run,
@@ -38,24 +37,24 @@ from svfseg.analysis import (
     select_convs,
 )
 from svfseg.analysis.export import save_png
+from svfseg.compose import compose_train_config
 from svfseg.data.ccp import SOURCE_ENV, convert
 from svfseg.data.folder_resize import resize_folder, scaled_min_pixels
 from svfseg.data.io import read_image
 from svfseg.demo.baselines import BASELINES, evaluate_baselines
 from svfseg.demo.common import (
-    epoch_curves,
-    replace_previous_demo_run,
+    print_table,
+    run_result,
+    strategy_cells,
     summarise,
     svf_figures,
+    train_run,
 )
 from svfseg.demo.qualitative import pick_episodes, qualitative_figure
 from svfseg.files import atomic_write_text
 from svfseg.run_spec import RunSpec
 from svfseg.svf.spectrum import stage_change_stats
 from svfseg.tasks.builders import build_datamodule, build_module
-from svfseg.tasks.compose import compose_train_config
-from svfseg.tasks.reporting import percent_with_spread
-from svfseg.tasks.train import train
 from svfseg.weights.fetch import fetch
 from svfseg.weights.sources import source
 
@@ -211,10 +210,7 @@ def run_head(
     settings: RealDemoSettings, data_root: Path, weights: Path, out: Path, seed: int, console: Console
 ) -> Path:
     run_dir = out / HEAD_RUN / f"seed{seed}"
-    replace_previous_demo_run(run_dir, console)
-    overrides = settings.head_overrides(data_root, weights, run_dir, seed)
-    console.print(f"[bold]head[/] python train.py {' '.join(overrides)}")
-    train(compose_train_config(overrides))
+    train_run(run_dir, settings.head_overrides(data_root, weights, run_dir, seed), console, "head")
     return run_dir / "checkpoints" / "last.ckpt"
 
 
@@ -229,22 +225,10 @@ def run_strategy(
     console: Console,
 ) -> dict[str, Any]:
     run_dir = out / strategy_dir(finetune) / f"seed{seed}"
-    replace_previous_demo_run(run_dir, console)
     overrides = settings.overrides(data_root, weights, run_dir, finetune, seed, head)
-    console.print(f"[bold]{finetune}[/] python train.py {' '.join(overrides)}")
-    began = time.perf_counter()
-    metrics = train(compose_train_config(overrides))
-    result = {
-        "miou": metrics["miou"],
-        "fbiou": metrics["fbiou"],
-        "class_iou": metrics["class_iou"],
-        "n_episodes": metrics["n_episodes"],
-        "checkpoint": metrics["checkpoint"],
-        "seconds": round(time.perf_counter() - began, 1),
-        **epoch_curves(run_dir),
-    }
+    result = run_result(run_dir, overrides, console, finetune)
     if is_svf(finetune):
-        result["singular_values"] = singular_value_movement(Path(metrics["checkpoint"]))
+        result["singular_values"] = singular_value_movement(Path(result["checkpoint"]))
     return result
 
 
@@ -297,9 +281,7 @@ def comparison_rows(comparison: dict[str, Any]) -> list[list[str]]:
         sv = r.get("singular_values_mean_abs_relative_change")
         rows.append(
             [
-                name,
-                percent_with_spread(r["miou_mean"], r["miou_std"], len(r["seeds"])),
-                f"{100 * r['fbiou_mean']:.2f}",
+                *strategy_cells(name, r),
                 f"{100 * r['train_miou_per_epoch'][-1]:.1f} / {100 * r['val_miou_per_epoch'][-1]:.1f}",
                 "" if sv is None else f"{100 * sv:.2f} %",
             ]
@@ -324,12 +306,12 @@ def verdict(comparison: dict[str, Any]) -> str:
 
 
 def print_comparison(comparison: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"{comparison['setting']}: the same fixed test episodes for every row")
-    for col in ("", "mIoU % (mean ± std)", "FB-IoU %", "last-epoch train / val mIoU %", "mean |Δs/s0|"):
-        table.add_column(col, justify="right")
-    for row in comparison_rows(comparison):
-        table.add_row(*row)
-    console.print(table)
+    print_table(
+        f"{comparison['setting']}: the same fixed test episodes for every row",
+        ("", "mIoU % (mean ± std)", "FB-IoU %", "last-epoch train / val mIoU %", "mean |Δs/s0|"),
+        comparison_rows(comparison),
+        console,
+    )
 
 
 def write_plots(out: Path, comparison: dict[str, Any], data_root: Path) -> dict[str, str]:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from svfseg.analysis import (
     image_from_dataset,
@@ -36,16 +35,14 @@ from svfseg.analysis.export import save_png
 from svfseg.data.io import read_label
 from svfseg.data.synthetic import LAYOUT_CLASSES, make_synthetic
 from svfseg.demo.common import (
-    epoch_curves,
-    replace_previous_demo_run,
+    print_table,
+    run_result,
+    strategy_cells,
     summarise,
     svf_figures,
 )
 from svfseg.files import atomic_write_text
 from svfseg.pretrain.proxy import ProxySpec, build_proxy_weights
-from svfseg.tasks.compose import compose_train_config
-from svfseg.tasks.reporting import percent_with_spread
-from svfseg.tasks.train import train
 
 SETTING = "baseline, 1-shot, fold 0, proxy-pretrained synthetic"
 DISCLAIMER = (
@@ -135,23 +132,11 @@ def run_demo(
         per_seed: dict[int, dict[str, Any]] = {}
         for seed in settings.seeds:
             run_dir = out / finetune / f"seed{seed}"
-            replace_previous_demo_run(run_dir, console)
             overrides = [
                 *settings.overrides(data_root, proxy.path, run_dir, finetune, seed),
                 *extra_overrides,
             ]
-            console.print(f"[bold]3/4[/] python train.py {' '.join(overrides)}")
-            began = time.perf_counter()
-            metrics = train(compose_train_config(overrides))
-            per_seed[seed] = {
-                "miou": metrics["miou"],
-                "fbiou": metrics["fbiou"],
-                "class_iou": metrics["class_iou"],
-                "n_episodes": metrics["n_episodes"],
-                "checkpoint": metrics["checkpoint"],
-                "seconds": round(time.perf_counter() - began, 1),
-                **epoch_curves(run_dir),
-            }
+            per_seed[seed] = run_result(run_dir, overrides, console, "3/4")
         results[finetune] = summarise(per_seed)
     comparison = {
         "setting": SETTING,
@@ -177,9 +162,7 @@ def comparison_rows(comparison: dict[str, Any]) -> list[list[str]]:
         r = comparison[name]
         rows.append(
             [
-                name,
-                percent_with_spread(r["miou_mean"], r["miou_std"], len(r["seeds"])),
-                f"{100 * r['fbiou_mean']:.2f}",
+                *strategy_cells(name, r),
                 ",".join(map(str, r["seeds"])),
                 f"{100 * r['train_miou_per_epoch'][-1]:.1f} / {100 * r['val_miou_per_epoch'][-1]:.1f}",
             ]
@@ -188,18 +171,12 @@ def comparison_rows(comparison: dict[str, Any]) -> list[list[str]]:
 
 
 def print_comparison(comparison: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"{SETTING}: the same fixed test episodes for every run")
-    for col in (
-        "finetune",
-        "mIoU % (mean ± std)",
-        "FB-IoU % (mean)",
-        "seeds",
-        "last-epoch train / val mIoU %",
-    ):
-        table.add_column(col, justify="right")
-    for row in comparison_rows(comparison):
-        table.add_row(*row)
-    console.print(table)
+    print_table(
+        f"{SETTING}: the same fixed test episodes for every run",
+        ("finetune", "mIoU % (mean ± std)", "FB-IoU % (mean)", "seeds", "last-epoch train / val mIoU %"),
+        comparison_rows(comparison),
+        console,
+    )
 
 
 def write_plots(out: Path, comparison: dict[str, Any], data_root: Path) -> dict[str, str]:
