@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from svfseg.compose import compose_train_config
 from svfseg.demo.baselines import PRIOR_THRESHOLD, evaluate_baselines
 from svfseg.demo.qualitative import pick_episodes, qualitative_figure
 from svfseg.demo.real import RealDemoSettings, is_svf, run_demo, strategy_dir, verdict
@@ -20,7 +21,6 @@ from svfseg.demo.study import check_same_settings, interval, run_study, study_ma
 from svfseg.labels import IGNORE_INDEX
 from svfseg.models.backbones import build_backbone
 from svfseg.models.registry import build_model
-from svfseg.tasks.compose import compose_train_config
 from tests.helpers.data import env_folder
 from tests.helpers.real_learning import SKIP, SRC_ENV
 

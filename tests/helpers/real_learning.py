@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from svfseg.compose import compose_train_config
 from svfseg.data import prepare
 from svfseg.data.folder_resize import scaled_min_pixels
-from svfseg.tasks.compose import compose_train_config
 from svfseg.tasks.train import train
 from tests.helpers.learning import max_singular_value_change
 
