@@ -29,13 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from svfseg.finetune.options import parse_stages
+from svfseg.finetune.options import DEFAULT_STAGES, parse_stages
 from svfseg.models.base import FewShotModel
 
 log = logging.getLogger(__name__)
 
 PARAMS = ("s", "lora")
-DEFAULT_STAGES = ("layer2", "layer3", "layer4")
 PSEUDO_QUERY = "step t: support shot t mod K as the query, all K shots as the support"
 LORA_INIT_SEED = 0  # lora_A's init: the same on every process, device and run
 

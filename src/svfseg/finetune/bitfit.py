@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from svfseg.finetune.base import FinetuneStrategy, NamedParams
-from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, parse_stages
+from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, DEFAULT_STAGES, parse_stages
 from svfseg.models.base import FewShotModel
 
 NORMS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -48,7 +48,7 @@ class BitFitStrategy(FinetuneStrategy):
     def __init__(
         self,
         *,
-        stages: Any = ("layer2", "layer3", "layer4"),
+        stages: Any = DEFAULT_STAGES,
         backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT,
         checkpointing: bool = False,
     ) -> None:

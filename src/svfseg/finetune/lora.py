@@ -21,7 +21,7 @@ from torch import nn
 from svfseg.finetune.adapters import adapter_parameters, inject_lora, lora_layers
 from svfseg.finetune.base import FinetuneStrategy, NamedParams
 from svfseg.finetune.counts import closest_rank, lora_count, svf_singular_values
-from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, parse_stages
+from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, DEFAULT_STAGES, parse_stages
 from svfseg.finetune.selection import KERNELS
 from svfseg.models.base import FewShotModel
 from svfseg.svf.options import check_choice
@@ -114,7 +114,7 @@ class LoRAStrategy(FinetuneStrategy):
     def __init__(
         self,
         *,
-        stages: Any = ("layer2", "layer3", "layer4"),
+        stages: Any = DEFAULT_STAGES,
         rank: Any = 8,
         alpha: Any = None,
         dropout: Any = 0.0,

@@ -13,6 +13,8 @@ from svfseg.models.backbones.base import STAGE_NAMES
 
 DEFAULT_BACKBONE_LR_MULT = 0.1  # the reference trains backbone groups at LR/10
 CONV_TYPES = ("all", "3x3", "1x1")
+# The stages SVF trains in the paper: the default of every strategy that picks stages, and of TTA.
+DEFAULT_STAGES = ("layer2", "layer3", "layer4")
 
 
 def _as_items(value: Any) -> list[Any]:

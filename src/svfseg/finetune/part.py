@@ -8,6 +8,7 @@ from svfseg.finetune.base import FinetuneStrategy, NamedParams
 from svfseg.finetune.options import (
     CONV_TYPES,
     DEFAULT_BACKBONE_LR_MULT,
+    DEFAULT_STAGES,
     parse_flag,
     parse_stages,
 )
@@ -34,7 +35,7 @@ class PartStrategy(FinetuneStrategy):
     def __init__(
         self,
         *,
-        stages: Any = ("layer2", "layer3", "layer4"),
+        stages: Any = DEFAULT_STAGES,
         conv_type: str = "all",
         train_bn: bool = False,
         backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT,

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from svfseg.finetune.base import FinetuneStrategy, NamedParams
-from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, parse_flag, parse_stages
+from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, DEFAULT_STAGES, parse_flag, parse_stages
 from svfseg.finetune.selection import bn_affine
 from svfseg.models.base import FewShotModel
 from svfseg.svf import SVFOptions, SVFSelectionError, apply_svf, svf_layers
@@ -56,7 +56,7 @@ class SVFStrategy(FinetuneStrategy):
     def __init__(
         self,
         *,
-        stages: Any = ("layer2", "layer3", "layer4"),
+        stages: Any = DEFAULT_STAGES,
         train_bn: bool = False,
         convert_stages: Any = None,
         backbone_lr_mult: float = DEFAULT_BACKBONE_LR_MULT,
