@@ -320,7 +320,7 @@ def sync_batchnorm(trainer: DictConfig | dict[str, Any], bn_trains: bool) -> boo
 
     Frozen BN (eval mode, every strategy but ``bn``) never uses batch statistics, so syncing it would
     only cost communication; BN in train mode (``finetune=bn``, BAM's stage 1) at 2-3 images per GPU
-    needs the statistics of the whole batch, as the reference's SyncBN gives.
+    needs the statistics of the whole batch, as BAM's SyncBN gives.
     """
     value = trainer.get("sync_batchnorm", "auto")
     _check_sync_batchnorm(value)

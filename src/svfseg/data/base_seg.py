@@ -1,10 +1,10 @@
 """Plain semantic segmentation on a fold's base classes: the data of BAM's stage 1 (PSPNet base learner).
 
-Reference (BAM ``BaseData``): the *full* training source list with no filtering; base class c ->
+BAM's code (``BaseData``): the *full* training source list with no filtering; base class c ->
 ``base.index(c) + 1``, novel classes -> 0 (background), 255 kept; augmentation scale [0.5, 2.0], rotate
 +-10, blur, flip, crop 417; validation on the val source list resized to 417.
 
-Difference: the reference crop redraws while it keeps under 85 % of the pixels whose *mapped* label is 1,
+Difference: BAM's crop redraws while it keeps under 85 % of the pixels whose *mapped* label is 1,
 i.e. of whichever base class happens to be first in the fold, a quirk of reusing the episode crop. Here
 the stage-1 crop is a plain random crop.
 

@@ -7,7 +7,7 @@ built in :meth:`setup`, hashed (``table_digests``) and sharded without padding.
 
 Loaders: ``val_dataloader`` returns ``[novel-class episodes of the first eval seed, base-class "train
 episodes"]`` (the second one feeds the train-episodes mIoU curve of the paper's Figs 2, 3, 7, and is left
-out when ``train_episodes_for_curve=0``). Validation uses only the first eval seed, as the reference
+out when ``train_episodes_for_curve=0``). Validation uses only the first eval seed, as the SVF repo
 selects its checkpoint on one fixed 1000-episode draw; ``test_dataloader`` gives one loader per eval seed.
 
 Resume: ``state_dict`` records the training position (epoch, all-rank positions consumed) read from the
@@ -51,7 +51,7 @@ class FewShotDataModule(pl.LightningDataModule):
         train_size: training crop side (473 Pascal, 641 COCO). eval_size: evaluation canvas side.
         batch_size, eval_batch_size: per process.
         seed: training sampler/episode seed. eval_seeds: one episode table per seed (first: validation).
-        n_episodes: evaluation episodes per seed (reference 1000; paper Table 11 COCO also 4000/5000).
+        n_episodes: evaluation episodes per seed (BAM/SVF repos: 1000; paper Table 11 COCO also 4000/5000).
         train_episodes_for_curve: size of the base-class episode table for the train-episodes curve (0: none).
         filter_novel: leakage filter on training lists.
         min_pixels: pool threshold. source_lists: optional ``{"train": path, "val": path}``.

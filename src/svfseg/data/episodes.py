@@ -1,6 +1,6 @@
 """Few-shot episodes: seeded training episodes and fixed, hashed evaluation episode tables.
 
-Class choice (differs from the reference on purpose). Reference ``SemData.__getitem__`` (BAM/SVF) picks the
+Class choice (differs from the BAM/SVF repos on purpose). Their ``SemData.__getitem__`` picks the
 query's class among *all* fold classes present in its label, with no pixel threshold, so a class covering
 a handful of query pixels can be chosen although the image only entered the list through another class.
 Here the class is drawn among the query's *pool* classes: the fold classes whose pool holds the image,
@@ -12,7 +12,7 @@ or table is built.
 Training: a sample is a pure function of ``(seed, epoch, index)``; the class, the supports and every
 image's augmentation come from one ``SeedSequence`` (see :mod:`svfseg.data.samplers`).
 
-Evaluation protocol (reference BAM/SVF test: 1000 episodes; queries in file order, so Pascal fold 0 cycles its
+Evaluation protocol (BAM/SVF repos' test: 1000 episodes; queries in file order, so Pascal fold 0 cycles its
 364 images ~2.75 times and COCO only ever queries its first 1000 val images). Here the queries are
 successive passes over the *whole* val list, each pass a fresh seeded permutation: every image is queried
 ``floor`` or ``ceil(n_episodes / len)`` times, and on COCO the 1000 queries spread over all images
@@ -316,7 +316,7 @@ def build_eval_episodes(
 ) -> EpisodeTable:
     """The fixed evaluation table: queries are successive seeded permutations of the whole list (module doc)."""
     if isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes < 1:
-        raise ValueError(f"n_episodes={n_episodes!r} must be a positive integer (reference: 1000)")
+        raise ValueError(f"n_episodes={n_episodes!r} must be a positive integer (BAM/SVF repos: 1000)")
     pools = EpisodePools(lst, classes, shot, what="evaluation episodes")
     n = len(pools.pairs)
     if n == 0:

@@ -1,6 +1,6 @@
 """Reading images and label maps with validation, so bad data fails loudly at the file that is bad.
 
-Images are read with OpenCV and returned RGB (the reference code reads BGR and converts). Labels are
+Images are read with OpenCV and returned RGB (the BAM/SVF repos read BGR and convert). Labels are
 single-channel uint8 PNGs of class ids (0 background, 1..num_classes, 255 ignore). A palette PNG read
 by OpenCV comes back as colours, not class ids, so a 3-channel label is refused unless all channels are
 equal (a grey image saved as RGB).

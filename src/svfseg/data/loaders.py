@@ -47,7 +47,7 @@ def make_loader(
     collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_samples,
     position: Callable[[], dict[str, int] | None] | None = None,
 ) -> DataLoader:
-    """A DataLoader over an explicit sampler (training drops the last partial batch, as the reference).
+    """A DataLoader over an explicit sampler (training drops the last partial batch, as the BAM/SVF repos).
 
     ``position`` (the training position of the fitting trainer) makes it a :class:`ResumableEpisodeLoader`.
     """

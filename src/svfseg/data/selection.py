@@ -163,7 +163,7 @@ def build_list(
     pool, novel = pool_classes(layout, fold, split, coco_split, fold_spec)
     num_classes = fold_spec.num_classes if fold_spec is not None else layout.num_classes
     if isinstance(min_pixels, bool) or not isinstance(min_pixels, int) or min_pixels < 1:
-        raise ValueError(f"min_pixels={min_pixels!r}: expected a positive integer (reference: 2048)")
+        raise ValueError(f"min_pixels={min_pixels!r}: expected a positive integer (the SVF repo: 2048)")
     use_filter = split == "train" and (True if filter_novel is None else bool(filter_novel))
     root_path = _check_root(layout, root)
     source = (

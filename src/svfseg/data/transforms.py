@@ -1,21 +1,21 @@
-"""Image/label transforms of the reference few-shot codebases, on albumentations 2.x.
+"""Image/label transforms of the BAM/SVF repos, on albumentations 2.x.
 
 Training: random scale -> rotate (p=0.5) -> 5x5 Gaussian blur (p=0.5) -> horizontal flip (p=0.5) -> pad and
 foreground-keeping random crop -> ImageNet normalisation. Every random draw comes from a generator that the
 caller seeds per sample, so a sample is a pure function of its seed (no global RNG, no worker dependence).
 
-Evaluation: the long side is resized to ``eval_size`` and both sides are floored to a multiple of 8 (as the
-reference ``find_new_hw`` does, so 473 becomes 472), then pasted top-left on a square canvas (image 0 before
+Evaluation: the long side is resized to ``eval_size`` and both sides are floored to a multiple of 8 (as their
+``find_new_hw`` does, so 473 becomes 472), then pasted top-left on a square canvas (image 0 before
 normalisation, label 255).
 
-Where the reference op is not matched by an albumentations built-in, a small custom transform does it:
+Where their op is not matched by an albumentations built-in, a small custom transform does it:
 * ``RandScale``: one factor for both axes via ``cv2.resize(fx=s, fy=s)`` (built-in ``RandomScale`` truncates
   the output size instead of rounding).
 * ``ReferenceBlur``: ``cv2.GaussianBlur(img, (5, 5), 0)``, cv2's fixed 5-tap kernel (the built-in
   ``GaussianBlur`` cannot take sigma 0 and builds a different kernel).
 * ``PadCropKeepForeground``: pad split ``pad // 2`` top/left, then a random crop redrawn up to 31 more times
   while it keeps under 85 % of the ``label == 1`` pixels.
-The built-in ``Rotate`` turns about the pixel centre ``((w-1)/2, (h-1)/2)``; the reference uses ``(w/2, h/2)``.
+The built-in ``Rotate`` turns about the pixel centre ``((w-1)/2, (h-1)/2)``; theirs uses ``(w/2, h/2)``.
 This is a half-pixel shift applied to image and label alike, so alignment is unaffected.
 """
 
@@ -43,7 +43,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_255 = tuple(m * 255.0 for m in IMAGENET_MEAN)
 STD_255 = tuple(s * 255.0 for s in IMAGENET_STD)
 
-# Scale ranges of the reference configs (BAM/SVF episodes; BAM's stage-1 base learner).
+# Scale ranges of the BAM/SVF repos' configs (episodes; BAM's stage-1 base learner).
 SCALE_RANGES: dict[str, tuple[float, float]] = {
     "pascal": (0.9, 1.1),
     "synthetic": (0.9, 1.1),
@@ -63,7 +63,7 @@ def _check_scale_range(scale_range: tuple[float, float]) -> tuple[float, float]:
 
 
 class RandScale(DualTransform):
-    """One uniform factor in ``[lo, hi]`` for both axes; image bilinear, masks nearest (reference RandScale)."""
+    """One uniform factor in ``[lo, hi]`` for both axes; image bilinear, masks nearest (BAM/SVF RandScale)."""
 
     def __init__(self, scale_range: tuple[float, float], p: float = 1.0) -> None:
         super().__init__(p=p)
@@ -84,7 +84,7 @@ class RandScale(DualTransform):
 
 
 class ReferenceBlur(ImageOnlyTransform):
-    """``cv2.GaussianBlur(img, (5, 5), 0)``: the reference's blur with cv2's built-in 5-tap kernel."""
+    """``cv2.GaussianBlur(img, (5, 5), 0)``: the BAM/SVF repos' blur, cv2's built-in 5-tap kernel."""
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__(p=p)
@@ -106,7 +106,7 @@ class PadCropKeepForeground(DualTransform):
     """Pad to at least ``size`` (split ``pad // 2`` top/left), then a random ``size x size`` crop.
 
     The crop is redrawn up to ``retries`` more times while it keeps fewer than ``keep`` of the pre-crop
-    ``mask == 1`` pixels; the last draw is used if none qualifies (reference ``Crop(..., 'rand')``). With
+    ``mask == 1`` pixels; the last draw is used if none qualifies (BAM/SVF ``Crop(..., 'rand')``). With
     ``keep=None`` the first draw is used, for multi-class labels where "foreground" is not one value.
     """
 
@@ -213,7 +213,7 @@ class Transformed:
 
 
 class TrainTransform:
-    """Reference training augmentation, seeded per call.
+    """The BAM/SVF repos' training augmentation, seeded per call.
 
     One shared numpy/python generator pair is installed into the whole pipeline for each call, so the
     transforms draw from one stream (``Compose.set_random_seed`` would give each transform an identical,
@@ -277,7 +277,7 @@ class TrainTransform:
 
 
 def eval_resize_hw(height: int, width: int, size: int) -> tuple[int, int]:
-    """Reference ``find_new_hw``: long side -> ``size``, short side truncated, both floored to a multiple of 8.
+    """BAM/SVF ``find_new_hw``: long side -> ``size``, short side truncated, both floored to a multiple of 8.
 
     Sides are kept at least 8 so that extremely thin images do not collapse to zero.
     """
@@ -316,7 +316,7 @@ class EvalTransform:
 
 
 def pad_square(label: np.ndarray, fill: int = IGNORE_INDEX) -> np.ndarray:
-    """Pad a label bottom/right with ``fill`` to ``L x L``, ``L = max(H, W)`` (reference ``ori_resize``)."""
+    """Pad a label bottom/right with ``fill`` to ``L x L``, ``L = max(H, W)`` (BAM/SVF ``ori_resize``)."""
     h, w = label.shape
     side = max(h, w)
     out = np.full((side, side), fill, dtype=label.dtype)

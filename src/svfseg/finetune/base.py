@@ -101,7 +101,7 @@ class FinetuneStrategy(ABC):
 
     Args:
         backbone_lr_mult: lr multiplier of the backbone groups (head: 1.0). Default 0.1, as in the
-            reference SVF code (LR/10 for layer2-4).
+            SVF repo (LR/10 for layer2-4).
         checkpointing: activation checkpointing of the backbone stages that backward passes through.
     """
 

@@ -17,7 +17,7 @@ class FullStrategy(PartStrategy):
     Linear, LayerNorm and the position embedding).
 
     The paper defines full fine-tuning as "all the parameters in the backbone". BN stays in eval mode
-    (running statistics frozen), as the reference training loop does for every strategy.
+    (running statistics frozen), as the SVF repo's training loop does for every strategy.
     ``train_bn=False`` leaves the norm layers (and a ViT's position embedding) out, so that only the
     conv / linear weights differ from SVF.
     """

@@ -11,7 +11,7 @@ from typing import Any
 
 from svfseg.models.backbones.base import STAGE_NAMES
 
-DEFAULT_BACKBONE_LR_MULT = 0.1  # the reference trains backbone groups at LR/10
+DEFAULT_BACKBONE_LR_MULT = 0.1  # the SVF repo trains backbone groups at LR/10
 CONV_TYPES = ("all", "3x3", "1x1")
 # The stages SVF trains in the paper: the default of every strategy that picks stages, and of TTA.
 DEFAULT_STAGES = ("layer2", "layer3", "layer4")

@@ -3,14 +3,14 @@
 Conversion and training are separate choices:
 
 * ``convert_stages``: which stages get their convs replaced by SVF layers (default: the trained stages).
-  The reference converts all five stages but trains only layer2-4. A converted
+  The SVF repo converts all five stages but trains only layer2-4. A converted
   layer whose factors are frozen computes U diag(s) V^T x, which is the original W x up to float
-  rounding: the SVF core keeps the full rank (the reference rounds the rank down to a multiple of 4,
+  rounding: the SVF core keeps the full rank (the SVF repo rounds the rank down to a multiple of 4,
   which makes its converted stem conv inexact). Converting frozen stages is therefore equivalent,
-  only slower; ``convert_stages=[0, 1, 2, 3, 4]`` reproduces the reference's module structure.
+  only slower; ``convert_stages=[0, 1, 2, 3, 4]`` reproduces the SVF repo's module structure.
 * ``stages``: whose factors train (Table 8: e.g. ``[3, 4]`` or ``[1, 2, 3, 4]``).
 * ``train``: which factors train, a subset of u/s/v (Table 7); ``parametrization``: ``direct`` trains
-  s itself (the reference), ``exp`` trains s_delta with s = s0 * exp(s_delta) (s stays positive).
+  s itself (the SVF repo), ``exp`` trains s_delta with s = s0 * exp(s_delta) (s stays positive).
 * ``train_bn``: also train the BN affine parameters of ``stages`` (Table 4, "S + BN"); BN statistics
   stay frozen (eval mode) as in every strategy but ``bn``.
 * Variants from later work (docs/peft.md), each an option of the same layers: ``directions=top|bottom``
@@ -40,13 +40,13 @@ class SVFStrategy(FinetuneStrategy):
         stages: stages whose SVF factors train; default layer2-4 (the paper's setting).
         train_bn: also train BN affine parameters of ``stages``.
         convert_stages: stages to convert; must contain ``stages``; default ``stages``.
-        backbone_lr_mult: lr multiplier of the backbone groups (reference: 0.1).
+        backbone_lr_mult: lr multiplier of the backbone groups (the SVF repo: 0.1).
         checkpointing: recompute the activations of layer2-4 (the stages backward passes through) in
             backward instead of keeping them: the paper reports ~16 GB per image for COCO 5-shot.
         svf_options: :class:`~svfseg.svf.options.SVFOptions` fields: ``train`` (factors that train,
             default ``["s"]``), ``parametrization`` (``direct`` | ``exp``), ``execution`` (``auto`` |
             ``three_op``), ``svd_dtype`` (``float64``, exact to fp32 rounding, or ``float32`` as the
-            reference), ``directions`` (``all`` | ``top`` | ``bottom``), ``k`` (count or fraction of
+            SVF repo), ``directions`` (``all`` | ``top`` | ``bottom``), ``k`` (count or fraction of
             each layer's rank for top / bottom), ``residual_rank`` (0, or the rank of the low-rank core
             update of the frozen directions).
     """

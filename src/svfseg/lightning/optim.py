@@ -1,6 +1,6 @@
 """Optimizer and learning-rate schedules.
 
-The reference SVF code re-creates ``CosineAnnealingLR`` every iteration, so its "cosine" schedule is a
+The SVF repo re-creates ``CosineAnnealingLR`` every iteration, so its "cosine" schedule is a
 no-op. We offer a cosine that really decays per step (the paper's wording),
 ``constant`` to reproduce the code, and ``poly`` (power 0.9) for the original PFENet/BAM recipes.
 """

@@ -1,4 +1,4 @@
-"""Per-episode background/foreground pixel counts, counted as the reference BAM/SVF code does.
+"""Per-episode background/foreground pixel counts, counted as the BAM/SVF repos count them.
 
 Kept apart from the metric class so the counting rule, the one thing every FSS number rests on, can be
 checked on its own against a plain numpy computation.
@@ -32,7 +32,7 @@ def episode_counts(
     """Intersection and union per episode and class (bg=0, fg=1), as int64 of shape (B, 2).
 
     Pixels whose target is ``ignore_index`` count in no term (neither the prediction area nor the union),
-    which is what the reference's ``output[target == 255] = 255`` achieves.
+    which is what the BAM/SVF repos' ``output[target == 255] = 255`` achieves.
 
     Args:
         pred: (B, H, W) predicted labels in {0, 1}.

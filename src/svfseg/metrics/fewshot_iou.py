@@ -120,7 +120,7 @@ class FewShotIoU(Metric):
             warnings.warn(
                 f"FewShotIoU: classes {unsampled} (indices into the fold's evaluation classes) were never "
                 f"sampled in {int(self.n_episodes)} episodes; they count as IoU 0 in the mIoU, as in the "
-                "reference. Evaluate more episodes to cover every class.",
+                "BAM/SVF repos. Evaluate more episodes to cover every class.",
                 stacklevel=2,
             )
         class_iou = _safe_ratio(self.fg_inter, self.fg_union)
@@ -134,6 +134,6 @@ class FewShotIoU(Metric):
 
 
 def _safe_ratio(inter: Tensor, union: Tensor) -> Tensor:
-    """I / U in float64, 0 where U is 0 (the reference's I / (U + 1e-10) without its rounding)."""
+    """I / U in float64, 0 where U is 0 (the BAM/SVF repos' I / (U + 1e-10) unrounded)."""
     union_f = union.to(torch.float64)
     return torch.where(union > 0, inter.to(torch.float64) / union_f.clamp(min=1.0), torch.zeros_like(union_f))

@@ -1,6 +1,6 @@
-"""Predictions at each query's original resolution, where the reference BAM/SVF code evaluates them.
+"""Predictions at each query's original resolution, where the BAM/SVF repos evaluate them.
 
-The references upsample the logits of the val-size canvas to an L x L square (L = max(H, W)), take the
+Both upsample the logits of the val-size canvas to an L x L square (L = max(H, W)), take the
 argmax and compare it with the raw label padded with 255. Because images in a batch have different
 sizes, each sample is resized on its own; the results are pasted into one 255-padded canvas so that a
 single metric update covers the batch and padding counts nowhere.
@@ -24,7 +24,7 @@ def mask_at_original_size(logits: Tensor, height: int, width: int) -> Tensor:
     C = 2 (background, foreground) for the few-shot methods; BAM's stage-1 PSPNet scores its base classes.
 
     The canvas holds the image pasted top-left, resized so its long side fills it; upsampling the scores to
-    an L x L square (L = max(H, W)) and cropping H x W maps them back, as the references evaluate.
+    an L x L square (L = max(H, W)) and cropping H x W maps them back, as the BAM/SVF repos do.
     """
     side = max(height, width)
     up = F.interpolate(logits[None].float(), size=(side, side), mode="bilinear", align_corners=True)

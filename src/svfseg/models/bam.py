@@ -98,10 +98,10 @@ class BAM(MetaLearner):
     Args:
         base_learner: the stage-1 PSPNet; it is frozen here and always runs in eval mode under no_grad.
         shot: supports per episode (K > 1 adds the learned shot reweighting).
-        reduce_dim: width of the meta learner (256 in the reference).
+        reduce_dim: width of the meta learner (256 in BAM's code).
         aux_meta_weight: weight of CE on the meta learner's own output.
         aux_base_weight: weight of CE of the base learner on ``query_base_label`` (no gradient; logged).
-        kshot_hidden: hidden width of the shot reweighting (``kshot_trans_dim``, 2 in the reference).
+        kshot_hidden: hidden width of the shot reweighting (``kshot_trans_dim``, 2 in BAM's code).
     """
 
     def __init__(
@@ -205,7 +205,7 @@ class BAM(MetaLearner):
             raise ValueError(f"BAM was built for shot={self.shot} but the batch has {k} supports per episode")
         cues = episode_cues(self, query_img, support_img, support_mask)
         feats = cues.features
-        # The reference computes the Gram matrix on layer2 after it is resized to layer3 (a no-op for
+        # BAM's code computes the Gram matrix on layer2 after it is resized to layer3 (a no-op for
         # ResNet; 60 -> 30 for VGG).
         size3 = feats.query_mid.shape[-2:]
         est = gram_distance(
@@ -230,7 +230,7 @@ class BAM(MetaLearner):
             return FewShotOutput(logits=final)
         losses = {"main": cross_entropy(final, query_mask), "aux_meta": cross_entropy(meta_out, query_mask)}
         loss = losses["main"] + self.aux_meta_weight * losses["aux_meta"]
-        if query_base_label is not None:  # no gradient: logged for parity with the reference's total loss
+        if query_base_label is not None:  # no gradient: logged for parity with BAM's total loss
             losses["aux_base"] = cross_entropy(base_out, query_base_label)
             loss = loss + self.aux_base_weight * losses["aux_base"]
         return FewShotOutput(logits=final, loss=loss, losses=losses)

@@ -53,13 +53,13 @@ class MetaLearner(FewShotModel):
 class BaselineASPP(MetaLearner):
     """Query/support reduction, prototype + prior, init_merge, ASPP, residual convs and a 2-way classifier.
 
-    This is BAM's meta learner alone (SVF repo ``model/aspp.py``). Differences from the reference code,
+    This is BAM's meta learner alone (SVF repo ``model/aspp.py``). Differences from the SVF repo,
     on purpose:
 
-    * k-shot prototypes and priors are **averaged** over shots; the reference sums them (its shot
+    * k-shot prototypes and priors are **averaged** over shots; the SVF repo sums them (its shot
       weights are all ones), which scales the merge input with K. With K identical supports the output
       therefore equals the 1-shot output.
-    * every head module is optimised: the reference's ``get_optim`` leaves ``down_query`` out, so its
+    * every head module is optimised: the SVF repo's ``get_optim`` leaves ``down_query`` out, so its
       393,216 weights (ResNet-50) stay at their random init. Here nothing excludes them: the fine-tune
       strategies train every head parameter.
 

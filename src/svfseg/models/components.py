@@ -22,15 +22,15 @@ from torch.utils.checkpoint import checkpoint
 from svfseg.labels import IGNORE_INDEX
 from svfseg.models.base import FewShotModel
 
-PROTO_EPS = 0.0005  # the references' Σ(f·m) / (Σm + 0.0005)
+PROTO_EPS = 0.0005  # the PFENet/BAM/SVF repos' Σ(f·m) / (Σm + 0.0005)
 PRIOR_EPS = 1e-7
 # Largest (support pixels x query pixels) similarity block the prior materialises at once: 2^26 floats
-# (256 MiB). The dense reference needs N*S*Q floats, about 7 GB for a 5-shot batch of 8 at 641 px.
+# (256 MiB). The PFENet/BAM/SVF repos' dense prior needs N*S*Q floats (7 GB: 5-shot, batch 8, 641 px).
 PRIOR_BLOCK_ELEMENTS = 1 << 26
 
 
 def resize(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """Bilinear resize with align_corners=True, the references' convention everywhere."""
+    """Bilinear resize with align_corners=True, the PFENet/BAM/SVF repos' convention."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
@@ -79,12 +79,12 @@ def extract_features(
 
     Args:
         query_img: (B, 3, H, W); support_img: (B, K, 3, H, W); support_mask: (B, K, H, W) in {0, 1, 255}
-            (255 counts as background, as in the references).
+            (255 counts as background, as in the BAM/SVF repos).
 
     ``checkpointed``: stages run with activation checkpointing (``model.checkpointed_stages``).
 
     Call it inside ``model.backbone_grad()`` so a frozen backbone runs without autograd. Batching the
-    queries with the supports gives the same features as the references' separate calls when BN is in
+    queries with the supports gives the same features as the BAM/SVF repos' separate calls when BN is in
     eval mode (``frozen_bn``, the BAM/SVF setting); with BN in train mode the batch statistics are
     pooled over queries and supports instead of per call.
     """
@@ -247,7 +247,7 @@ class ASPP(nn.Module):
     """Five parallel branches (image pool, 1x1, 3x3 at dilation 6/12/18), all with bias and ReLU.
 
     Output: 5 * ``out_channels`` channels (1280 for 256). Weights use ``kaiming_normal_`` with PyTorch's
-    defaults (fan_in, gain sqrt(2)) and biases keep the default init, as the reference's ``_init_weight``.
+    defaults (fan_in, gain sqrt(2)) and biases keep the default init, as the SVF repo's ``_init_weight``.
     """
 
     def __init__(self, in_channels: int = 256, out_channels: int = 256, rates: tuple[int, ...] = (6, 12, 18)):

@@ -1,6 +1,6 @@
 """PFENet (Tian et al., TPAMI 2020): prior mask + Feature Enrichment Module.
 
-Bins follow the reference's rule: a bin > 1 is an absolute pooled size ([60, 30, 15, 8], which the SVF
+Bins follow PFENet's rule: a bin > 1 is an absolute pooled size ([60, 30, 15, 8], which the SVF
 repo hard-codes for every dataset); a bin <= 1 is relative to the query feature size (``int(size * r)``,
 at least 1), as in PFENet's COCO configs (``[1.0, 0.5, 0.25, 0.125]``) and for small test inputs.
 """
@@ -28,10 +28,10 @@ Bin = int | float
 
 
 def check_bins(bins: Sequence[Bin]) -> tuple[Bin, ...]:
-    """Bins as a tuple, by the reference's rule: b <= 1 is relative, b > 1 an absolute (integral) size."""
+    """Bins as a tuple, by PFENet's rule: b <= 1 is relative, b > 1 an absolute (integral) size."""
     out = tuple(bins)
     if not out:
-        raise ValueError("PFENet bins must not be empty (reference: [60, 30, 15, 8])")
+        raise ValueError("PFENet bins must not be empty (the SVF repo: [60, 30, 15, 8])")
     for b in out:
         number = isinstance(b, (int, float)) and not isinstance(b, bool)
         if not number or b <= 0 or (b > 1 and b != int(b)):

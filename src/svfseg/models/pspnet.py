@@ -1,4 +1,4 @@
-"""PSPNet, BAM's stage-1 base learner (as in the reference BAM code), and its checkpoint file.
+"""PSPNet, BAM's stage-1 base learner (as in BAM's code), and its checkpoint file.
 
 BAM's stage 2 needs the exact PSPNet trained on the same dataset, fold and backbone; a checkpoint for
 another fold would leak novel classes into the base learner and silently inflate results. The file

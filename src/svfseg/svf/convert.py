@@ -14,8 +14,8 @@ Rules that users rely on:
   (exclude it, or ``merge_svf`` first). This keeps one SVD per layer and avoids SVF-of-SVF stacks.
 * Conversion touches only the converted layers' own tensors: ``u``/``s``/``v`` train as ``train``
   says, the bias is frozen. Whether the rest of the model trains is the caller's decision
-  (:func:`mark_only_svf_trainable` freezes everything else, as the reference does).
-* Full rank: R = min(C_out/G, C_in/G * k * k) per group. The reference rounds R down to a multiple of 4,
+  (:func:`mark_only_svf_trainable` freezes everything else, as the SVF repo does).
+* Full rank: R = min(C_out/G, C_in/G * k * k) per group. The SVF repo rounds R down to a multiple of 4,
   which drops 3 singular values of the 3-channel stem conv (27 -> 24) and makes the converted stem
   inexact; we keep all of them, so a fresh conversion reproduces the original outputs.
 """

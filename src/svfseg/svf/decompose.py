@@ -29,7 +29,7 @@ class Factors:
 
 
 def group_rank(out_features: int, fan_in: int) -> int:
-    """Full rank of one group's folded weight matrix (no rounding, unlike the reference's multiple of 4)."""
+    """Full rank of one group's folded weight matrix (no rounding, unlike the SVF repo's multiple of 4)."""
     return min(out_features, fan_in)
 
 

@@ -5,7 +5,7 @@ R channels per layer for backward (V^T x for dL/ds and the scaled copy as conv_U
 needed for U's weight gradient). With U and V frozen only V^T x is needed: scaling U's columns by s
 (a tiny weight op) instead of the activation never materialises the scaled copy, and backward reuses one
 grouped 1x1 GEMM t = U^T dL/dy for both dL/ds = sum(t * V^T x) and dL/d(V^T x) = s * t. Same math as
-the reference's three ops, about half their extra activation memory.
+the SVF repo's three ops, about half their extra activation memory.
 
 Under autocast (``trainer.precision=bf16-mixed``) the layer passes x, V and U in the autocast dtype:
 U diag(s) is formed in float32 and cast once, and dL/ds is accumulated in float32, so s and its gradient

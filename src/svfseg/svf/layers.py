@@ -23,7 +23,7 @@ Execution (``execution`` attribute):
   half the extra activation memory of the composed three ops);
   otherwise one conv with the merged weight, cached and rebuilt only when u/s/v changed (version
   counters), so eval costs what the original network costs.
-* ``three_op``: always factorised as three autograd ops (the reference implementation).
+* ``three_op``: always factorised as three autograd ops (the SVF repo's implementation).
 
 A layer built with ``from_shapes=True`` holds zero factors of the right shapes and no fingerprint: the
 structure a checkpoint's state dict loads into, with no SVD. It refuses to run until a state dict
@@ -120,7 +120,7 @@ class SVFLayer(nn.Module, ABC):
         if bias is None:
             self.register_parameter("bias", None)
         else:
-            # Frozen like every non-singular-value weight in the reference.
+            # Frozen like every non-singular-value weight in the SVF repo.
             self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.register_buffer("s0", factors.s.clone())
         self._disabled = False

@@ -106,7 +106,7 @@ class SVFOptions:
         parametrization: ``direct`` trains s itself; ``exp`` trains s_delta with s = s0 * exp(s_delta);
             ``scale_shift`` trains a scale a (init 1) and a shift b (init 0) with s = relu(a * s0 + b).
         execution: ``auto`` (factorised only when an SVF tensor needs a gradient, else one merged op) or
-            ``three_op`` (always V-op -> scale -> U-op, the reference form).
+            ``three_op`` (always V-op -> scale -> U-op, the SVF repo's form).
         svd_dtype: precision of the SVD, ``float64`` (exact to fp32 rounding) or ``float32``; a
             ``torch.dtype`` is accepted.
         directions: which singular values train: ``all``, or the ``top`` / ``bottom`` ``k`` of each

@@ -1,7 +1,7 @@
 """Per-stage counts of converted layers, singular values and trainable SVF tensors.
 
 Stage = first component of the qualified layer name (``layer2.0.conv1`` -> ``layer2``), so the table
-lines up with the backbone stages the paper and the reference train (layer2-4).
+lines up with the backbone stages the paper and the SVF repo train (layer2-4).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python train.py stage=base method=bam dataset=pascal fold=0 backbone=resnet50
 
 Recipe (BAM's stage 1): full training list without the leakage filter, base class c -> index+1,
-novel classes -> background; SGD momentum 0.9, wd 1e-4, poly 0.9; BN trains (no fix_bn). The reference's
+novel classes -> background; SGD momentum 0.9, wd 1e-4, poly 0.9; BN trains (no fix_bn). BAM's
 ``index_split`` is ``encoder_lr_mult``: Pascal runs the encoder at 1/10 of the head lr, COCO at the same lr.
 The best epoch (base-class mIoU on the val list) is written to ``method.base_learner`` with its
 dataset/fold/backbone meta, which stage 2 checks before using it.
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class BaseLearnerModule(GuardedTraining, pl.LightningModule):
-    """PSPNet on base classes with the reference's two-speed SGD (encoder vs PPM + classifier)."""
+    """PSPNet on base classes with BAM's two-speed SGD (encoder vs PPM + classifier)."""
 
     def __init__(
         self,
@@ -83,7 +83,7 @@ class BaseLearnerModule(GuardedTraining, pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         per_class = self.val_iou.compute()
-        # background (index 0) excluded: the reference reports mIoU over the base classes
+        # background (index 0) excluded: BAM's code reports mIoU over the base classes
         self.log("base/val_miou", per_class[1:].mean())
         self.val_iou.reset()
 
@@ -113,7 +113,7 @@ class BaseLearnerModule(GuardedTraining, pl.LightningModule):
 def base_trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
     """Trainer keyword arguments of stage 1: ``cfg.trainer`` with the stage's epochs and validation bound."""
     stage = cfg.dataset.base_stage
-    trainer_cfg = trainer_arguments(cfg, bn_trains=True)  # stage 1 trains BN (the reference: SyncBN)
+    trainer_cfg = trainer_arguments(cfg, bn_trains=True)  # stage 1 trains BN (BAM's code: SyncBN)
     trainer_cfg["max_epochs"] = int(stage.epochs)
     if stage.get("limit_val_batches") is not None:  # debug=tiny: a bounded validation, like stage 2's
         trainer_cfg["limit_val_batches"] = stage.limit_val_batches

@@ -27,7 +27,7 @@ def check_width_mult(width_mult: float) -> float:
     if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
         raise ValueError(
             f"backbone width_mult={width_mult!r} is invalid: use a positive number "
-            "(1.0 = reference widths, e.g. 0.125 for CPU smoke runs)"
+            "(1.0 = the full widths, e.g. 0.125 for CPU smoke runs)"
         )
     return float(width_mult)
 

@@ -43,7 +43,7 @@ def build_backbone(
         pretrained: weight file, or None for a random init (a warning says results are meaningless).
         weights_format: ``auto`` | ``pspnet`` | ``torchvision`` | ``timm`` | ``native``.
         dilation: ``uniform`` (PFENet/BAM) or ``torchvision`` layout of the dilated ResNet stages.
-        width_mult: channel scale; 1.0 is the reference network.
+        width_mult: channel scale; 1.0 is the full-width network.
         warn_if_random: False when a checkpoint overwrites every weight right after (no misleading warning).
         options: ViTs: ``timm_name``, ``stage_blocks``, ``embed_dim``, ``depth``, ``num_heads``;
             ``timm_cnn``: ``timm_name``, ``hub_weights``; no other backbone takes options.

@@ -1,7 +1,7 @@
 """Bottleneck ResNets at output stride 8: the PSPNet deep-stem "v2" layout and torchvision's 7x7 stem.
 
 Dilation is built in rather than patched afterwards, so every conv's stride, dilation and padding are
-fixed at construction (and inherited by SVF conversion). Two layouts exist in the reference code:
+fixed at construction (and inherited by SVF conversion). Two layouts exist in the PFENet/BAM/SVF repos:
 
 * ``uniform`` (PFENet / BAM patch loop): every layer3 block has a 3x3 conv with dilation 2, every layer4
   block dilation 4; stride 1 in both stages, including the downsample convs.

@@ -42,10 +42,10 @@ def vgg_features(width_mult: float) -> list[nn.Module]:
 
 
 def build_vgg16_bn(*, dilation: str = "uniform", width_mult: float = 1.0) -> Backbone:
-    """VGG-16-bn backbone; output stride 16 at layer3/4 as in the reference (no dilated variant)."""
+    """VGG-16-bn backbone; output stride 16 at layer3/4 as in the PFENet/BAM/SVF repos (never dilated)."""
     if dilation != "uniform":
         raise ValueError(
-            f"backbone dilation={dilation!r} does not apply to vgg16_bn: the reference VGG is never "
+            f"backbone dilation={dilation!r} does not apply to vgg16_bn: the PFENet/BAM/SVF VGG is never "
             "dilated (layer3/4 stay at stride 16). Leave dilation='uniform' (the default)."
         )
     features = vgg_features(width_mult)

@@ -1,6 +1,6 @@
 """Strict loading of ImageNet backbone weights from a local file, in the formats people actually have.
 
-The reference code loads with ``strict=False`` and so silently ignores any key that does not match.
+The PFENet/BAM/SVF repos load with ``strict=False`` and so silently ignore any key that does not match.
 Here every tensor of the file must land on a backbone tensor and every backbone tensor must be filled; the only keys allowed to be dropped are the ImageNet classifier's (``fc``,
 ``classifier``, ``pre_logits``, ``head``), and the drop is logged.
 
