@@ -56,7 +56,7 @@ def save_checkpoint(path: Path, method: str) -> dict[str, Any]:
     """A trained-looking SVF checkpoint: the strategy applied, s moved off s0, written as Lightning does."""
     torch.manual_seed(0)
     module = _module(method)
-    module.apply_finetune({"name": "svf"})
+    module.apply_finetune()
     with torch.no_grad():
         for _, layer in svf_layers(module.model.backbone):
             layer.s.mul_(1.01)
@@ -79,7 +79,7 @@ def load_from_shapes(path: Path) -> FewShotSegModule:
 def load_with_svd(path: Path, method: str) -> FewShotSegModule:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     module = _module(method)
-    module.apply_finetune(checkpoint["svfseg"]["finetune"])  # one SVD per converted layer
+    module.apply_finetune()  # the checkpoint's strategy (svf): one SVD per converted layer
     module.load_state_dict(checkpoint["state_dict"], strict=True)
     return module
 

@@ -165,7 +165,8 @@ def eval_e2e_rate(size: int, shots: tuple[int, ...], n: int, tmp: Path) -> dict[
     from hydra.core.global_hydra import GlobalHydra
 
     from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
-    from svfseg.tasks.builders import build_datamodule, build_module, plain
+    from svfseg.tasks.builders import build_datamodule, build_module
+    from svfseg.tasks.resolve import TrainRun
 
     image_size = 500
     root = make_synthetic("pascal", tmp / "pascal", n_train=240, n_val=160, size=image_size)
@@ -191,9 +192,10 @@ def eval_e2e_rate(size: int, shots: tuple[int, ...], n: int, tmp: Path) -> dict[
                     f"paths.output_dir={tmp / 'run'}",
                 ],
             )
-        module = build_module(cfg)
-        module.apply_finetune(plain(cfg.finetune))
-        dm = build_datamodule(cfg)
+        run = TrainRun.from_config(cfg)
+        module = build_module(run)
+        module.apply_finetune()
+        dm = build_datamodule(run)
         dm.setup("test")
         trainer = pl.Trainer(
             accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -140,7 +140,7 @@ def test_load_run_checks_the_expected_identity(tmp_path: Path) -> None:
 
     spec = RunSpec(FoldSpec("pascal", 1), METHOD, BACKBONE, {"name": "svf"})
     module = FewShotSegModule(run=spec.to_dict(), load_pretrained=False)
-    module.apply_finetune({"name": "svf"})
+    module.apply_finetune()
     checkpoint = {
         "state_dict": module.state_dict(),
         "hyper_parameters": dict(module.hparams),

@@ -26,6 +26,7 @@ from svfseg.lightning.module import FewShotSegModule
 from svfseg.svf import svf_layers
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.evaluate import evaluate
+from svfseg.tasks.resolve import TrainRun
 from svfseg.tasks.train import train
 from svfseg.tta import SupportAdapter, TTAOptions
 from tests.helpers.cli import REPO, run_cli
@@ -79,7 +80,7 @@ def _loader(synthetic_pascal: Any, tmp_path: Path, batch_size: int) -> Any:
     cfg = tiny_train_config(
         root, tmp_path / "unused", min_pixels=min_pixels, extra=[f"dataset.eval_batch_size={batch_size}"]
     )
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(TrainRun.from_config(cfg))
     datamodule.setup("test")
     return datamodule.eval_dataloader(int(cfg.dataset.eval_seeds[0]))
 
@@ -114,7 +115,9 @@ def test_an_adapted_evaluation_leaves_every_checkpoint_tensor_unchanged(
     )
     root, min_pixels = synthetic_pascal
     cfg = tiny_train_config(root, tmp_path / "unused", min_pixels=min_pixels)
-    trainer.test(module, datamodule=build_datamodule(cfg, training=False), verbose=False)
+    trainer.test(
+        module, datamodule=build_datamodule(TrainRun.from_config(cfg, training=False)), verbose=False
+    )
     assert int(module.test_results["n_episodes"]) == int(cfg.dataset.n_episodes)
     _assert_bitwise_equal(_state(module), before)
     # nothing was injected into or converted in the loaded model; it still needs no gradient

@@ -279,11 +279,16 @@ def per_process_eval_batch(total: Any, world: int, key: str) -> int:
     return -(-total // world)
 
 
-def stage_batch_sizes(cfg: DictConfig, stage: str, world: int) -> tuple[int, int]:
-    """(training, evaluation) batch per process of ``stage`` (``meta`` or ``base``) on ``world`` processes."""
+def stage_batch_sizes(cfg: DictConfig, stage: str, world: int, *, training: bool = True) -> tuple[int, int]:
+    """(training, evaluation) batch per process of ``stage`` (``meta`` or ``base``) on ``world`` processes.
+
+    ``training=False`` (evaluation only): the training batch is unused, so it is split like an evaluation
+    batch instead of being held to the world size.
+    """
     train_key, eval_key = TRAIN_BATCH_KEYS[stage], EVAL_BATCH_KEYS[stage]
+    split = per_process_batch if training else per_process_eval_batch
     problems: list[str] = []
-    train = _collect(problems, lambda: per_process_batch(OmegaConf.select(cfg, train_key), world, train_key))
+    train = _collect(problems, lambda: split(OmegaConf.select(cfg, train_key), world, train_key))
     evaluation = _collect(
         problems, lambda: per_process_eval_batch(OmegaConf.select(cfg, eval_key), world, eval_key)
     )

@@ -324,6 +324,24 @@ def lock_message(path: Path) -> str:
     )
 
 
+@contextmanager
+def claim_run_dir(out: Path, cfg: DictConfig, *, resuming: bool, allowed: list[str]) -> Iterator[None]:
+    """Hold ``out`` for this run while the body runs (the first process only; the others share it).
+
+    The folder is checked to be free for this run (:func:`check_ownership`), locked, and only then are
+    the ownership record and ``.hydra/`` written.
+    """
+    if not is_global_rank_zero():
+        yield
+        return
+    check_ownership(out, cfg, resuming=resuming, allowed=allowed)
+    with run_lock(out):
+        write_record(out, cfg)
+        save_hydra_record(out, cfg)
+        log.info("run directory %s (config hash %s)", out, config_hash(cfg))
+        yield
+
+
 def save_hydra_record(out: Path, cfg: DictConfig) -> None:
     """Write ``.hydra/{config,hydra,overrides}.yaml`` as Hydra would, once the run has passed its checks.
 

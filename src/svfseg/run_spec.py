@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from svfseg.data.fold import FoldSpec
-from svfseg.finetune import STRATEGIES, build_strategy
+from svfseg.finetune import STRATEGIES, FinetuneStrategy, build_strategy
 from svfseg.models.backbones import BACKBONE_NAMES
 from svfseg.models.registry import registered_models
 from svfseg.svf.options import check_choice
@@ -34,7 +34,7 @@ class RunSpec:
         fold: dataset, fold, shot, COCO split and the fold's base / novel classes.
         method: ``{"name": "baseline" | "pfenet" | "bam", **options}`` (``conf/method``).
         backbone: ``{"name": "resnet50" | "resnet101" | "resnet50_tv" | "vgg16_bn", **options}``.
-        finetune: the strategy and its options, ``{"name": "svf", ...}`` (validated by building it).
+        finetune: the strategy and its options, ``{"name": "svf", ...}``; built once into ``strategy``.
 
     The mappings are deep-copied plain containers; treat them as read-only.
     """
@@ -43,6 +43,8 @@ class RunSpec:
     method: Mapping[str, Any]
     backbone: Mapping[str, Any]
     finetune: Mapping[str, Any] = field(default_factory=lambda: {"name": "freeze"})
+    # Built once, with the spec that validates it: FinetuneCallback injects this very object at fit start.
+    strategy: FinetuneStrategy = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for key in ("method", "backbone"):
@@ -57,10 +59,11 @@ class RunSpec:
         if name is None:
             raise ValueError(f"finetune.name is missing: choose finetune={'|'.join(STRATEGIES)}")
         try:
-            build_strategy(name, **options)
+            strategy = build_strategy(name, **options)
         except (ValueError, TypeError) as err:
             raise ValueError(f"finetune={name}: {err}") from err
         object.__setattr__(self, "finetune", {"name": name, **options})
+        object.__setattr__(self, "strategy", strategy)
 
     @classmethod
     def from_config(cls, cfg: Any) -> RunSpec:

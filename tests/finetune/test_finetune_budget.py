@@ -12,6 +12,7 @@ from svfseg.finetune import build_strategy
 from svfseg.finetune.budget import compose_train, config_budget, main
 from svfseg.models.backbones import build_backbone
 from svfseg.tasks.builders import build_module
+from svfseg.tasks.resolve import TrainRun
 from tests.helpers.hydra import CONF_DIR
 
 STRATEGY_FILES = sorted(p.stem for p in (CONF_DIR / "finetune").glob("*.yaml"))
@@ -21,7 +22,7 @@ L234 = ("layer2", "layer3", "layer4")
 def built_counts(overrides: list[str]) -> dict[str, int]:
     """Trainable elements per group of the model train.py builds: real weights, the strategy's full apply."""
     cfg = compose_train(overrides)
-    module = build_module(cfg, load_pretrained=False)
+    module = build_module(TrainRun.from_config(cfg), load_pretrained=False)
     options = dict(module.spec.finetune)
     build_strategy(options.pop("name"), **options).apply(module.model)
     counts = {"head": 0, **{s: 0 for s in module.model.backbone.stage_names}}

@@ -29,6 +29,7 @@ from svfseg.svf import load_adapter_state_dict, svf_layers
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.evaluate import evaluate
 from svfseg.tasks.predict import predict
+from svfseg.tasks.resolve import TrainRun
 from svfseg.tasks.train import train
 from tests.helpers.hydra import compose_config, tiny_train_config
 from tests.helpers.models import Net, train_steps
@@ -352,7 +353,7 @@ def _eval_loader(run: dict[str, Any]) -> Any:
     """The first evaluation seed's loader of the run's config (the fixed test episodes)."""
     root, min_pixels = run["data"]
     cfg = tiny_train_config(root, run["resumed"] / "unused", min_pixels=min_pixels, extra=RUNS[run["name"]])
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(TrainRun.from_config(cfg))
     datamodule.setup("test")
     return datamodule.eval_dataloader(int(cfg.dataset.eval_seeds[0]))
 

@@ -14,6 +14,7 @@ import torch
 from svfseg.labels import IGNORE_INDEX
 from svfseg.pretrain import ProxySpec
 from svfseg.tasks.builders import build_datamodule
+from svfseg.tasks.resolve import TrainRun
 from svfseg.tasks.train import train
 from tests.helpers.hydra import tiny_train_config
 
@@ -83,7 +84,7 @@ def run_learning(
     per_epoch: dict[int, list[float]] = {}
     for r in rows:
         per_epoch.setdefault(int(float(r["epoch"])), []).append(float(r["train/loss"]))
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(TrainRun.from_config(cfg))
     datamodule.setup("test")
     record = json.loads((out / "metrics.json").read_text())
     result = {

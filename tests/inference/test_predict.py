@@ -24,6 +24,7 @@ from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.evaluate import evaluate
 from svfseg.tasks.figure import TILE, figure_from_predictions, make_figure
 from svfseg.tasks.predict import predict
+from svfseg.tasks.resolve import TrainRun
 from svfseg.tasks.train import train
 from tests.helpers.cli import REPO, run_cli
 from tests.helpers.hydra import compose_config, tiny_train_config
@@ -48,7 +49,7 @@ def _episodes(trained: SimpleNamespace) -> tuple[Any, list[dict[str, Any]]]:
     module = FewShotSegModule.load_from_checkpoint(
         trained.ckpt, map_location="cpu", weights_only=True, strict=True, load_pretrained=False
     ).eval()
-    datamodule = build_datamodule(trained.cfg)
+    datamodule = build_datamodule(TrainRun.from_config(trained.cfg))
     datamodule.setup("test")
     dataset = datamodule.eval_dataloader(int(trained.cfg.dataset.eval_seeds[0])).dataset
     table = dataset.table

@@ -48,6 +48,7 @@ from svfseg.lightning.wandb_logging import (
 from svfseg.svf import apply_svf, svf_layers
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.reporting import close_loggers
+from svfseg.tasks.resolve import TrainRun
 from svfseg.tasks.train import train
 from tests.helpers.hydra import tiny_train_config
 
@@ -567,7 +568,7 @@ def test_csv_run_writes_prediction_pngs_and_sv_change_scalars(synthetic_pascal, 
     # the GT column shows the first validation episodes' query masks
     root, min_pixels = synthetic_pascal
     cfg = tiny_train_config(root, out, min_pixels=min_pixels, extra=["finetune=svf"])
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(TrainRun.from_config(cfg))
     datamodule.setup("fit")
     batch = next(iter(datamodule.val_dataloader()[0]))
     masks = batch["query_mask"].numpy()

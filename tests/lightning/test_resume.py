@@ -267,8 +267,9 @@ def test_last_checkpoint_every_n_steps_and_every_epoch_and_best_by_val_miou(refe
 def _n_train(cfg: DictConfig) -> int:
     """Training queries in the list (the sampler's n)."""
     from svfseg.tasks.builders import build_datamodule
+    from svfseg.tasks.resolve import TrainRun
 
-    dm = build_datamodule(cfg)
+    dm = build_datamodule(TrainRun.from_config(cfg))
     dm.setup("fit")
     return len(dm.train_dataset())
 
@@ -488,9 +489,10 @@ def test_training_resumes_the_sampler_at_the_recorded_position(
     synthetic_pascal, tmp_path: Path, workers: int, via: str
 ) -> None:
     from svfseg.tasks.builders import build_datamodule
+    from svfseg.tasks.resolve import TrainRun
 
     cfg = _tiny(synthetic_pascal, tmp_path, [f"dataset.num_workers={workers}"])
-    dm = build_datamodule(cfg)
+    dm = build_datamodule(TrainRun.from_config(cfg))
     dm.setup("fit")
     state = dm.state_dict()
     assert "train_position" not in state  # no trainer: nothing to record
@@ -517,8 +519,9 @@ def test_training_resumes_the_sampler_at_the_recorded_position(
 def test_loader_state_without_the_datamodule_restore_is_refused(synthetic_pascal, tmp_path: Path) -> None:
     """The position is restored in one place (the DataModule); a loader that did not get it says so."""
     from svfseg.tasks.builders import build_datamodule
+    from svfseg.tasks.resolve import TrainRun
 
-    dm = build_datamodule(_tiny(synthetic_pascal, tmp_path, ["dataset.num_workers=0"]))
+    dm = build_datamodule(TrainRun.from_config(_tiny(synthetic_pascal, tmp_path, ["dataset.num_workers=0"])))
     dm.setup("fit")
     loader = dm.train_dataloader()
     loader.load_state_dict({"train_position": {"epoch": 1, "consumed": 0}})  # an epoch start: nothing to skip

@@ -10,8 +10,8 @@ import torch
 
 from svfseg.config_checks import ConfigError
 from svfseg.lightning.warm_start import WarmStartError, load_head
-from svfseg.run_spec import RunSpec
 from svfseg.tasks.builders import build_module
+from svfseg.tasks.resolve import TrainRun
 from svfseg.tasks.train import train
 from tests.helpers.hydra import tiny_train_config
 
@@ -28,8 +28,8 @@ def _fresh_module(synthetic_pascal, out: Path, *extra: str):
     root, min_pixels = synthetic_pascal
     cfg = tiny_train_config(root, out, min_pixels=min_pixels, extra=list(extra))
     pl.seed_everything(cfg.seed)  # as train.py does before building: the same random tiny backbone
-    spec = RunSpec.from_config(cfg)
-    return build_module(cfg, spec), spec
+    run = TrainRun.from_config(cfg)
+    return build_module(run), run.spec
 
 
 @pytest.fixture(scope="module")

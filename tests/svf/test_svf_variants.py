@@ -31,6 +31,7 @@ from svfseg.svf import (
 )
 from svfseg.svf.convert import apply_svf
 from svfseg.tasks.builders import build_datamodule
+from svfseg.tasks.resolve import TrainRun
 from svfseg.tasks.train import train
 from tests.helpers.hydra import CONF_DIR, compose_config, tiny_train_config
 from tests.helpers.models import Net, train_steps
@@ -393,7 +394,7 @@ def test_tiny_train_run_checkpoint_artifact_and_merged_prediction(
     load_adapter_state_dict(module.model.backbone, artifact)
     assert all(torch.equal(p, saved[n]) for n, p in module.model.backbone.named_parameters() if n in names)
 
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(TrainRun.from_config(cfg))
     datamodule.setup("test")
     batch = next(iter(datamodule.eval_dataloader(int(cfg.dataset.eval_seeds[0]))))
     merged = Predictor(_load(best), device="cpu")

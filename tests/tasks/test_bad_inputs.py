@@ -34,6 +34,7 @@ from svfseg.models.backbones import build_backbone
 from svfseg.models.backbones.weights import BackboneWeightsError
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.evaluate import evaluate
+from svfseg.tasks.resolve import TrainRun
 from svfseg.tasks.train import train
 from tests.helpers.hydra import compose_config, tiny_train_config
 
@@ -70,7 +71,7 @@ class Ctx:
         return tiny_train_config(self.root, self.out, min_pixels=self.min_pixels, extra=extra or [])
 
     def datamodule(self):
-        return build_datamodule(self.train_cfg())
+        return build_datamodule(TrainRun.from_config(self.train_cfg()))
 
     def first_train_pair(self) -> tuple[str, str]:
         line = (self.root / "lists" / "train.txt").read_text().splitlines()[0]

@@ -11,6 +11,7 @@ from svfseg.config_checks import ConfigError, check_train_config, sync_batchnorm
 from svfseg.finetune import STRATEGIES
 from svfseg.run_spec import RunSpec
 from svfseg.tasks.builders import build_datamodule, trainer_arguments
+from svfseg.tasks.resolve import TrainRun
 from tests.helpers.hydra import compose_config
 
 
@@ -67,10 +68,10 @@ def test_an_evaluation_batch_must_still_be_a_positive_integer(tmp_path: Path, va
 
 def test_each_process_gets_its_share_of_every_batch(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, ["trainer.devices=2", "dataset.batch_size=4", "dataset.eval_batch_size=6"])
-    dm = build_datamodule(cfg, RunSpec.from_config(cfg))
+    dm = build_datamodule(TrainRun.from_config(cfg))
     assert (dm.batch_size, dm.eval_batch_size) == (2, 3)
     odd = _cfg(tmp_path, ["trainer.devices=2", "dataset.batch_size=4", "dataset.eval_batch_size=5"])
-    dm = build_datamodule(odd, RunSpec.from_config(odd))
+    dm = build_datamodule(TrainRun.from_config(odd))
     assert (dm.batch_size, dm.eval_batch_size) == (2, 3)  # 5 over 2 processes: at most 3 each
 
 
@@ -78,8 +79,8 @@ def test_evaluation_does_not_hold_the_training_batch_to_its_world_size(tmp_path:
     """A checkpoint trained with batch 8 on 4 processes evaluates on 3 (eval.py builds with training=False)."""
     cfg = _cfg(tmp_path, ["trainer.devices=3", "dataset.batch_size=8", "dataset.eval_batch_size=8"])
     with pytest.raises(ConfigError, match=r"^dataset\.batch_size=8 is the total training batch over 3"):
-        build_datamodule(cfg, RunSpec.from_config(cfg))
-    dm = build_datamodule(cfg, RunSpec.from_config(cfg), training=False)
+        build_datamodule(TrainRun.from_config(cfg))
+    dm = build_datamodule(TrainRun.from_config(cfg, training=False))
     assert dm.eval_batch_size == 3
 
 

@@ -23,6 +23,7 @@ from svfseg.data.datamodule import FewShotDataModule
 from svfseg.lightning.callbacks import FinetuneCallback
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.tasks.builders import build_callbacks, build_datamodule, build_module, build_trainer, plain
+from svfseg.tasks.resolve import TrainRun
 from tests.helpers.hydra import CONF_DIR, compose_config
 
 EXPERIMENT_DIR = CONF_DIR / "experiment"
@@ -76,14 +77,15 @@ def experiments(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Built]:
         cfg = _compose(name, tmp / name, TINY)
         check_cfg = _for_checks(cfg, stand_in)
         check_train_config(check_cfg)
-        datamodule = build_datamodule(check_cfg)
-        module = build_module(check_cfg, load_pretrained=False)
-        module.apply_finetune(plain(cfg.finetune))
+        run = TrainRun.from_config(check_cfg)
+        datamodule = build_datamodule(run)
+        module = build_module(run, load_pretrained=False)
+        module.apply_finetune()
         names = {id(p): n for n, p in module.named_parameters()}
         trained = {
             g["name"]: [(names[id(p)], p.shape) for p in g["params"]] for g in module.param_groups or []
         }
-        trainer = build_trainer(check_cfg, build_callbacks(check_cfg), [])
+        trainer = build_trainer(run, build_callbacks(run), [])
         resolved = OmegaConf.to_container(_compose(name, Path("/out")), resolve=True)
         built[name] = Built(cfg, resolved, datamodule, module, trainer, trained)  # type: ignore[arg-type]
     return built
@@ -138,7 +140,8 @@ def test_every_experiment_file_composes_validates_and_instantiates(experiments: 
         trainer = b.trainer
         assert trainer.max_epochs == cfg.dataset.epochs, name
         finetune_cb = trainer.callbacks[0]
-        assert isinstance(finetune_cb, FinetuneCallback) and finetune_cb.spec == plain(cfg.finetune)
+        # the strategy built once with the run's spec: the callback injects that very object
+        assert isinstance(finetune_cb, FinetuneCallback) and finetune_cb.strategy is module.spec.strategy
         ckpt = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
         assert len(ckpt) == 1 and ckpt[0].monitor == "val/miou" and ckpt[0].mode == "max", name
 
@@ -321,15 +324,15 @@ def test_bam_svf_on_coco_fold2_resolves_the_paper_setting(tmp_path: Path) -> Non
     stand_in.write_bytes(b"")
     ok = _for_checks(cfg, stand_in)
     check_train_config(ok)
-    dm = build_datamodule(ok)
+    dm = build_datamodule(TrainRun.from_config(ok))
     assert dm.novel_classes == [2 + 1 + 4 * k for k in range(20)]  # interleaved: 3, 7, ..., 79
     assert len(dm.base_classes) == 60 and not set(dm.base_classes) & set(dm.novel_classes)
     assert dm.with_base_label and (dm.train_size, dm.eval_size) == (641, 641)
-    module = build_module(ok, load_pretrained=False)
+    module = build_module(TrainRun.from_config(ok), load_pretrained=False)
     assert module.val_iou.num_classes == 20 and module.train_episode_iou.num_classes == 60
     # the base learner classifies background + 60 base classes
     assert module.model.base_learner.num_classes == 61
-    module.apply_finetune(plain(cfg.finetune))
+    module.apply_finetune()
     names = {id(p): n for n, p in module.named_parameters()}
     backbone = [
         p for g in module.param_groups or [] if g["name"].startswith("backbone.") for p in g["params"]
@@ -439,7 +442,7 @@ def test_every_datamodule_argument_can_be_set_from_the_dataset_config(tmp_path: 
         [f"dataset.table_dir={tables}", "dataset.pin_memory=true", "dataset.persistent_workers=true"],
     )
     check_train_config(cfg)
-    dm = build_datamodule(cfg)
+    dm = build_datamodule(TrainRun.from_config(cfg))
     assert dm.table_dir == tables and dm.pin_memory is True and dm.persistent_workers is True
     assert dm.batch_size == cfg.dataset.batch_size and dm.seed == cfg.seed
 

@@ -46,6 +46,7 @@ from svfseg.tables import main as tables_main
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.evaluate import check_eval_config
 from svfseg.tasks.predict import predict
+from svfseg.tasks.resolve import TrainRun
 from svfseg.tasks.train import train
 from tests.helpers.cli import REPO, run_cli
 from tests.helpers.hydra import compose_config, tiny_train_config
@@ -200,7 +201,7 @@ def test_svfseg_data_pointing_to_a_file(
         ],
     )
     with pytest.raises(FileNotFoundError) as info:
-        build_datamodule(cfg).setup("fit")
+        build_datamodule(TrainRun.from_config(cfg)).setup("fit")
     message = str(info.value)
     assert f"SVFSEG_DATA={data_file} points to a file, but it must name a folder" in message
     assert "create it with" not in message

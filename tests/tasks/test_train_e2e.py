@@ -133,13 +133,15 @@ def test_bn_running_statistics_do_not_move(synthetic_pascal, tmp_path: Path, fin
         build_module,
         build_trainer,
     )
+    from svfseg.tasks.resolve import TrainRun
 
     with open_dict(cfg):
         cfg.trainer.max_epochs = 1
-    module = build_module(cfg)
+    run = TrainRun.from_config(cfg)
+    module = build_module(run)
     before = {k: v.clone() for k, v in module.model.backbone.state_dict().items() if "running" in k}
-    trainer = build_trainer(cfg, build_callbacks(cfg), build_loggers(cfg))
-    trainer.fit(module, datamodule=build_datamodule(cfg))
+    trainer = build_trainer(run, build_callbacks(run), build_loggers(run))
+    trainer.fit(module, datamodule=build_datamodule(run))
     after = module.model.backbone.state_dict()
     if finetune == "svf":  # converted convs change their keys, BN keys stay
         after = {k: v for k, v in after.items() if "running" in k}

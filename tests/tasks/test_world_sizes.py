@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from svfseg.config_checks import ConfigError, check_train_config, stage_batch_sizes
 from svfseg.run_spec import RunSpec
 from svfseg.tasks.builders import build_datamodule
+from svfseg.tasks.resolve import TrainRun
 from tests.helpers.hydra import CONF_DIR, compose_config
 
 EXPERIMENT_DIR = CONF_DIR / "experiment"
@@ -78,7 +79,7 @@ def test_every_row_starts_on_1_2_4_and_8_processes(row: str, tmp_path: Path) -> 
         except ConfigError as err:
             pytest.fail(f"experiment={row} trainer=ddp trainer.devices={devices} is refused:\n{err}")
         total, eval_total = int(cfg.dataset.batch_size), int(cfg.dataset.eval_batch_size)
-        datamodule = build_datamodule(cfg, spec)
+        datamodule = build_datamodule(TrainRun.from_config(cfg, spec))
         assert datamodule.batch_size * devices == total, (row, devices)
         assert datamodule.eval_batch_size == -(-eval_total // devices), (row, devices)
 
@@ -99,7 +100,7 @@ def test_a_baseline_run_never_checks_bam_stage_1_batches(devices: int, tmp_path:
 def test_an_evaluation_batch_never_blocks_a_launch(eval_total: int, tmp_path: Path) -> None:
     cfg = _launch_config("table4/svf", 4, tmp_path, [f"dataset.eval_batch_size={eval_total}"])
     spec = check_train_config(cfg)
-    datamodule = build_datamodule(cfg, spec)
+    datamodule = build_datamodule(TrainRun.from_config(cfg, spec))
     assert datamodule.eval_batch_size == -(-eval_total // 4)
     assert stage_batch_sizes(cfg, "meta", 4) == (2, -(-eval_total // 4))
 

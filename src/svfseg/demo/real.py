@@ -52,9 +52,9 @@ from svfseg.demo.common import (
 )
 from svfseg.demo.qualitative import pick_episodes, qualitative_figure
 from svfseg.files import atomic_write_text
-from svfseg.run_spec import RunSpec
 from svfseg.svf.spectrum import stage_change_stats
 from svfseg.tasks.builders import build_datamodule, build_module
+from svfseg.tasks.resolve import TrainRun
 from svfseg.weights.fetch import fetch
 from svfseg.weights.sources import source
 
@@ -261,11 +261,12 @@ def score_baselines(settings: RealDemoSettings, data_root: Path, weights: Path, 
             f"paths.output_dir={out}",
         ]
     )
-    spec = RunSpec.from_config(cfg)
+    run = TrainRun.from_config(cfg, training=False)
+    spec = run.spec
     pl.seed_everything(cfg.seed)
-    datamodule = build_datamodule(cfg, spec, training=False)
+    datamodule = build_datamodule(run)
     datamodule.setup("test")
-    module = build_module(cfg, spec)
+    module = build_module(run)
     loader = datamodule.eval_dataloader(int(cfg.dataset.eval_seeds[0]))
     return evaluate_baselines(module.model, loader, len(spec.fold.novel_classes))
 
@@ -350,7 +351,7 @@ def write_plots(out: Path, comparison: dict[str, Any], data_root: Path) -> dict[
         ]
     )
     spec = first.spec
-    datamodule = build_datamodule(cfg, spec, training=False)
+    datamodule = build_datamodule(TrainRun.from_config(cfg, spec, training=False))
     datamodule.setup("test")
     episodes = pick_episodes(datamodule.eval_dataloader(int(cfg.dataset.eval_seeds[0])), 4)
     names = spec.fold.class_names()

@@ -2,15 +2,15 @@
 
 The module knows nothing about a particular method or fine-tune strategy: the method comes from the
 registry (``method`` / ``backbone`` specs are plain dicts, so checkpoints rebuild the model without
-Hydra), and the strategy is applied by :class:`~svfseg.lightning.callbacks.FinetuneCallback` before the
-optimizer is built. Checkpoints record the strategy; loading one into a fresh module applies it in its
-structure-only form (SVF layers from the stored shapes, no SVD) and the state dict then fills every
-tensor, so a checkpoint trained with any strategy loads in about the time of reading it.
+Hydra), and :class:`~svfseg.lightning.callbacks.FinetuneCallback` injects the run's strategy (built once,
+with the run's spec) before the optimizer is built. Loading a checkpoint into a fresh module rebuilds the
+strategy from the stored spec and applies it in its structure-only form (SVF layers from the stored
+shapes, no SVD); the state dict then fills every tensor, so a checkpoint trained with any strategy loads
+in about the time of reading it.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from typing import Any
@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 from torch import Tensor, nn
 
 from svfseg.data.fold import FoldSpec
-from svfseg.finetune import build_strategy
+from svfseg.finetune import FinetuneStrategy
 from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
 from svfseg.lightning.optim import OptimConfig, build_optimizer, build_scheduler
 from svfseg.metrics import FewShotIoU
@@ -37,22 +37,25 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
     """Training, validation and test of one few-shot method on one fold.
 
     Args:
-        run: the run's :class:`~svfseg.run_spec.RunSpec` as a plain dict (``RunSpec.to_dict()``): dataset,
-            fold, shot, COCO split, method and backbone options, fine-tune strategy. Stored in checkpoints,
-            so a checkpoint rebuilds its model without Hydra.
+        run: the run's :class:`~svfseg.run_spec.RunSpec`, or it as a plain dict (``RunSpec.to_dict()``, as
+            a checkpoint stores it): dataset, fold, shot, COCO split, method and backbone options,
+            fine-tune strategy. A checkpoint rebuilds its model from it without Hydra.
         optim: :class:`OptimConfig` fields.
         load_pretrained: read backbone / base-learner weight files (False when a checkpoint follows).
     """
 
     def __init__(
         self,
-        run: dict[str, Any],
+        run: RunSpec | dict[str, Any],
         optim: dict[str, Any] | None = None,
         load_pretrained: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.spec = RunSpec.from_dict(run)
+        self.spec = run if isinstance(run, RunSpec) else RunSpec.from_dict(run)
+        # plain containers: checkpoints load with weights_only=True
+        self.save_hyperparameters(
+            {"run": self.spec.to_dict(), "optim": optim, "load_pretrained": load_pretrained}
+        )
         self.optim_cfg = OptimConfig(**(optim or {}))
         self.model: FewShotModel = build_fewshot_model(
             dict(self.spec.method),
@@ -110,30 +113,29 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
         return FewShotIoU(num_classes, validate_args=False)
 
     # ------------------------------------------------------------------ fine-tuning
-    def apply_finetune(self, spec: dict[str, Any], *, from_checkpoint: bool = False) -> None:
-        """Apply a fine-tune strategy once; a second, different strategy is refused.
+    def apply_finetune(
+        self, strategy: FinetuneStrategy | None = None, *, from_checkpoint: bool = False
+    ) -> None:
+        """Apply the run's fine-tune strategy once (``strategy``: as injected by FinetuneCallback; None:
+        the run's own, ``self.spec.strategy``); a strategy of other options is refused.
 
         ``from_checkpoint``: a checkpoint's state dict fills the model next, so SVF builds its layers from
         shapes and runs no SVD (see ``FinetuneStrategy.prepare``).
         """
-        spec = copy.deepcopy(dict(spec))
-        if spec != dict(self.spec.finetune):
+        own = self.spec.strategy
+        if (
+            strategy is not None
+            and strategy is not own
+            and (type(strategy), strategy.options()) != (type(own), own.options())
+        ):
             raise ValueError(
-                f"fine-tune strategy {spec} differs from this run's finetune {dict(self.spec.finetune)}; "
-                "a run is built for one strategy (pass the same finetune=... to the trainer's callback)"
+                f"fine-tune strategy {strategy!r} differs from this run's finetune {dict(self.spec.finetune)} "
+                f"({own!r}); a run is built for one strategy (the trainer's FinetuneCallback injects the run's)"
             )
-        if self.finetune_spec is not None:
-            if spec != self.finetune_spec:
-                raise ValueError(
-                    f"fine-tune strategy {self.finetune_spec} is already applied; refusing to apply {spec}. "
-                    "A checkpoint trained with one strategy must be resumed with the same finetune=... choice."
-                )
+        if self.param_groups is not None:
             return
-        options = dict(spec)
-        name = options.pop("name")
-        strategy = build_strategy(name, **options)
-        self.param_groups = strategy.apply(self.model, from_checkpoint=from_checkpoint)
-        self.finetune_spec = spec
+        self.param_groups = own.apply(self.model, from_checkpoint=from_checkpoint)
+        self.finetune_spec = dict(self.spec.finetune)
 
     # ------------------------------------------------------------------ steps
     def forward(self, batch: dict[str, Tensor], with_target: bool = True) -> FewShotOutput:
@@ -266,8 +268,14 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
             target="this module is",
             fix="load it into a module built for the run that wrote it",
         )
-        if meta.get("finetune") is not None:
-            # A resumed fit applied the strategy already (FinetuneCallback): then this only checks it.
-            self.apply_finetune(meta["finetune"], from_checkpoint=True)
+        saved = meta.get("finetune")
+        if saved is not None:
+            if dict(saved) != dict(self.spec.finetune):
+                raise ValueError(
+                    f"the checkpoint was trained with finetune {dict(saved)} but this module's run has "
+                    f"{dict(self.spec.finetune)}; a checkpoint loads into a module of its own strategy"
+                )
+            # A resumed fit applied the strategy already (FinetuneCallback); a fresh module applies it now.
+            self.apply_finetune(from_checkpoint=True)
         if self.run_config is None:
             self.run_config = meta.get("config")

@@ -23,7 +23,6 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from svfseg.config_checks import stage_batch_sizes, world_size
 from svfseg.data.base_seg import BaseSegDataModule
 from svfseg.labels import IGNORE_INDEX
 from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
@@ -32,9 +31,9 @@ from svfseg.lightning.progress import SparseMetricsProgressBar
 from svfseg.metrics.original_size import mask_at_original_size
 from svfseg.models.backbones import build_backbone
 from svfseg.models.pspnet import PSPNet, save_base_learner
-from svfseg.run_spec import RunSpec
 from svfseg.tasks.builders import build_loggers, plain, trainer_arguments
 from svfseg.tasks.reporting import close_loggers
+from svfseg.tasks.resolve import TrainRun
 
 log = logging.getLogger(__name__)
 
@@ -121,21 +120,21 @@ def base_trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
     return trainer_cfg
 
 
-def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
-    """Fit the base learner of the run ``spec``, then write the best epoch to ``cfg.method.base_learner``."""
-    pl.seed_everything(cfg.seed, workers=True)
+def train_base_learner(run: TrainRun) -> dict[str, Any]:
+    """Fit the base learner of ``run`` (stage=base), then write the best epoch to ``method.base_learner``."""
+    cfg, spec = run.config, run.spec
+    pl.seed_everything(run.seed, workers=True)
     stage = cfg.dataset.base_stage
     fold = spec.fold
-    train_batch, eval_batch = stage_batch_sizes(cfg, "base", world_size(cfg.trainer))
     datamodule = BaseSegDataModule(
         split=fold,
         root=str(cfg.dataset.root),
         train_size=stage.train_size,
         eval_size=stage.eval_size,
-        batch_size=train_batch,
-        eval_batch_size=eval_batch,
+        batch_size=run.batch_size,
+        eval_batch_size=run.eval_batch_size,
         num_workers=cfg.dataset.num_workers,
-        seed=cfg.seed,
+        seed=run.seed,
         source_lists=plain(cfg.dataset.source_lists),
         scale=tuple(stage.scale),
     )
@@ -146,15 +145,14 @@ def train_base_learner(cfg: DictConfig, spec: RunSpec) -> dict[str, Any]:
         encoder_lr_mult=float(stage.encoder_lr_mult),
         nonfinite_check_every=int(cfg.optim.nonfinite_check_every),
     )
-    out_dir = Path(str(cfg.paths.output_dir))
     checkpoint = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints",
+        dirpath=run.out_dir / "checkpoints",
         filename="base_best",
         monitor="base/val_miou",
         mode="max",
         save_last=True,
     )
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(run)
     trainer_cfg = base_trainer_arguments(cfg)
     callbacks: list[pl.Callback] = [checkpoint, LearningRateMonitor(logging_interval="step")]
     if trainer_cfg.get("enable_progress_bar", True):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -12,22 +11,14 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.plugins.io import CheckpointIO
 
-from svfseg.config_checks import (
-    DATASET_RUN_KEYS,
-    DEFAULT_DATAMODULE,
-    per_process_batch,
-    per_process_eval_batch,
-    sync_batchnorm,
-    world_size,
-)
+from svfseg.config_checks import DATASET_RUN_KEYS, DEFAULT_DATAMODULE, sync_batchnorm
 from svfseg.data.datamodule import FewShotDataModule
-from svfseg.finetune import STRATEGIES
 from svfseg.lightning.callbacks import FinetuneCallback
 from svfseg.lightning.checkpointing import AtomicCheckpointIO
 from svfseg.lightning.csv_log import TrimLogsOnResume
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.lightning.wandb_logging import build_wandb_logger
-from svfseg.run_spec import RunSpec
+from svfseg.tasks.resolve import TrainRun
 
 log = logging.getLogger(__name__)
 
@@ -44,67 +35,51 @@ def datamodule_arguments(dataset: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in plain(dataset).items() if k not in DATASET_RUN_KEYS}
 
 
-def build_datamodule(
-    cfg: DictConfig,
-    spec: RunSpec | None = None,
-    *,
-    with_base_label: bool | None = None,
-    training: bool = True,
-) -> FewShotDataModule:
-    """The DataModule of ``cfg.dataset._target_`` for the run (``spec``; built from ``cfg`` when not given).
+def build_datamodule(run: TrainRun) -> FewShotDataModule:
+    """The DataModule of ``run.config.dataset._target_`` for the run.
 
     Every key of ``conf/dataset/*.yaml`` but the run-level ones is a constructor argument; the run adds
     the fold (``split``), the per-process batches, the seed and whether BAM's base labels are needed.
-    ``training=False`` (evaluation only): the training batch is not used, so it is not held to the
-    evaluation's world size (a checkpoint trained on 4 processes evaluates on 3).
     """
-    spec = spec if spec is not None else RunSpec.from_config(cfg)
-    target = cfg.dataset.get("_target_", DEFAULT_DATAMODULE)  # older saved configs have none
-    if with_base_label is None:
-        with_base_label = spec.method_name == "bam"
+    dataset = run.config.dataset
+    target = dataset.get("_target_", DEFAULT_DATAMODULE)  # older saved configs have none
     # A partial: the run's arguments (a FoldSpec among them) go in as they are, not through OmegaConf.
     make = hydra.utils.instantiate(
-        {"_target_": target, "_partial_": True, **datamodule_arguments(cfg.dataset)}, _convert_="all"
+        {"_target_": target, "_partial_": True, **datamodule_arguments(dataset)}, _convert_="all"
     )
-    world = world_size(cfg.trainer)
-    train_batch = per_process_batch if training else per_process_eval_batch
     return make(
-        split=spec.fold,
-        batch_size=train_batch(cfg.dataset.batch_size, world, "dataset.batch_size"),
-        eval_batch_size=per_process_eval_batch(cfg.dataset.eval_batch_size, world, "dataset.eval_batch_size"),
-        seed=cfg.seed,
-        with_base_label=with_base_label,
+        split=run.spec.fold,
+        batch_size=run.batch_size,
+        eval_batch_size=run.eval_batch_size,
+        seed=run.seed,
+        with_base_label=run.spec.method_name == "bam",
     )
 
 
-def build_module(
-    cfg: DictConfig, spec: RunSpec | None = None, *, load_pretrained: bool = True
-) -> FewShotSegModule:
-    """The LightningModule of the run (``spec``; built from ``cfg`` when not given)."""
-    spec = spec if spec is not None else RunSpec.from_config(cfg)
-    return FewShotSegModule(run=spec.to_dict(), optim=plain(cfg.optim), load_pretrained=load_pretrained)
+def build_module(run: TrainRun, *, load_pretrained: bool = True) -> FewShotSegModule:
+    """The LightningModule of the run."""
+    return FewShotSegModule(run=run.spec, optim=plain(run.config.optim), load_pretrained=load_pretrained)
 
 
-def build_callbacks(
-    cfg: DictConfig, spec: RunSpec | None = None, *, restoring: bool = False
-) -> list[pl.Callback]:
+def build_callbacks(run: TrainRun) -> list[pl.Callback]:
     """The fine-tune callback first (it must run before anything touches the optimizer), then the config's.
 
-    ``restoring``: the fit resumes from a checkpoint (the strategy then builds its structure only).
+    A resumed fit (``run.ckpt_path``) restores every tensor after setup: the strategy then builds its
+    structure only.
     """
-    finetune = dict(spec.finetune) if spec is not None else dict(plain(cfg.finetune))
-    callbacks: list[pl.Callback] = [FinetuneCallback(**finetune, restoring=restoring)]
+    restoring = run.ckpt_path is not None
+    callbacks: list[pl.Callback] = [FinetuneCallback(run.spec.strategy, restoring=restoring)]
     if restoring:  # the CSV log keeps the interrupted run's rows up to the checkpoint
         callbacks.append(TrimLogsOnResume())
-    for node in (cfg.get("callbacks") or {}).values():
+    for node in (run.config.get("callbacks") or {}).values():
         if node is not None and "_target_" in node:
             callbacks.append(hydra.utils.instantiate(node))
     return callbacks
 
 
-def build_loggers(cfg: DictConfig) -> list[Any]:
+def build_loggers(run: TrainRun) -> list[Any]:
     loggers = []
-    for name, node in (cfg.get("logger") or {}).items():
+    for name, node in (run.config.get("logger") or {}).items():
         if node is None or "_target_" not in node:
             continue
         if name == "wandb":
@@ -134,18 +109,11 @@ def trainer_arguments(cfg: DictConfig, *, bn_trains: bool) -> dict[str, Any]:
     return trainer_cfg
 
 
-def build_trainer(
-    cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], spec: RunSpec | None = None
-) -> pl.Trainer:
+def build_trainer(run: TrainRun, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
     """The Trainer of a meta-stage run; SyncBN is on under DDP when the strategy trains BN (``finetune=bn``)."""
-    spec = spec if spec is not None else RunSpec.from_config(cfg)
-    bn_trains = not STRATEGIES[spec.finetune["name"]].frozen_bn
+    bn_trains = not run.spec.strategy.frozen_bn
     if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return pl.Trainer(
-        callbacks=callbacks, logger=loggers or False, **trainer_arguments(cfg, bn_trains=bn_trains)
+        callbacks=callbacks, logger=loggers or False, **trainer_arguments(run.config, bn_trains=bn_trains)
     )
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    return Path(str(cfg.paths.output_dir))

@@ -32,6 +32,7 @@ from svfseg.run_dir import is_global_rank_zero, save_hydra_record
 from svfseg.run_spec import RunSpec, check_identity
 from svfseg.tasks.builders import build_datamodule, plain, trainer_arguments
 from svfseg.tasks.reporting import metrics_record, print_metrics, trainable_counts, write_metrics_json
+from svfseg.tasks.resolve import TrainRun
 from svfseg.tta import TTAOptions, check_checkpoint
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for seed in seeds:
         seed_cfg = run.copy()
         seed_cfg.dataset.eval_seeds = [seed]
-        datamodule = build_datamodule(seed_cfg, eval_spec, training=False)
+        datamodule = build_datamodule(TrainRun.from_config(seed_cfg, eval_spec, training=False))
         trainer.test(module, datamodule=datamodule, verbose=False)
         per_seed[seed] = {
             k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in module.test_results.items()

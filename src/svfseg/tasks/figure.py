@@ -24,6 +24,7 @@ from svfseg.inference.inputs import read_supports
 from svfseg.inference.outputs import overlay
 from svfseg.inference.predictor import Predictor, resolve_checkpoint
 from svfseg.tasks.builders import build_datamodule
+from svfseg.tasks.resolve import TrainRun
 
 SUPPORT_COLOUR = np.array([40, 200, 80], np.float32)
 TILE = 192
@@ -43,7 +44,7 @@ def support_view(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def make_figure(ckpt: str | Path, out: str | Path, *, n_queries: int = 4, device: str = "cpu") -> Path:
     predictor = Predictor.from_checkpoint(resolve_checkpoint(ckpt), device=device)
     module_cfg = OmegaConf.create(predictor.run_config)
-    datamodule = build_datamodule(module_cfg)
+    datamodule = build_datamodule(TrainRun.from_config(module_cfg))
     datamodule.setup("test")
     table = datamodule.eval_dataloader(int(module_cfg.dataset.eval_seeds[0])).dataset.table
     root = Path(str(module_cfg.dataset.root))

@@ -1,0 +1,176 @@
+"""Resolve a composed train.py config once into a :class:`TrainRun`: every check, every derived fact.
+
+``train(cfg)`` hands ``cfg`` here and reads only the returned run afterwards: the builders take the run,
+not the config, so no step asks ``config_checks`` again for a fact (world size, per-process batch, the
+resume checkpoint) that resolving computed already.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from svfseg.config_checks import ConfigError, check_train_config, stage_batch_sizes, world_size
+from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
+from svfseg.run_dir import describe_changes, differing_keys, hashed_config
+from svfseg.run_spec import RunMismatchError, RunSpec, check_identity
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """One run, resolved: what it is (``spec``) and what running it needs.
+
+    Args:
+        config: the composed config; its ``dataset``, ``optim``, ``trainer``, ``callbacks`` and ``logger``
+            nodes are built as they are (they are Hydra targets and keyword arguments).
+        spec: the run's :class:`RunSpec` (stored in every checkpoint).
+        stage: ``meta`` (few-shot training) or ``base`` (BAM's stage 1).
+        world_size: processes (devices x nodes) the trainer asks for.
+        batch_size, eval_batch_size: the running stage's batches per process.
+        ckpt_path: the checkpoint a resume continues from (checked against ``spec``), else None.
+        resuming: ``ckpt_path`` lies in ``out_dir``: the command continues the run that owns the folder.
+        init_head: the checkpoint whose head starts this run (``init_head=``), else None.
+    """
+
+    config: DictConfig
+    spec: RunSpec
+    stage: str
+    world_size: int
+    batch_size: int
+    eval_batch_size: int
+    ckpt_path: str | None = None
+    resuming: bool = False
+    init_head: Path | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, spec: RunSpec | None = None, *, training: bool = True) -> TrainRun:
+        """The run of an already valid config (no launch checks: tests, eval.py, the demos).
+
+        ``training=False`` (evaluation only): the training batch is not used, so it is split like an
+        evaluation batch rather than held to the world size (a checkpoint trained on 4 processes
+        evaluates on 3).
+        """
+        stage = str(cfg.get("stage", "meta"))
+        world = world_size(cfg.trainer)
+        batch, eval_batch = stage_batch_sizes(cfg, stage, world, training=training)
+        return cls(
+            config=cfg,
+            spec=spec if spec is not None else RunSpec.from_config(cfg),
+            stage=stage,
+            world_size=world,
+            batch_size=batch,
+            eval_batch_size=eval_batch,
+        )
+
+    @property
+    def out_dir(self) -> Path:
+        """The run folder (``paths.output_dir``; read when needed: it names Hydra's run folder)."""
+        return Path(str(self.config.paths.output_dir))
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.seed)
+
+    @property
+    def matmul_precision(self) -> str:
+        return str(self.config.get("matmul_precision", "highest"))
+
+    @property
+    def resume_changes(self) -> list[str]:
+        """Config keys a resume may change on purpose (``resume_changes=[...]``)."""
+        return [str(k) for k in self.config.get("resume_changes") or []]
+
+
+def resolve_train_run(cfg: DictConfig, *, multirun: bool = False) -> TrainRun:
+    """Check ``cfg`` (every problem at once, as :class:`ConfigError`), then resolve its run.
+
+    The resume checkpoint and ``init_head`` are checked here too, before any list is built or any file
+    written (Lightning would only find a mismatch after the setup).
+    """
+    run = TrainRun.from_config(cfg, check_train_config(cfg, multirun=multirun))
+    ckpt_path = _resume_checkpoint(run) if run.stage != "base" else None
+    init_head = _init_head(run)
+    resuming = ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(run.out_dir.resolve())
+    return replace(run, ckpt_path=ckpt_path, resuming=resuming, init_head=init_head)
+
+
+def _ckpt_path(run: TrainRun) -> str | None:
+    """``ckpt_path=last`` means this run directory's ``checkpoints/last.ckpt``."""
+    ckpt = run.config.get("ckpt_path")
+    if ckpt == "last":
+        path = run.out_dir / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path=last but {path} does not exist: resume needs the same run directory "
+                "(same method/backbone/finetune/dataset/fold/shot/seed overrides) as the interrupted run"
+            )
+        return str(path)
+    return None if ckpt is None else str(ckpt)
+
+
+def _resume_checkpoint(run: TrainRun) -> str | None:
+    """The checkpoint to resume from; one of another method, backbone, dataset, fold, shot or fine-tune
+    strategy, or of other optimisation settings, is refused."""
+    path = _ckpt_path(run)
+    if path is None:
+        return None
+    meta = load_checkpoint_dict(Path(path))["svfseg"]
+    try:
+        check_identity(
+            meta.get("identity") or {},
+            run.spec.identity(),
+            source=f"ckpt_path={path}",
+            target="this run is",
+            fix="resume with the interrupted run's settings, or start a new run with ckpt_path=null",
+        )
+    except RunMismatchError as err:
+        raise ConfigError(str(err)) from err
+    finetune = dict(run.spec.finetune)
+    if meta.get("finetune") is not None and meta["finetune"] != finetune:
+        old, new = meta["finetune"], finetune
+        if old.get("name") != new.get("name"):
+            was, now = f"finetune={old.get('name')}", f"finetune={new.get('name')}"
+        else:
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            was = ", ".join(f"finetune.{k}={old.get(k)!r}" for k in keys)
+            now = ", ".join(f"finetune.{k}={new.get(k)!r}" for k in keys)
+        raise ConfigError(
+            f"ckpt_path={path} was trained with {was} but this run sets {now}; a run resumes with the "
+            "strategy it was trained with (its parameters and optimizer state depend on it)"
+        )
+    _check_resume_changes(run, meta.get("config"), path)
+    return path
+
+
+def _check_resume_changes(run: TrainRun, saved: dict[str, Any] | None, path: str) -> None:
+    """A resume that would change the optimisation is refused unless ``resume_changes`` names the keys."""
+    if saved is None:
+        return
+    allowed = run.resume_changes
+    old, new = hashed_config(saved), hashed_config(run.config)
+    keys = [k for k in differing_keys(old, new) if not any(k == a or k.startswith(f"{a}.") for a in allowed)]
+    if keys:
+        raise ConfigError(
+            f"ckpt_path={path} was trained with other settings: {describe_changes(old, new, keys)}. A resume "
+            f"continues the same optimisation; to change these on purpose name them, e.g. "
+            f"resume_changes=[{','.join(keys)}] (README, 'Resuming and failures', says what a changed "
+            "dataset.epochs does to the schedule), or start a new run with ckpt_path=null"
+        )
+
+
+def _init_head(run: TrainRun) -> Path | None:
+    """The checkpoint ``init_head`` names (checked before anything is written), or None."""
+    value = run.config.get("init_head")
+    if value in (None, ""):
+        return None
+    if run.stage == "base":
+        raise ConfigError(
+            "init_head is for few-shot training (stage=meta); BAM's stage 1 has no few-shot head"
+        )
+    try:
+        return resolve_checkpoint(str(value))
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err).replace("ckpt_path=", "init_head=")) from err
