@@ -164,7 +164,7 @@ def eval_e2e_rate(size: int, shots: tuple[int, ...], n: int, tmp: Path) -> dict[
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
+    from svfseg.dataprep.synthetic import coverage_min_pixels, make_synthetic
     from svfseg.tasks.builders import build_datamodule, build_module
     from svfseg.tasks.resolve import TrainRun
 
@@ -211,7 +211,7 @@ def eval_e2e_rate(size: int, shots: tuple[int, ...], n: int, tmp: Path) -> dict[
 def loader_rate(size: int, shots: tuple[int, ...], workers: tuple[int, ...], n: int, tmp: Path) -> dict:
     from svfseg.data.datamodule import FewShotDataModule
     from svfseg.data.fold import FoldSpec
-    from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
+    from svfseg.dataprep.synthetic import coverage_min_pixels, make_synthetic
 
     image_size = 500
     root = make_synthetic("pascal", tmp / "pascal", n_train=240, n_val=160, size=image_size)

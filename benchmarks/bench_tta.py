@@ -23,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from svfseg.data.synthetic import coverage_min_pixels, make_synthetic  # noqa: E402
+from svfseg.dataprep.synthetic import coverage_min_pixels, make_synthetic  # noqa: E402
 from svfseg.tasks.evaluate import evaluate  # noqa: E402
 from svfseg.tasks.train import train  # noqa: E402
 from tests.helpers.hydra import compose_config, tiny_train_config  # noqa: E402

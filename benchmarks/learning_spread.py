@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
+from svfseg.dataprep.synthetic import coverage_min_pixels, make_synthetic
 from svfseg.pretrain import build_proxy_weights
 from tests.helpers.learning import LEARNING_PROXY, run_learning
 

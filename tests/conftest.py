@@ -24,7 +24,7 @@ def _seed() -> None:
 @pytest.fixture(scope="session")
 def synthetic_pascal(tmp_path_factory: pytest.TempPathFactory):
     """A small synthetic Pascal-layout dataset shared by the end-to-end tests: (root, min_pixels)."""
-    from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
+    from svfseg.dataprep.synthetic import coverage_min_pixels, make_synthetic
 
     size = 96
     root = make_synthetic(

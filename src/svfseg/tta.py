@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from svfseg.data.batch import EpisodeBatch
 from svfseg.finetune.options import DEFAULT_STAGES, parse_stages
 from svfseg.models.base import FewShotModel
 
@@ -274,7 +275,7 @@ class SupportAdapter:
                 p.copy_(p0)
                 p.grad = None
 
-    def predict(self, batch: dict[str, Tensor]) -> Tensor:
+    def predict(self, batch: EpisodeBatch) -> Tensor:
         """Logits (B, 2, H, W) of the batch's queries, each episode adapted on its own support alone.
 
         Reads only the supports and the query image (never the query's label).

@@ -44,7 +44,7 @@ def test_the_coco_to_pascal_folds_are_the_published_ones() -> None:
 
 @pytest.fixture(scope="module")
 def coco_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
+    from svfseg.dataprep.synthetic import coverage_min_pixels, make_synthetic
 
     tmp = tmp_path_factory.mktemp("coco_ckpt")
     root = make_synthetic("coco", tmp / "coco", n_train=480, n_val=240, size=64)

@@ -16,7 +16,7 @@ from svfseg.data.datamodule import FewShotDataModule
 from svfseg.data.episodes import EpisodeTable
 from svfseg.data.fold import FoldSpec
 from svfseg.data.splits import base_classes, novel_classes
-from svfseg.data.synthetic import make_synthetic
+from svfseg.dataprep.synthetic import make_synthetic
 
 BASE, NOVEL = base_classes("pascal", 0), novel_classes("pascal", 0)
 SIZE = 40
@@ -74,7 +74,7 @@ def test_invalid_arguments_fail_before_any_io(kw: dict[str, Any], key: str, tmp_
 
 def test_missing_root_names_path_and_command(tmp_path: Path) -> None:
     module = dm(tmp_path / "nowhere", tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"nowhere.*python -m svfseg\.data\.synthetic"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*python -m svfseg\.dataprep\.synthetic"):
         module.setup("fit")
 
 
@@ -95,12 +95,12 @@ def test_synthetic_smoke_batches(root: Path, tmp_path: Path, shot: int) -> None:
     val, curve = module.val_dataloader()
     vb = next(iter(val))
     assert vb["query_img"].shape == (3, 3, SIZE, SIZE) and vb["support_img"].shape == (3, shot, 3, SIZE, SIZE)
-    assert set(vb["class_id"].tolist()) <= set(NOVEL) and vb["ori_size"].shape == (3, 2)
-    side = int(vb["ori_size"].max())
-    assert vb["query_label_ori"].shape == (3, side, side) and vb["query_label_ori"].dtype == torch.int64
+    assert set(vb["class_id"].tolist()) <= set(NOVEL) and len(vb["ori_hw"]) == 3
+    side = max(max(hw) for hw in vb["ori_hw"])
+    assert vb["label_ori"].shape == (3, side, side) and vb["label_ori"].dtype == torch.int64
     assert sum(len(b["episode_idx"]) for b in val) == 11
     cb = next(iter(curve))
-    assert set(cb["class_id"].tolist()) <= set(BASE) and "query_label_ori" in cb
+    assert set(cb["class_id"].tolist()) <= set(BASE) and "label_ori" in cb
     assert set(module.table_digests) == {"val/seed321", "train_list", "train_episodes"}
     saved = EpisodeTable.load(tmp_path / "tables" / "val_seed321.json")
     assert saved.digest() == module.table_digests["val/seed321"]
@@ -215,7 +215,7 @@ def test_base_seg_datamodule(root: Path) -> None:
     assert batch["image"].shape == (2, 3, SIZE, SIZE) and batch["label"].shape == (2, SIZE, SIZE)
     assert set(batch["label"].unique().tolist()) <= set(range(16)) | {255}
     vb = next(iter(module.val_dataloader()))
-    assert vb["label_ori"].shape[1:] == (56, 56) and vb["ori_size"].tolist() == [[56, 56]] * 3
+    assert vb["label_ori"].shape[1:] == (56, 56) and vb["ori_hw"] == [(56, 56)] * 3
     assert set(vb["label_ori"].unique().tolist()) <= set(range(16)) | {255}
     with pytest.raises(ValueError, match="fold=7"):
         BaseSegDataModule(split=FoldSpec("synthetic", 7), root=root)

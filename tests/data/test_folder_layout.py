@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from svfseg.data import prepare
-from svfseg.data.folder_layout import (
-    FolderLayoutError,
-    check_folder,
-    make_folds,
-    read_folder,
-)
+from svfseg.data.folder_layout import FolderLayoutError, read_folder
+from svfseg.dataprep import prepare
+from svfseg.dataprep.folder_check import check_folder, make_folds
 
 SIZE = (24, 24)
 CLASSES = ["cat", "dog", "bird", "fish"]

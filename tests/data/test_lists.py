@@ -338,7 +338,7 @@ def test_missing_root_names_prepare_command(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"dataset root .*nope does not exist.*prepare coco --coco"):
         build_list("coco", tmp_path / "nope", 0, "train")
     with pytest.raises(
-        FileNotFoundError, match=r"lists/train.txt is missing.*svfseg.data.synthetic --layout pascal"
+        FileNotFoundError, match=r"lists/train.txt is missing.*svfseg.dataprep.synthetic --layout pascal"
     ):
         build_list("synthetic", tmp_path, 0, "train")
     with pytest.raises(FileNotFoundError, match=r"source list .*none.txt does not exist"):

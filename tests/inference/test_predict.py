@@ -73,7 +73,7 @@ def _eval_path_mask(module: FewShotSegModule, sample: dict[str, Any]) -> np.ndar
     }
     with torch.inference_mode():
         logits = module(batch, with_target=False).logits
-    pred, _ = predict_at_original_size(logits, batch["query_label_ori"], [sample["ori_hw"]])
+    pred, _ = predict_at_original_size(logits, batch["label_ori"], [sample["ori_hw"]])
     h, w = sample["ori_hw"]
     return pred[0, :h, :w].numpy().astype(np.uint8)
 

@@ -273,7 +273,7 @@ def test_update_from_logits_matches_per_sample_original_resolution_reference() -
 
 def test_update_from_logits_rejects_label_smaller_than_size() -> None:
     m = FewShotIoU(1)
-    with pytest.raises(ValueError, match="does not fit query_label_ori"):
+    with pytest.raises(ValueError, match="does not fit label_ori"):
         m.update_from_logits(
             torch.zeros(1, 2, 3, 3),
             torch.zeros(1, 4, 4, dtype=torch.long),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from svfseg.data.synthetic import COLOURS, SHAPES, TEXTURES, class_styles
+from svfseg.data.class_names import COLOURS, SHAPES, TEXTURES, class_styles
 from svfseg.models.backbones import build_backbone
 from svfseg.models.backbones.provenance import find_record, legacy_record_path, read_record, record_path
 from svfseg.models.backbones.weights import BackboneWeightsError, detect_format, read_state_dict

@@ -561,7 +561,7 @@ def test_every_documented_command_parses_and_composes() -> None:
     assert {"python", "make", "torchrun"} <= heads, heads
     hydra = [c for c in commands if any(w in {"train.py", "eval.py", "predict.py"} for w in c.words[:4])]
     modules = {c.words[2] for c in commands if c.words[1:2] == ["-m"]}
-    assert len(hydra) >= 40 and {"svfseg.tables", "svfseg.weights", "svfseg.data.prepare"} <= modules
+    assert len(hydra) >= 40 and {"svfseg.tables", "svfseg.weights", "svfseg.dataprep.prepare"} <= modules
     failures = check_all(commands)
     assert not failures, f"{len(failures)} documented command(s) do not work as written:\n" + "\n".join(
         failures

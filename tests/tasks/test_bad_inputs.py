@@ -120,7 +120,7 @@ def list_line_names_a_missing_file(ctx: Ctx) -> Callable[[], Any]:
     lst.write_text(lst.read_text() + "JPEGImages/nowhere_0001.jpg SegmentationClassAug/nowhere_0001.png\n")
     ctx.notes["match"] = (
         r"2 files of the source list are missing under .*nowhere_0001\.png.*nowhere_0001\.jpg; prepare the "
-        r"dataset with: python -m svfseg\.data\.synthetic --layout pascal --root "
+        r"dataset with: python -m svfseg\.dataprep\.synthetic --layout pascal --root "
     )
     ctx.notes["valid_caches"] = True
     return lambda: ctx.datamodule().setup("fit")

@@ -249,7 +249,7 @@ def test_a_sweep_with_an_invalid_fold_fails_before_any_work(synthetic_pascal, tm
 def test_bam_on_coco_contiguous_split_trains_both_stages(tmp_path: Path) -> None:
     """The COCO split travels to the model: stage 2 accepts the stage-1 file of its own split (it used
     to be built for 'interleaved' and refuse it), and a run of the other split still refuses it."""
-    from svfseg.data.synthetic import coverage_min_pixels, make_synthetic
+    from svfseg.dataprep.synthetic import coverage_min_pixels, make_synthetic
 
     root = make_synthetic("coco", tmp_path / "coco", n_train=480, n_val=240, size=64)
     learner = tmp_path / "weights" / "pspnet.pt"

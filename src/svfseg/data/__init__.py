@@ -1,4 +1,7 @@
-"""Few-shot segmentation data: splits, lists, episodes, transforms, DataModules, preparation tools."""
+"""Few-shot segmentation data at run time: folds, lists, episodes, transforms, collate, DataModules.
+
+The batch keys are :mod:`svfseg.data.batch`; the offline dataset tools live in :mod:`svfseg.dataprep`.
+"""
 
 import cv2 as _cv2
 

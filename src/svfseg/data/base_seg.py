@@ -8,8 +8,8 @@ Difference: BAM's crop redraws while it keeps under 85 % of the pixels whose *ma
 i.e. of whichever base class happens to be first in the fold, a quirk of reusing the episode crop. Here
 the stage-1 crop is a plain random crop.
 
-Batches: ``image`` (B,3,H,W) float, ``label`` (B,H,W) long in {0..n_base, 255}, ``index`` (B,); validation
-adds ``label_ori`` (B,L,L) (original resolution, 255-padded square) and ``ori_size`` (B,2) = (H, W).
+Batches: :class:`svfseg.data.batch.SegBatch`: ``image``, ``label``, ``index``; validation adds ``label_ori``
+(original resolution, 255-padded square) and ``ori_hw`` (the original (H, W)).
 """
 
 from __future__ import annotations
@@ -19,21 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from svfseg.data.checks import MAX_IMAGE_SIZE, check_int, check_root, check_scale, check_source_lists
+from svfseg.data.batch import SegBatch
+from svfseg.data.checks import check_root, check_scale
 from svfseg.data.episodes import base_label_lut
 from svfseg.data.fold import FoldSpec
 from svfseg.data.io import read_sample
-from svfseg.data.layouts import Pair, default_source, get_layout, read_source_file
-from svfseg.data.loaders import make_loader, rank_and_world
+from svfseg.data.layouts import Pair, default_source, read_source_file
+from svfseg.data.loaders import FoldDataModule, rank_and_world
 from svfseg.data.samplers import (
     DOMAIN_TRAIN_SAMPLE,
     EpisodeKey,
     EpisodeSampler,
-    ShardedEvalSampler,
     seed_sequence,
 )
 from svfseg.data.transforms import SCALE_RANGES, EvalTransform, TrainTransform, pad_square
@@ -83,7 +82,7 @@ class BaseClassSegDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source.pairs)
 
-    def __getitem__(self, key: EpisodeKey | int) -> dict[str, Any]:
+    def __getitem__(self, key: EpisodeKey | int) -> SegBatch:
         epoch, index = (0, key) if isinstance(key, (int, np.integer)) else key
         image, label = self.source.read(int(index))
         out = self.transform(
@@ -111,7 +110,7 @@ class BaseClassSegValDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source.pairs)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> SegBatch:
         image, label = self.source.read(int(index))
         out = self.transform(image, label)
         return {
@@ -119,12 +118,11 @@ class BaseClassSegValDataset(Dataset):
             "label": out.mask,
             "index": int(index),
             "label_ori": torch.from_numpy(pad_square(label)).long(),
-            "ori_size": torch.tensor(label.shape, dtype=torch.long),
-            "ori_hw": (int(label.shape[0]), int(label.shape[1])),  # host copy: no device sync to read it
+            "ori_hw": (int(label.shape[0]), int(label.shape[1])),  # host ints: no device sync to read them
         }
 
 
-class BaseSegDataModule(pl.LightningDataModule):
+class BaseSegDataModule(FoldDataModule):
     """Stage-1 data: full source lists of a dataset, labels mapped to the fold's base classes.
 
     ``num_seg_classes`` = base classes + background (16 Pascal, 61 COCO) is the PSPNet output width.
@@ -145,26 +143,20 @@ class BaseSegDataModule(pl.LightningDataModule):
         persistent_workers: bool = False,
         pin_memory: bool = False,
     ) -> None:
-        super().__init__()
-        if not isinstance(split, FoldSpec):
-            raise TypeError(
-                f"split={split!r}: pass a svfseg.data.fold.FoldSpec(dataset, fold, coco_split=...)"
-            )
-        self.split = split
-        self.dataset, self.fold, self.coco_split = split.dataset, split.fold, split.coco_split
-        self.root = Path(root)
-        self.train_size = check_int("train_size", train_size, low=8, high=MAX_IMAGE_SIZE)
-        self.eval_size = check_int("eval_size", eval_size, low=8, high=MAX_IMAGE_SIZE)
-        self.batch_size = check_int("batch_size", batch_size)
-        self.eval_batch_size = check_int("eval_batch_size", eval_batch_size)
-        self.num_workers = check_int("num_workers", num_workers, low=0)
-        self.seed = check_int("seed", seed, low=0)
-        self.source_lists = check_source_lists(source_lists)
+        super().__init__(
+            split,
+            root,
+            train_size=train_size,
+            eval_size=eval_size,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            source_lists=source_lists,
+            persistent_workers=persistent_workers,
+            pin_memory=pin_memory,
+        )
         self.scale = check_scale("scale", scale) if scale is not None else SCALE_RANGES["base"]
-        self.persistent_workers = bool(persistent_workers)
-        self.pin_memory = bool(pin_memory)
-        self.layout = get_layout(self.dataset)
-        self.base_classes = list(split.base_classes)
         self.pairs: dict[str, tuple[Pair, ...]] = {}
 
     @property
@@ -202,15 +194,7 @@ class BaseSegDataModule(pl.LightningDataModule):
         )
         rank, world = rank_and_world(self)
         sampler = EpisodeSampler(len(ds), shuffle=True, seed=self.seed, rank=rank, world_size=world)
-        return make_loader(
-            ds,
-            sampler,
-            self.batch_size,
-            num_workers=self.num_workers,
-            train=True,
-            persistent_workers=self.persistent_workers,
-            pin_memory=self.pin_memory,
-        )
+        return self.loader(ds, sampler, train=True)
 
     def val_dataloader(self) -> DataLoader:
         ds = BaseClassSegValDataset(
@@ -221,13 +205,4 @@ class BaseSegDataModule(pl.LightningDataModule):
             num_classes=self.split.num_classes,
             hint=self.layout.hint(self.root),
         )
-        rank, world = rank_and_world(self)
-        return make_loader(
-            ds,
-            ShardedEvalSampler(len(ds), rank, world),
-            self.eval_batch_size,
-            num_workers=self.num_workers,
-            train=False,
-            persistent_workers=self.persistent_workers,
-            pin_memory=self.pin_memory,
-        )
+        return self.eval_loader(ds)

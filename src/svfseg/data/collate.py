@@ -1,4 +1,4 @@
-"""Batch collation for episode and segmentation samples.
+"""Batch collation for episode and segmentation samples (the keys: :mod:`svfseg.data.batch`).
 
 Everything is stacked as usual except the original-resolution labels, which differ in size per sample:
 each is already a square ``L x L`` (255-padded bottom/right) and is padded again with 255 to the largest
@@ -13,13 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from svfseg.data.batch import HOST_KEYS, RAGGED_KEYS
 from svfseg.labels import IGNORE_INDEX
-
-# Keys holding variable-size square labels.
-RAGGED_LABEL_KEYS = frozenset({"query_label_ori", "label_ori"})
-# Keys kept as Python values on the host: Lightning moves tensors to the device, and reading a device
-# tensor back (e.g. the original sizes, needed as Python ints to slice) would sync every batch.
-HOST_KEYS = frozenset({"ori_hw"})
 
 
 def pad_square_stack(labels: Sequence[Tensor], fill: int = IGNORE_INDEX) -> Tensor:
@@ -44,7 +39,7 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {}
     for key in keys:
         values = [s[key] for s in samples]
-        if key in RAGGED_LABEL_KEYS:
+        if key in RAGGED_KEYS:
             batch[key] = pad_square_stack(values)
         elif key in HOST_KEYS:
             batch[key] = [tuple(v) for v in values]

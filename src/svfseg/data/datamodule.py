@@ -25,23 +25,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
-from svfseg.data.checks import MAX_IMAGE_SIZE, check_int, check_root, check_scale, check_source_lists
+from svfseg.data.checks import check_int, check_root, check_scale
 from svfseg.data.episodes import EpisodeTable, EvalEpisodes, TrainEpisodes, build_eval_episodes
 from svfseg.data.fold import FoldSpec
-from svfseg.data.layouts import get_layout
-from svfseg.data.loaders import make_loader, rank_and_world, start_sampler_at
-from svfseg.data.samplers import EpisodeSampler, ShardedEvalSampler
+from svfseg.data.loaders import FoldDataModule, rank_and_world, start_sampler_at
+from svfseg.data.samplers import EpisodeSampler
 from svfseg.data.selection import DEFAULT_MIN_PIXELS, FewShotList, build_list, list_digest
 from svfseg.data.transforms import SCALE_RANGES, EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
 
 
-class FewShotDataModule(pl.LightningDataModule):
+class FewShotDataModule(FoldDataModule):
     """Few-shot episodes of one dataset, fold and shot.
 
     Args:
@@ -84,21 +82,19 @@ class FewShotDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         table_dir: str | Path | None = None,
     ) -> None:
-        super().__init__()
-        if not isinstance(split, FoldSpec):
-            raise TypeError(
-                f"split={split!r}: pass a svfseg.data.fold.FoldSpec(dataset, fold, shot, coco_split)"
-            )
-        self.split = split
-        self.dataset, self.fold, self.shot = split.dataset, split.fold, split.shot
-        self.coco_split = split.coco_split
-        self.root = Path(root)
-        self.train_size = check_int("train_size", train_size, low=8, high=MAX_IMAGE_SIZE)
-        self.eval_size = check_int("eval_size", eval_size, low=8, high=MAX_IMAGE_SIZE)
-        self.batch_size = check_int("batch_size", batch_size)
-        self.eval_batch_size = check_int("eval_batch_size", eval_batch_size)
-        self.num_workers = check_int("num_workers", num_workers, low=0)
-        self.seed = check_int("seed", seed, low=0)
+        super().__init__(
+            split,
+            root,
+            train_size=train_size,
+            eval_size=eval_size,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            source_lists=source_lists,
+            persistent_workers=persistent_workers,
+            pin_memory=pin_memory,
+        )
         seeds = list(eval_seeds) if not isinstance(eval_seeds, (int, str)) else [eval_seeds]
         if not seeds:
             raise ValueError("eval_seeds=[] is invalid: give at least one seed, e.g. [321]")
@@ -109,17 +105,11 @@ class FewShotDataModule(pl.LightningDataModule):
         self.train_episodes_for_curve = check_int("train_episodes_for_curve", train_episodes_for_curve, low=0)
         self.filter_novel = bool(filter_novel)
         self.min_pixels = check_int("min_pixels", min_pixels)
-        self.source_lists = check_source_lists(source_lists)
         self.cache_dir = cache_dir
         self.with_base_label = bool(with_base_label)
         default_scale = SCALE_RANGES.get(self.dataset, SCALE_RANGES["pascal"])
         self.scale = check_scale("scale", scale) if scale is not None else default_scale
-        self.persistent_workers = bool(persistent_workers)
-        self.pin_memory = bool(pin_memory)
         self.table_dir = Path(table_dir) if table_dir is not None else None
-
-        self.layout = get_layout(self.dataset)
-        self.base_classes = list(split.base_classes)
         self.novel_classes = list(split.novel_classes)
         self.train_list: FewShotList | None = None
         self.val_list: FewShotList | None = None
@@ -236,40 +226,18 @@ class FewShotDataModule(pl.LightningDataModule):
         start = (self._restored or {}).get("train_position")
         if start is not None:
             start_sampler_at(sampler, start)
-        return make_loader(
-            ds,
-            sampler,
-            self.batch_size,
-            num_workers=self.num_workers,
-            train=True,
-            persistent_workers=self.persistent_workers,
-            pin_memory=self.pin_memory,
-            position=self.train_position,
-        )
-
-    def _eval_loader(self, table: EpisodeTable) -> DataLoader:
-        rank, world = rank_and_world(self)
-        ds = self.eval_dataset(table)
-        return make_loader(
-            ds,
-            ShardedEvalSampler(len(ds), rank, world),
-            self.eval_batch_size,
-            num_workers=self.num_workers,
-            train=False,
-            persistent_workers=self.persistent_workers,
-            pin_memory=self.pin_memory,
-        )
+        return self.loader(ds, sampler, train=True, position=self.train_position)
 
     def eval_dataloader(self, seed: int | None = None) -> DataLoader:
         """Novel-class episodes of one eval seed (default: the first), for scripts that loop over seeds."""
-        return self._eval_loader(self.val_table(seed))
+        return self.eval_loader(self.eval_dataset(self.val_table(seed)))
 
     def train_eval_dataloader(self) -> DataLoader:
         """Fixed base-class episodes on the training list (eval transforms), for the train-episodes curve."""
         if self.train_curve_table is None:
             self._require("the train-episodes table (train_episodes_for_curve > 0 and setup('fit'))")
         assert self.train_curve_table is not None
-        return self._eval_loader(self.train_curve_table)
+        return self.eval_loader(self.eval_dataset(self.train_curve_table))
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         val = self.eval_dataloader()

@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 
+from svfseg.data.batch import EpisodeBatch
 from svfseg.data.io import read_sample
 from svfseg.data.samplers import DOMAIN_EVAL_TABLE, DOMAIN_TRAIN_SAMPLE, EpisodeKey, seed_sequence
 from svfseg.data.selection import FewShotList
-from svfseg.data.transforms import EvalTransform, TrainTransform, pad_square
+from svfseg.data.transforms import EvalTransform, TrainTransform, Transformed, pad_square
 from svfseg.files import atomic_write
 from svfseg.labels import IGNORE_INDEX
 
@@ -135,8 +135,19 @@ class _EpisodeReader:
         return read_sample(self.root, pair, self.num_classes, hint=self.hint)
 
 
-def _stack(images: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor]:
-    return torch.stack(images), torch.stack(masks)
+def _episode(
+    query: Transformed, supports: Sequence[Transformed], class_idx: int, class_id: int, index: int
+) -> EpisodeBatch:
+    """The keys every episode carries, training or evaluation (:class:`~svfseg.data.batch.EpisodeBatch`)."""
+    return {
+        "query_img": query.image,
+        "query_mask": query.mask,
+        "support_img": torch.stack([s.image for s in supports]),
+        "support_mask": torch.stack([s.mask for s in supports]),
+        "class_idx": class_idx,
+        "class_id": class_id,
+        "episode_idx": index,
+    }
 
 
 class TrainEpisodes(Dataset):
@@ -183,29 +194,18 @@ class TrainEpisodes(Dataset):
         class_id, supports = self.pools.draw(np.random.default_rng(draw_ss), self.pools.pairs[int(index)])
         return int(epoch), int(index), aug_ss, supports, class_id
 
-    def __getitem__(self, key: EpisodeKey | int) -> dict[str, Any]:
+    def __getitem__(self, key: EpisodeKey | int) -> EpisodeBatch:
         _, index, aug_ss, supports, class_id = self.episode(key)
         query = self.pools.pairs[index]
         seeds = aug_ss.spawn(1 + self.shot)
         image, label = self.reader.read(query)
         extra = self.lut[label] if self.lut is not None else None
         q = self.transform(image, binary_mask(label, class_id), seeds[0], extra=extra)
-        s_imgs, s_masks = [], []
+        shots = []
         for pair, s_seed in zip(supports, seeds[1:]):
             s_image, s_label = self.reader.read(pair)
-            s = self.transform(s_image, binary_mask(s_label, class_id), s_seed)
-            s_imgs.append(s.image)
-            s_masks.append(s.mask)
-        support_img, support_mask = _stack(s_imgs, s_masks)
-        sample: dict[str, Any] = {
-            "query_img": q.image,
-            "query_mask": q.mask,
-            "support_img": support_img,
-            "support_mask": support_mask,
-            "class_idx": self.class_index[class_id],
-            "class_id": class_id,
-            "episode_idx": index,
-        }
+            shots.append(self.transform(s_image, binary_mask(s_label, class_id), s_seed))
+        sample = _episode(q, shots, self.class_index[class_id], class_id, index)
         if q.extra is not None:
             sample["query_base_label"] = q.extra
         return sample
@@ -337,8 +337,8 @@ def build_eval_episodes(
 class EvalEpisodes(Dataset):
     """Evaluation episodes from a fixed table; draws no random numbers.
 
-    Besides the contract keys, each sample carries ``query_label_ori``: the original-resolution binary
-    query label padded with 255 to ``L x L`` (``L = max(H, W)``), and ``ori_size`` = (H, W).
+    Besides the training keys, each sample carries ``label_ori``: the original-resolution binary query
+    label padded with 255 to ``L x L`` (``L = max(H, W)``), and ``ori_hw`` = (H, W) (:mod:`svfseg.data.batch`).
     """
 
     def __init__(
@@ -358,29 +358,21 @@ class EvalEpisodes(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> EpisodeBatch:
         if not 0 <= index < len(self.table):
             raise IndexError(f"episode {index} out of range for a table of {len(self.table)} episodes")
         class_id = self.table.class_ids[index]
         image, label = self.reader.read(self.table.queries[index])
         q_label = binary_mask(label, class_id)
         q = self.transform(image, q_label)
-        s_imgs, s_masks = [], []
+        shots = []
         for pair in self.table.supports[index]:
             s_image, s_label = self.reader.read(pair)
-            s = self.transform(s_image, binary_mask(s_label, class_id))
-            s_imgs.append(s.image)
-            s_masks.append(s.mask)
-        support_img, support_mask = _stack(s_imgs, s_masks)
-        return {
-            "query_img": q.image,
-            "query_mask": q.mask,
-            "support_img": support_img,
-            "support_mask": support_mask,
-            "class_idx": self.class_index[class_id],
-            "class_id": class_id,
-            "episode_idx": index,
-            "query_label_ori": torch.from_numpy(pad_square(q_label)).long(),
-            "ori_size": torch.tensor(label.shape, dtype=torch.long),
-            "ori_hw": (int(label.shape[0]), int(label.shape[1])),  # host copy: no device sync to read it
-        }
+            shots.append(self.transform(s_image, binary_mask(s_label, class_id)))
+        sample = _episode(q, shots, self.class_index[class_id], class_id, index)
+        sample["label_ori"] = torch.from_numpy(pad_square(q_label)).long()
+        sample["ori_hw"] = (
+            int(label.shape[0]),
+            int(label.shape[1]),
+        )  # host ints: no device sync to read them
+        return sample

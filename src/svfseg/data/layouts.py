@@ -56,24 +56,24 @@ LAYOUTS: dict[str, Layout] = {
         "pascal",
         "pascal",
         _PASCAL_SHAPES,
-        "python -m svfseg.data.prepare pascal --voc VOC2012_DIR --sbd SBD_DIR --out {root}",
+        "python -m svfseg.dataprep.prepare pascal --voc VOC2012_DIR --sbd SBD_DIR --out {root}",
     ),
     "coco": Layout(
-        "coco", "coco", _COCO_SHAPES, "python -m svfseg.data.prepare coco --coco COCO_DIR --out {root}"
+        "coco", "coco", _COCO_SHAPES, "python -m svfseg.dataprep.prepare coco --coco COCO_DIR --out {root}"
     ),
     # A user's dataset folder (images/, labels/, classes.txt, train.txt, val.txt, folds.json): no code.
     "folder": Layout(
         "folder",
         "folder",
         (("images",), ("labels",)),
-        "python -m svfseg.data.prepare folder {root}  (checks the layout; docs/own-dataset.md)",
+        "python -m svfseg.dataprep.prepare folder {root}  (checks the layout; docs/own-dataset.md)",
     ),
     # Generated data in the Pascal layout with its own source lists in ROOT/lists/.
     "synthetic": Layout(
         "synthetic",
         "pascal",
         _PASCAL_SHAPES,
-        "python -m svfseg.data.synthetic --layout pascal --root {root}",
+        "python -m svfseg.dataprep.synthetic --layout pascal --root {root}",
     ),
 }
 PASCAL_SOURCE_RESOURCES = {"train": "voc_sbd_merge_noduplicate.txt", "val": "val.txt"}

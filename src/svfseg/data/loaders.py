@@ -1,4 +1,5 @@
-"""DataLoaders over explicit samplers, and the training loader that resumes mid-epoch.
+"""DataLoaders over explicit samplers, the training loader that resumes mid-epoch, and what the two
+DataModules (few-shot episodes, BAM's stage 1) share: :class:`FoldDataModule`.
 
 The DataModules build their own samplers from the trainer's rank and world size, so Lightning must not
 add a DistributedSampler (:func:`rank_and_world` refuses that under DDP).
@@ -8,13 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from svfseg.data.checks import MAX_IMAGE_SIZE, check_int, check_source_lists
 from svfseg.data.collate import collate_samples
-from svfseg.data.samplers import EpisodeSampler
+from svfseg.data.fold import FoldSpec
+from svfseg.data.layouts import get_layout
+from svfseg.data.samplers import EpisodeSampler, ShardedEvalSampler
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +113,72 @@ def start_sampler_at(sampler: EpisodeSampler, position: Mapping[str, int]) -> No
     sampler.set_start(epoch, consumed)
     if consumed:
         log.info("resuming epoch %d after its first %d training episodes (all ranks)", epoch, consumed)
+
+
+class FoldDataModule(pl.LightningDataModule):
+    """One fold's data with checked loader options, and its loaders over explicit samplers.
+
+    The base of both DataModules: they differ in their datasets and samplers, not in how a size, a batch
+    or a worker count is checked, nor in how a loader is made.
+    """
+
+    def __init__(
+        self,
+        split: FoldSpec,
+        root: str | Path,
+        *,
+        train_size: int,
+        eval_size: int,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        seed: int,
+        source_lists: Mapping[str, Any] | None,
+        persistent_workers: bool,
+        pin_memory: bool,
+    ) -> None:
+        super().__init__()
+        if not isinstance(split, FoldSpec):
+            raise TypeError(
+                f"split={split!r}: pass a svfseg.data.fold.FoldSpec(dataset, fold, shot, coco_split)"
+            )
+        self.split = split
+        self.dataset, self.fold, self.shot = split.dataset, split.fold, split.shot
+        self.coco_split = split.coco_split
+        self.root = Path(root)
+        self.train_size = check_int("train_size", train_size, low=8, high=MAX_IMAGE_SIZE)
+        self.eval_size = check_int("eval_size", eval_size, low=8, high=MAX_IMAGE_SIZE)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.eval_batch_size = check_int("eval_batch_size", eval_batch_size)
+        self.num_workers = check_int("num_workers", num_workers, low=0)
+        self.seed = check_int("seed", seed, low=0)
+        self.source_lists = check_source_lists(source_lists)
+        self.persistent_workers = bool(persistent_workers)
+        self.pin_memory = bool(pin_memory)
+        self.layout = get_layout(self.dataset)
+        self.base_classes = list(split.base_classes)
+
+    def loader(
+        self,
+        dataset: Dataset,
+        sampler: Sampler,
+        *,
+        train: bool,
+        position: Callable[[], dict[str, int] | None] | None = None,
+    ) -> DataLoader:
+        """A loader of ``batch_size`` (training) or ``eval_batch_size`` batches over ``sampler``."""
+        return make_loader(
+            dataset,
+            sampler,
+            self.batch_size if train else self.eval_batch_size,
+            num_workers=self.num_workers,
+            train=train,
+            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory,
+            position=position,
+        )
+
+    def eval_loader(self, dataset: Dataset) -> DataLoader:
+        """This process's shard of ``dataset``, in order and without padding."""
+        rank, world = rank_and_world(self)
+        return self.loader(dataset, ShardedEvalSampler(len(dataset), rank, world), train=False)

@@ -1,7 +1,7 @@
 """Fold splits of Pascal-5i and COCO-20i (base/novel class ids), as in PFENet, BAM and the SVF code.
 
 Class ids are the dataset's label values: Pascal 1..20, COCO 1..80 (after the 90 -> 80 remapping of
-``svfseg.data.prepare coco``). 0 is background and 255 is ignore; neither is ever a fold class.
+``svfseg.dataprep.prepare coco``). 0 is background and 255 is ignore; neither is ever a fold class.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from svfseg.data.batch import EpisodeBatch
 from svfseg.metrics import FewShotIoU
 from svfseg.models.base import FewShotModel
 from svfseg.models.components import episode_cues, resize
@@ -25,7 +26,7 @@ PRIOR_THRESHOLD = 0.5
 BASELINES = ("all_foreground", "cosine_prior")
 
 
-def all_foreground_logits(batch: dict[str, Any], model: FewShotModel) -> Tensor:
+def all_foreground_logits(batch: EpisodeBatch, model: FewShotModel) -> Tensor:
     """Scores that make every pixel foreground."""
     b, _, h, w = batch["query_img"].shape
     logits = torch.zeros(b, 2, h, w)
@@ -33,7 +34,7 @@ def all_foreground_logits(batch: dict[str, Any], model: FewShotModel) -> Tensor:
     return logits
 
 
-def cosine_prior_logits(batch: dict[str, Any], model: FewShotModel) -> Tensor:
+def cosine_prior_logits(batch: EpisodeBatch, model: FewShotModel) -> Tensor:
     """Scores whose argmax is ``prior > PRIOR_THRESHOLD`` (the prior averaged over shots)."""
     cues = episode_cues(model, batch["query_img"], batch["support_img"], batch["support_mask"])
     prior = cues.priors.mean(dim=1)
@@ -41,7 +42,7 @@ def cosine_prior_logits(batch: dict[str, Any], model: FewShotModel) -> Tensor:
     return resize(logits, batch["query_img"].shape[-2:])
 
 
-SCORERS: dict[str, Callable[[dict[str, Any], FewShotModel], Tensor]] = {
+SCORERS: dict[str, Callable[[EpisodeBatch, FewShotModel], Tensor]] = {
     "all_foreground": all_foreground_logits,
     "cosine_prior": cosine_prior_logits,
 }
@@ -49,16 +50,15 @@ SCORERS: dict[str, Callable[[dict[str, Any], FewShotModel], Tensor]] = {
 
 @torch.no_grad()
 def evaluate_baselines(
-    model: FewShotModel, batches: Iterable[dict[str, Any]], num_classes: int
+    model: FewShotModel, batches: Iterable[EpisodeBatch], num_classes: int
 ) -> dict[str, dict[str, Any]]:
     """mIoU, FB-IoU, class IoUs and episode count of each baseline over ``batches`` (one pass)."""
     model.eval()
     metrics = {name: FewShotIoU(num_classes, validate_args=False) for name in SCORERS}
     for batch in batches:
-        sizes = batch.get("ori_hw", batch["ori_size"])
         for name, scorer in SCORERS.items():
             metrics[name].update_from_logits(
-                scorer(batch, model), batch["query_label_ori"], sizes, batch["class_idx"]
+                scorer(batch, model), batch["label_ori"], batch["ori_hw"], batch["class_idx"]
             )
     results = {}
     for name, metric in metrics.items():

@@ -8,13 +8,13 @@ input mapped back to pixels); pixels the label ignores are grey in the ground tr
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from svfseg.data.batch import EpisodeBatch
 from svfseg.labels import IGNORE_INDEX
 from svfseg.models.base import FewShotModel
 
@@ -38,9 +38,9 @@ def overlay(pixels: np.ndarray, mask: np.ndarray, ignore: np.ndarray | None = No
     return out
 
 
-def pick_episodes(batches: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+def pick_episodes(batches: Iterable[EpisodeBatch], n: int) -> list[EpisodeBatch]:
     """The first ``n`` episodes of distinct classes (in episode order), each as a batch of one."""
-    picked: list[dict[str, Any]] = []
+    picked: list[EpisodeBatch] = []
     seen: set[int] = set()
     for batch in batches:
         for i, cls in enumerate(batch["class_idx"].tolist()):
@@ -54,7 +54,7 @@ def pick_episodes(batches: Iterable[dict[str, Any]], n: int) -> list[dict[str, A
 
 
 @torch.no_grad()
-def predict(model: FewShotModel, episode: dict[str, Any]) -> np.ndarray:
+def predict(model: FewShotModel, episode: EpisodeBatch) -> np.ndarray:
     """The (H, W) boolean foreground prediction at the network's input size."""
     model.eval()
     out = model(episode["query_img"], episode["support_img"], episode["support_mask"])
@@ -62,7 +62,7 @@ def predict(model: FewShotModel, episode: dict[str, Any]) -> np.ndarray:
 
 
 def qualitative_figure(
-    episodes: Sequence[dict[str, Any]],
+    episodes: Sequence[EpisodeBatch],
     models: Mapping[str, FewShotModel],
     class_names: Sequence[str],
     *,

@@ -38,9 +38,9 @@ from svfseg.analysis import (
 )
 from svfseg.analysis.export import save_png
 from svfseg.compose import compose_train_config
-from svfseg.data.ccp import SOURCE_ENV, convert
-from svfseg.data.folder_resize import resize_folder, scaled_min_pixels
 from svfseg.data.io import read_image
+from svfseg.dataprep.ccp import SOURCE_ENV, convert
+from svfseg.dataprep.folder_resize import resize_folder, scaled_min_pixels
 from svfseg.demo.baselines import BASELINES, evaluate_baselines
 from svfseg.demo.common import (
     print_table,

@@ -33,7 +33,7 @@ from svfseg.analysis import (
 )
 from svfseg.analysis.export import save_png
 from svfseg.data.io import read_label
-from svfseg.data.synthetic import LAYOUT_CLASSES, make_synthetic
+from svfseg.dataprep.synthetic import LAYOUT_CLASSES, make_synthetic
 from svfseg.demo.common import (
     print_table,
     run_result,

@@ -19,6 +19,7 @@ import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
+from svfseg.data.batch import EpisodeBatch
 from svfseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from svfseg.files import atomic_write_bytes
 from svfseg.labels import IGNORE_INDEX
@@ -150,7 +151,7 @@ class ExamplePredictionLogger(pl.Callback):
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         outputs: Any,
-        batch: dict[str, Tensor],
+        batch: EpisodeBatch,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import Tensor, nn
 
+from svfseg.data.batch import EpisodeBatch
 from svfseg.data.fold import FoldSpec
 from svfseg.finetune import FinetuneStrategy
 from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
@@ -138,7 +139,7 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
         self.finetune_spec = dict(self.spec.finetune)
 
     # ------------------------------------------------------------------ steps
-    def forward(self, batch: dict[str, Tensor], with_target: bool = True) -> FewShotOutput:
+    def forward(self, batch: EpisodeBatch, with_target: bool = True) -> FewShotOutput:
         return self.model(
             query_img=batch["query_img"],
             support_img=batch["support_img"],
@@ -148,7 +149,7 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
             query_base_label=batch.get("query_base_label") if with_target else None,
         )
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: EpisodeBatch, batch_idx: int) -> Tensor:
         out = self(batch)
         assert out.loss is not None
         # Recorded on the device; read back every optim.nonfinite_check_every steps (see NonFiniteGuard).
@@ -168,13 +169,11 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
         return out.loss
 
-    def _eval_update(self, metric: FewShotIoU, batch: dict[str, Tensor]) -> None:
+    def _eval_update(self, metric: FewShotIoU, batch: EpisodeBatch) -> None:
         logits = self(batch, with_target=False).logits
-        # ori_hw: the original sizes as host ints (collate), so no device tensor is read back per batch
-        sizes = batch.get("ori_hw", batch["ori_size"])
-        metric.update_from_logits(logits, batch["query_label_ori"], sizes, batch["class_idx"])
+        metric.update_from_logits(logits, batch["label_ori"], batch["ori_hw"], batch["class_idx"])
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: EpisodeBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         metric = self.val_iou if dataloader_idx == VAL_LOADER else self.train_episode_iou
         self._eval_update(metric, batch)
 
@@ -191,16 +190,15 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
     def on_test_end(self) -> None:
         self._tta_adapter = None  # frees the working copy
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: EpisodeBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not self.tta.enabled:
             self._eval_update(self.test_ious[dataloader_idx], batch)
             return
         if self._tta_adapter is None:
             self._tta_adapter = SupportAdapter(self.model, self.tta)
         logits = self._tta_adapter.predict(batch)
-        sizes = batch.get("ori_hw", batch["ori_size"])
         self.test_ious[dataloader_idx].update_from_logits(
-            logits, batch["query_label_ori"], sizes, batch["class_idx"]
+            logits, batch["label_ori"], batch["ori_hw"], batch["class_idx"]
         )
 
     def _log_metric(self, prefix: str, metric: FewShotIoU, split: str = "val") -> dict[str, Tensor]:

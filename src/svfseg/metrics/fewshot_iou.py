@@ -103,11 +103,11 @@ class FewShotIoU(Metric):
         self,
         logits: Tensor,
         label_ori: Tensor,
-        ori_size: Tensor | Sequence[tuple[int, int]],
+        ori_hw: Tensor | Sequence[tuple[int, int]],
         class_idx: Tensor,
     ) -> None:
         """Evaluate logits (B, 2, h, w) at each query's original size (see ``predict_at_original_size``)."""
-        pred, target = predict_at_original_size(logits, label_ori, ori_size, self.ignore_index)
+        pred, target = predict_at_original_size(logits, label_ori, ori_hw, self.ignore_index)
         self.update(pred, target, class_idx)
 
     def compute(self) -> dict[str, Tensor]:

@@ -73,7 +73,7 @@ def binary_mask_at_original_size(
 def predict_at_original_size(
     logits: Tensor,
     label_ori: Tensor,
-    ori_size: Tensor | Sequence[tuple[int, int]],
+    ori_hw: Tensor | Sequence[tuple[int, int]],
     ignore_index: int = IGNORE_INDEX,
 ) -> tuple[Tensor, Tensor]:
     """Return ``(pred, target)`` of shape (B, H_max, W_max) at original resolution.
@@ -81,8 +81,8 @@ def predict_at_original_size(
     Args:
         logits: (B, 2, h, w) bg/fg scores on the val-size canvas (image pasted top-left).
         label_ori: (B, L, L) original labels, padded bottom/right with ``ignore_index``.
-        ori_size: (B, 2) original (H, W) of each query; a list of (H, W) ints avoids reading a device
-            tensor back to the host (a sync per batch on GPU).
+        ori_hw: the original (H, W) of each query: a list of (H, W) ints (the batch's ``ori_hw``) reads
+            no device tensor back to the host (a sync per batch on GPU); a (B, 2) tensor also works.
 
     Outside each sample's H x W the target is ``ignore_index`` and the prediction 0.
     """
@@ -90,18 +90,18 @@ def predict_at_original_size(
         raise ValueError(f"logits must be (B, 2, h, w), got {tuple(logits.shape)}")
     b = logits.shape[0]
     if label_ori.ndim != 3 or label_ori.shape[0] != b:
-        raise ValueError(f"query_label_ori must be (B={b}, L, L), got {tuple(label_ori.shape)}")
-    if isinstance(ori_size, Tensor):
-        if ori_size.shape != (b, 2):
-            raise ValueError(f"ori_size must be (B={b}, 2) holding (H, W), got {tuple(ori_size.shape)}")
-        ori_size = ori_size.tolist()
-    sizes = [(int(h), int(w)) for h, w in ori_size]
+        raise ValueError(f"label_ori must be (B={b}, L, L), got {tuple(label_ori.shape)}")
+    if isinstance(ori_hw, Tensor):
+        if ori_hw.shape != (b, 2):
+            raise ValueError(f"ori_hw must be (B={b}, 2) holding (H, W), got {tuple(ori_hw.shape)}")
+        ori_hw = ori_hw.tolist()
+    sizes = [(int(h), int(w)) for h, w in ori_hw]
     if len(sizes) != b:
-        raise ValueError(f"ori_size must hold B={b} (H, W) pairs, got {len(sizes)}")
+        raise ValueError(f"ori_hw must hold B={b} (H, W) pairs, got {len(sizes)}")
     for i, (h, w) in enumerate(sizes):
         if h < 1 or w < 1 or max(h, w) > min(label_ori.shape[1:]):
             raise ValueError(
-                f"sample {i}: ori_size {(h, w)} does not fit query_label_ori of spatial size "
+                f"sample {i}: ori_hw {(h, w)} does not fit label_ori of spatial size "
                 f"{tuple(label_ori.shape[1:])}; the label must be padded to at least max(H, W) per side"
             )
     h_max = max(h for h, _ in sizes)

@@ -1,7 +1,7 @@
 """The "ImageNet proxy": procedural categories, disjoint from every few-shot synthetic class, for pretraining.
 
 A category is a (shape, colour, texture) combination, drawn with the same renderer and cluttered
-backgrounds as the few-shot synthetic data (:mod:`svfseg.data.synthetic`). Every combination that any
+backgrounds as the few-shot synthetic data (:mod:`svfseg.dataprep.synthetic`). Every combination that any
 synthetic Pascal or COCO class uses is excluded, so the few-shot novel classes are never a pretraining
 category: the backbone learns the primitives (colours, textures, shapes, clutter) the way ImageNet teaches
 edges and parts, and a novel class is a new combination of them, as a Pascal class is for ImageNet.
@@ -17,17 +17,8 @@ import math
 
 import numpy as np
 
-from svfseg.data.synthetic import (
-    COLOURS,
-    LAYOUT_CLASSES,
-    SHAPES,
-    TEXTURES,
-    ClassStyle,
-    SceneObject,
-    class_styles,
-    place_object,
-    render,
-)
+from svfseg.data.class_names import COLOURS, SHAPES, TEXTURES, ClassStyle, class_styles
+from svfseg.dataprep.synthetic import LAYOUT_CLASSES, SceneObject, place_object, render
 
 
 @functools.lru_cache(maxsize=4)

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from svfseg.data import prepare
 from svfseg.data.folder_layout import read_folder
-from svfseg.data.folder_resize import RECORD, resize_folder, scaled_min_pixels
+from svfseg.dataprep import prepare
+from svfseg.dataprep.folder_resize import RECORD, resize_folder, scaled_min_pixels
 
 
 def _write_folder(root: Path) -> Path:

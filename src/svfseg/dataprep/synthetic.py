@@ -13,7 +13,7 @@ Layouts (exactly the real ones, so the same code paths run as on the real data):
   object borders as in VOC), ``lists/{train,val}.txt``; use it as dataset ``synthetic``.
 * ``coco``: ``{train,val}2014/COCO_{split}2014_<12-digit id>.jpg``, ``annotations/instances_{split}2014.json``
   (80 categories with the real sparse COCO ids; polygons, compressed RLE for rings, uncompressed RLE
-  crowd regions), and ``annotations/{split}2014/*.png`` made by ``svfseg.data.prepare``'s converter.
+  crowd regions), and ``annotations/{split}2014/*.png`` made by ``svfseg.dataprep.prepare``'s converter.
 
 The output depends only on the parameters and the seed (byte-identical files on one platform).
 """
@@ -21,7 +21,6 @@ The output depends only on the parameters and the seed (byte-identical files on 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import shutil
@@ -36,38 +35,16 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from svfseg.data import io as data_io
+from svfseg.data.class_names import COLOURS, SHAPES, ClassStyle, class_styles
 from svfseg.data.layouts import default_source, get_layout
-from svfseg.data.prepare import prepare_coco
 from svfseg.data.progress import progress_bar
 from svfseg.data.selection import pool_classes, select_pairs
 from svfseg.data.splits import COCO_SPLITS, NUM_FOLDS
+from svfseg.dataprep.prepare import prepare_coco
 from svfseg.labels import IGNORE_INDEX
 
 FORMAT_VERSION = 1
 META_FILE = "synthetic.json"
-SHAPES = (
-    "circle",
-    "square",
-    "triangle",
-    "star",
-    "cross",
-    "ring",
-    "ellipse",
-    "diamond",
-    "hexagon",
-    "crescent",
-)
-COLOURS: dict[str, tuple[int, int, int]] = {  # RGB, saturated so they differ from the grey clutter
-    "red": (225, 35, 35),
-    "orange": (245, 140, 20),
-    "yellow": (240, 220, 30),
-    "green": (35, 175, 55),
-    "cyan": (30, 200, 215),
-    "blue": (40, 70, 230),
-    "purple": (140, 50, 200),
-    "pink": (240, 70, 170),
-}
-TEXTURES = ("solid", "stripes", "dots", "checker")
 # The 80 COCO category ids (1..90 with the real gaps).
 COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
 LAYOUT_CLASSES = {"pascal": 20, "coco": 80}
@@ -85,41 +62,6 @@ _GENERATED = (
     "annotations",
     ".svfseg_cache",
 )
-
-
-@dataclass(frozen=True)
-class ClassStyle:
-    shape: str
-    colour: str
-    texture: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.colour} {self.texture} {self.shape}"
-
-
-@functools.lru_cache(maxsize=8)
-def class_styles(n: int) -> tuple[ClassStyle, ...]:
-    """``n`` distinct styles, greedily as far apart as possible (attributes differing), balanced in use."""
-    combos = [
-        (s, c, t) for s in range(len(SHAPES)) for c in range(len(COLOURS)) for t in range(len(TEXTURES))
-    ]
-    if n > len(combos):
-        raise ValueError(f"at most {len(combos)} synthetic classes, asked for {n}")
-    chosen: list[tuple[int, int, int]] = []
-    uses = [[0] * len(SHAPES), [0] * len(COLOURS), [0] * len(TEXTURES)]
-    for _ in range(n):
-
-        def score(cand: tuple[int, int, int]) -> tuple[int, int]:
-            dist = min((sum(a != b for a, b in zip(cand, ch)) for ch in chosen), default=3)
-            return dist, -sum(uses[k][v] for k, v in enumerate(cand))
-
-        best = max((c for c in combos if c not in chosen), key=score)
-        chosen.append(best)
-        for k, v in enumerate(best):
-            uses[k][v] += 1
-    names = list(COLOURS)
-    return tuple(ClassStyle(SHAPES[s], names[c], TEXTURES[t]) for s, c, t in chosen)
 
 
 def coverage_min_pixels(size: int) -> int:
@@ -589,7 +531,9 @@ def make_synthetic(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m svfseg.data.synthetic", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m svfseg.dataprep.synthetic", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--layout", required=True, choices=sorted(LAYOUT_CLASSES))
     p.add_argument("--root", required=True)
     p.add_argument("--n-train", type=int, help="training images (default: pascal 240, coco 480)")

@@ -1,6 +1,6 @@
 """Convert the public Pascal VOC + SBD and COCO 2014 releases into the label layout svfseg reads.
 
-``python -m svfseg.data.prepare pascal --voc VOC2012_DIR --sbd SBD_DIR --out OUT`` writes
+``python -m svfseg.dataprep.prepare pascal --voc VOC2012_DIR --sbd SBD_DIR --out OUT`` writes
 ``OUT/SegmentationClassAug/<id>.png`` (single-channel uint8 class ids) and links ``OUT/JPEGImages``:
 
 * An id with a VOC label (``VOC2012/SegmentationClass/<id>.png``) takes it: VOC labels are the official,
@@ -11,7 +11,7 @@
   widely used SegmentationClassAug set. Nothing is invented.
 * The result is checked against the standard lists (5,953 training / 1,449 validation pairs).
 
-``python -m svfseg.data.prepare coco --coco COCO_DIR --out OUT`` turns
+``python -m svfseg.dataprep.prepare coco --coco COCO_DIR --out OUT`` turns
 ``annotations/instances_{train,val}2014.json`` into ``OUT/annotations/{split}2014/<image stem>.png``:
 
 * COCO's 80 category ids (1..90 with gaps) map to 1..80 in ascending id order; 0 is background.
@@ -45,12 +45,12 @@ import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from svfseg.data import ccp, folder_layout, folder_resize
 from svfseg.data.io import DataFileError, check_label_values
 from svfseg.data.label_index import default_workers
 from svfseg.data.layouts import PASCAL_SOURCE_RESOURCES, get_layout, read_source_file
 from svfseg.data.progress import progress_bar
 from svfseg.data.splits import NUM_CLASSES
+from svfseg.dataprep import ccp, folder_check, folder_resize
 from svfseg.files import atomic_write
 from svfseg.labels import IGNORE_INDEX
 
@@ -349,7 +349,9 @@ def prepare_coco(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m svfseg.data.prepare", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m svfseg.dataprep.prepare", description=__doc__.split("\n\n")[0]
+    )
     sub = p.add_subparsers(dest="dataset", required=True)
     pas = sub.add_parser("pascal", help="VOC2012 + SBD -> SegmentationClassAug")
     pas.add_argument("--voc", required=True, help="VOCdevkit/VOC2012 (JPEGImages/, SegmentationClass/)")
@@ -367,7 +369,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--workers", type=int)
         s.add_argument("--skip-existing", action="store_true", help="keep labels already written (resume)")
         s.add_argument("--no-progress", action="store_true")
-    folder_layout.add_arguments(
+    folder_check.add_arguments(
         sub.add_parser(
             "folder", help="check a dataset folder in the own-dataset layout (docs/own-dataset.md)"
         )
@@ -382,7 +384,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.dataset == "folder":
-        return folder_layout.run(args)
+        return folder_check.run(args)
     if args.dataset == "ccp":
         return ccp.run(args)
     if args.dataset == "resize":

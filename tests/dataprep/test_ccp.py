@@ -2,7 +2,7 @@
 
 The data is not in the repository: set SVFSEG_CCP_SRC to a clone of github.com/bearpaw/clothing-co-parsing
 (CI does); without it, a shared data copy next to the checkout is used when there is one, else the tests skip.
-Expected values are computed here from the .mat files with scipy, independently of svfseg.data.ccp.
+Expected values are computed here from the .mat files with scipy, independently of svfseg.dataprep.ccp.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from svfseg.data import prepare
-from svfseg.data.folder_layout import check_folder, read_folder
+from svfseg.data.folder_layout import read_folder
+from svfseg.dataprep import prepare
+from svfseg.dataprep.folder_check import check_folder
 from tests.helpers.data import env_folder
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,10 +11,10 @@ import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from svfseg.data import prepare
 from svfseg.data.io import DataFileError, read_label
-from svfseg.data.prepare import coco_category_map, coco_semantic_label, prepare_coco, prepare_pascal
-from svfseg.data.synthetic import COCO_CATEGORY_IDS
+from svfseg.dataprep import prepare
+from svfseg.dataprep.prepare import coco_category_map, coco_semantic_label, prepare_coco, prepare_pascal
+from svfseg.dataprep.synthetic import COCO_CATEGORY_IDS
 from tests.helpers.data import write_jpeg
 
 # ------------------------------------------------------------------------------------------------ pascal

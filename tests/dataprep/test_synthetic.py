@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svfseg.data import synthetic
+from svfseg.data.class_names import SHAPES, class_styles
 from svfseg.data.io import read_label, read_sample
-from svfseg.data.prepare import coco_category_map, coco_semantic_label
 from svfseg.data.selection import build_list
-from svfseg.data.synthetic import COCO_CATEGORY_IDS, class_styles, coverage_min_pixels, make_synthetic
+from svfseg.dataprep import synthetic
+from svfseg.dataprep.prepare import coco_category_map, coco_semantic_label
+from svfseg.dataprep.synthetic import COCO_CATEGORY_IDS, coverage_min_pixels, make_synthetic
 from tests.helpers.data import tree_digest
 
 TINY = {"n_train": 20, "n_val": 20, "size": 64}
@@ -38,7 +39,7 @@ def test_class_styles_are_distinct() -> None:
     # every two of the 20 Pascal-layout classes differ in at least two of shape, colour, texture
     for a, b in itertools.combinations(twenty, 2):
         assert (a.shape != b.shape) + (a.colour != b.colour) + (a.texture != b.texture) >= 2
-    assert {s.shape for s in twenty} == set(synthetic.SHAPES)
+    assert {s.shape for s in twenty} == set(SHAPES)
     assert len(set(class_styles(80))) == 80
 
 

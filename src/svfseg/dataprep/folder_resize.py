@@ -7,7 +7,7 @@ the working size puts training and evaluation at one scale and makes every read 
 with nearest neighbour (ids stay ids); the metric is then at the copy's size. ``min_pixels`` filters count
 label pixels, so a run on the copy scales it by the area ratio (:func:`scaled_min_pixels`).
 
-``python -m svfseg.data.prepare resize SRC --out DST --long-side 129``
+``python -m svfseg.dataprep.prepare resize SRC --out DST --long-side 129``
 """
 
 from __future__ import annotations

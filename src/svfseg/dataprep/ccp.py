@@ -5,9 +5,9 @@ public release github.com/bearpaw/clothing-co-parsing, Apache-2.0) has 1,004 str
 pixel labels: ``photos/0001.jpg``..``1004.jpg``, ``annotations/pixel-level/<id>.mat`` (variable
 ``groundtruth``, HxW uint8, value v = ``label_list[v]``) and ``label_list.mat`` (59 names, 0 = ``null``).
 
-``python -m svfseg.data.prepare ccp --out data/ccp [--src SRC]`` writes the layout of
+``python -m svfseg.dataprep.prepare ccp --out data/ccp [--src SRC]`` writes the layout of
 :mod:`svfseg.data.folder_layout` by the design in ``svfseg/resources/ccp/design.json`` (the design is data;
-``python -m svfseg.data.ccp design --src SRC`` recomputes it, see :func:`make_design`):
+``python -m svfseg.dataprep.ccp design --src SRC`` recomputes it, see :func:`make_design`):
 
 * background (0): ``null``, ``skin`` and ``hair`` (the person and the scene, not clothing), so the task
   is "this clothing item against everything else";
@@ -21,7 +21,7 @@ The source is ``--src`` (a clone or copy of the public release), else the folder
 archive). Every file used is checked against the sha256 manifest ``resources/ccp/manifest.sha256``
 (the members, not the archive, whose bytes the code host does not keep stable); a mismatch is refused
 naming the file. The output is written into a hidden sibling folder, checked with
-:func:`svfseg.data.folder_layout.check_folder`, and only then renamed to ``--out``.
+:func:`svfseg.dataprep.folder_check.check_folder`, and only then renamed to ``--out``.
 """
 
 from __future__ import annotations
@@ -51,15 +51,9 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from svfseg.data.folder_layout import (
-    CLASSES_FILE,
-    FOLDS_FILE,
-    IMAGE_DIR,
-    LABEL_DIR,
-    SPLIT_FILES,
-    check_folder,
-)
+from svfseg.data.folder_layout import CLASSES_FILE, FOLDS_FILE, IMAGE_DIR, LABEL_DIR, SPLIT_FILES
 from svfseg.data.label_index import default_workers
+from svfseg.dataprep.folder_check import check_folder
 from svfseg.files import atomic_write_bytes, atomic_write_text
 from svfseg.labels import IGNORE_INDEX
 
@@ -575,7 +569,7 @@ def convert(
 def _source_note(spec: Mapping[str, Any]) -> str:
     return (
         "# Clothing Co-Parsing (CCP) in the svfseg folder layout\n\n"
-        f"Made by `python -m svfseg.data.prepare ccp` from the public release {spec['source']}; "
+        f"Made by `python -m svfseg.dataprep.prepare ccp` from the public release {spec['source']}; "
         "LICENSE is the release's own. Cite:\n\n"
         f"{spec['citation']}\n\n"
         f"Background (0): {', '.join(spec['label_list'][v] for v in spec['background_labels'])}. "
@@ -652,7 +646,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m svfseg.data.ccp", description="CCP maintainer tools")
+    p = argparse.ArgumentParser(prog="python -m svfseg.dataprep.ccp", description="CCP maintainer tools")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, text in (("design", "recompute design.json"), ("manifest", "recompute manifest.sha256")):
         s = sub.add_parser(name, help=text)
