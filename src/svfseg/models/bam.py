@@ -22,7 +22,14 @@ from svfseg.models.backbones.timm_cnn import BAM_ON_TIMM_CNN, TIMM_CNN
 from svfseg.models.backbones.vit import VIT_MODELS
 from svfseg.models.base import FewShotOutput
 from svfseg.models.baseline import MetaLearner
-from svfseg.models.components import cross_entropy, episode_cues, mid_channels, reduction_block, resize
+from svfseg.models.components import (
+    EpisodeCues,
+    EpisodeInputs,
+    cross_entropy,
+    mid_channels,
+    reduction_block,
+    resize,
+)
 from svfseg.models.pspnet import PSPNet, backbone_shell, load_base_learner
 
 if TYPE_CHECKING:
@@ -191,19 +198,15 @@ class BAM(MetaLearner):
             return self.base_learner.head(self.base_learner.backbone(query_img)["layer4"])
 
     # ------------------------------------------------------------------ forward
-    def forward(
-        self,
-        query_img: Tensor,
-        support_img: Tensor,
-        support_mask: Tensor,
-        query_mask: Tensor | None = None,
-        class_idx: Tensor | None = None,
-        query_base_label: Tensor | None = None,
-    ) -> FewShotOutput:
-        b, k = support_img.shape[:2]
-        if k != self.shot:
-            raise ValueError(f"BAM was built for shot={self.shot} but the batch has {k} supports per episode")
-        cues = episode_cues(self, query_img, support_img, support_mask)
+    def check_shots(self, shots: int) -> None:
+        """BAM's shot weighting has exactly ``shot`` inputs."""
+        if shots != self.shot:
+            raise ValueError(
+                f"BAM was built for shot={self.shot} but the batch has {shots} supports per episode"
+            )
+
+    def decode(self, cues: EpisodeCues, inputs: EpisodeInputs) -> FewShotOutput:
+        b, k = cues.prototypes.shape[:2]
         feats = cues.features
         # BAM's code computes the Gram matrix on layer2 after it is resized to layer3 (a no-op for
         # ResNet; 60 -> 30 for VGG).
@@ -220,18 +223,21 @@ class BAM(MetaLearner):
 
         meta_out = self.meta_logits(cues.query_feat, proto, prior)
 
-        base_out = self.base_logits(query_img)
+        base_out = self.base_logits(inputs.query_img)
         base_out = resize(base_out, meta_out.shape[-2:])
-        final = self.ensemble(meta_out, base_out, est, class_idx)
+        final = self.ensemble(meta_out, base_out, est, inputs.class_idx)
 
-        size = query_img.shape[-2:]
+        size = inputs.query_img.shape[-2:]
         final = resize(final, size)
-        if query_mask is None:
+        if inputs.query_mask is None:
             return FewShotOutput(logits=final)
-        losses = {"main": cross_entropy(final, query_mask), "aux_meta": cross_entropy(meta_out, query_mask)}
+        losses = {
+            "main": cross_entropy(final, inputs.query_mask),
+            "aux_meta": cross_entropy(meta_out, inputs.query_mask),
+        }
         loss = losses["main"] + self.aux_meta_weight * losses["aux_meta"]
-        if query_base_label is not None:  # no gradient: logged for parity with BAM's total loss
-            losses["aux_base"] = cross_entropy(base_out, query_base_label)
+        if inputs.query_base_label is not None:  # no gradient: logged for parity with BAM's total loss
+            losses["aux_base"] = cross_entropy(base_out, inputs.query_base_label)
             loss = loss + self.aux_base_weight * losses["aux_base"]
         return FewShotOutput(logits=final, loss=loss, losses=losses)
 

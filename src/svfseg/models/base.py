@@ -44,7 +44,8 @@ def set_batchnorm_eval(module: nn.Module) -> int:
 class FewShotModel(nn.Module):
     """Base class of every few-shot segmentation method.
 
-    Subclasses set ``self.backbone`` and implement :meth:`forward`. The forward signature is shared by
+    Subclasses set ``self.backbone`` and implement :meth:`forward` (the built-in methods get it from
+    ``components.EpisodeMethod`` and write only their head). The forward signature is shared by
     all methods so the LightningModule needs no per-method code::
 
         forward(query_img (B,3,H,W), support_img (B,K,3,H,W), support_mask (B,K,H,W),

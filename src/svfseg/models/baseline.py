@@ -5,20 +5,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from svfseg.models.base import FewShotModel, FewShotOutput
+from svfseg.models.base import FewShotOutput
 from svfseg.models.components import (
     ASPP,
+    EpisodeCues,
+    EpisodeInputs,
+    EpisodeMethod,
     classifier,
     conv_relu,
     cross_entropy,
-    episode_cues,
     mid_channels,
     reduction_block,
     resize,
 )
 
 
-class MetaLearner(FewShotModel):
+class MetaLearner(EpisodeMethod):
     """A method whose head is the baseline's meta learner: init_merge, ASPP, residual convs, classifier.
 
     The baseline is this head alone and BAM ensembles it with a base learner, so both get it from here.
@@ -79,19 +81,9 @@ class BaselineASPP(MetaLearner):
         self.down_supp = reduction_block(mid_channels(backbone), reduce_dim, dropout=dropout)
         self.add_meta_head(reduce_dim)
 
-    def forward(
-        self,
-        query_img: Tensor,
-        support_img: Tensor,
-        support_mask: Tensor,
-        query_mask: Tensor | None = None,
-        class_idx: Tensor | None = None,
-        query_base_label: Tensor | None = None,
-    ) -> FewShotOutput:
-        cues = episode_cues(self, query_img, support_img, support_mask)
-        proto, prior = cues.prototypes.mean(dim=1), cues.priors.mean(dim=1)
-        logits = resize(self.meta_logits(cues.query_feat, proto, prior), query_img.shape[-2:])
-        if query_mask is None:
+    def decode(self, cues: EpisodeCues, inputs: EpisodeInputs) -> FewShotOutput:
+        logits = resize(self.meta_logits(cues.query_feat, *cues.shot_means()), inputs.query_img.shape[-2:])
+        if inputs.query_mask is None:
             return FewShotOutput(logits=logits)
-        loss = cross_entropy(logits, query_mask)
+        loss = cross_entropy(logits, inputs.query_mask)
         return FewShotOutput(logits=logits, loss=loss, losses={"main": loss})

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from svfseg.labels import IGNORE_INDEX
-from svfseg.models.base import FewShotModel
+from svfseg.models.base import FewShotModel, FewShotOutput
 
 PROTO_EPS = 0.0005  # the PFENet/BAM/SVF repos' Σ(f·m) / (Σm + 0.0005)
 PRIOR_EPS = 1e-7
@@ -187,6 +187,48 @@ class EpisodeCues:
     query_feat: Tensor  # (B, D, h, w): down_query(query_mid)
     prototypes: Tensor  # (B, K, D, 1, 1): masked average pool of down_supp(support_mid), per shot
     priors: Tensor  # (B, K, 1, h, w): prior mask per shot, at layer3 size
+
+    def shot_means(self) -> tuple[Tensor, Tensor]:
+        """One prototype (B, D, 1, 1) and one prior (B, 1, h, w): the mean over shots (baseline, PFENet)."""
+        return self.prototypes.mean(dim=1), self.priors.mean(dim=1)
+
+
+@dataclass(frozen=True)
+class EpisodeInputs:
+    """What a method's head reads of the episode besides the cues (``forward``'s other arguments)."""
+
+    query_img: Tensor
+    query_mask: Tensor | None = None
+    class_idx: Tensor | None = None
+    query_base_label: Tensor | None = None
+
+
+class EpisodeMethod(FewShotModel):
+    """A method built on :func:`episode_cues`: the one ``forward`` of every method, heads in :meth:`decode`.
+
+    Subclasses set ``backbone``, ``down_query`` and ``down_supp`` and implement :meth:`decode`, so the
+    signature the LightningModule calls (see :class:`FewShotModel`) is written once.
+    """
+
+    def forward(
+        self,
+        query_img: Tensor,
+        support_img: Tensor,
+        support_mask: Tensor,
+        query_mask: Tensor | None = None,
+        class_idx: Tensor | None = None,
+        query_base_label: Tensor | None = None,
+    ) -> FewShotOutput:
+        self.check_shots(support_img.shape[1])
+        cues = episode_cues(self, query_img, support_img, support_mask)
+        return self.decode(cues, EpisodeInputs(query_img, query_mask, class_idx, query_base_label))
+
+    def check_shots(self, shots: int) -> None:
+        """Refuse an episode with a number of supports the method was not built for (default: any)."""
+
+    def decode(self, cues: EpisodeCues, inputs: EpisodeInputs) -> FewShotOutput:
+        """The method's head: logits at ``inputs.query_img``'s size and, given a query mask, the loss."""
+        raise NotImplementedError
 
 
 def episode_cues(

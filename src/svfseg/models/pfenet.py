@@ -13,12 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from svfseg.models.base import FewShotModel, FewShotOutput
+from svfseg.models.base import FewShotOutput
 from svfseg.models.components import (
+    EpisodeCues,
+    EpisodeInputs,
+    EpisodeMethod,
     classifier,
     conv_relu,
     cross_entropy,
-    episode_cues,
     mid_channels,
     reduction_block,
     resize,
@@ -49,7 +51,7 @@ def bin_size(bin_: Bin, feat_size: int) -> int:
     return int(bin_)
 
 
-class PFENet(FewShotModel):
+class PFENet(EpisodeMethod):
     """Reduction + prior as the baseline; FEM over pyramid bins with inter-scale merging; aux losses.
 
     k-shot prototypes and priors are averaged over shots, as in PFENet. The loss is the main CE plus
@@ -109,25 +111,15 @@ class PFENet(FewShotModel):
             pyramid.append(resize(merged, size))
         return torch.cat(pyramid, dim=1), aux_logits
 
-    def forward(
-        self,
-        query_img: Tensor,
-        support_img: Tensor,
-        support_mask: Tensor,
-        query_mask: Tensor | None = None,
-        class_idx: Tensor | None = None,
-        query_base_label: Tensor | None = None,
-    ) -> FewShotOutput:
-        cues = episode_cues(self, query_img, support_img, support_mask)
-        proto, prior = cues.prototypes.mean(dim=1), cues.priors.mean(dim=1)
-        pyramid, aux_logits = self.enrich(cues.query_feat, proto, prior)
+    def decode(self, cues: EpisodeCues, inputs: EpisodeInputs) -> FewShotOutput:
+        pyramid, aux_logits = self.enrich(cues.query_feat, *cues.shot_means())
         x = self.res1(pyramid)
         x = self.res2(x) + x
-        logits = resize(self.cls(x), query_img.shape[-2:])
-        if query_mask is None:
+        logits = resize(self.cls(x), inputs.query_img.shape[-2:])
+        if inputs.query_mask is None:
             return FewShotOutput(logits=logits)
-        main = cross_entropy(logits, query_mask)
-        aux = torch.stack([cross_entropy(a, query_mask) for a in aux_logits]).mean()
+        main = cross_entropy(logits, inputs.query_mask)
+        aux = torch.stack([cross_entropy(a, inputs.query_mask) for a in aux_logits]).mean()
         return FewShotOutput(
             logits=logits, loss=main + self.aux_weight * aux, losses={"main": main, "aux": aux}
         )
