@@ -1,6 +1,6 @@
 """SVF layer benchmark (CPU): the dilated deep-stem ResNet-50 (training step, eval forward, peak memory)
-and EfficientNet-Lite0 (training step and eval forward, depthwise convs converted too; LoRA and DoRA
-training steps next to SVF's).
+and EfficientNet-Lite0 (training step, eval forward and peak step memory, depthwise convs converted too;
+every PEFT row of ``conf/experiment/peft`` next to SVF's).
 
     python benchmarks/bench_svf.py [--backbones resnet50 efficientnet_lite0] [--size 321] [--batch 2]
                                    [--repeats 5] [--write docs/benchmarks.md]
@@ -47,11 +47,14 @@ not depend on the weights' values; BN in eval mode), timed with ``benchlib.inter
   and at ``rank=match_svf``, built by the project's strategy (``svfseg.finetune.build_strategy(...).apply``,
   peft adapters on the dense convs of layer2-4, everything else frozen), on a minimal ``FewShotModel``
   around the backbone; the timed unit is the same forward + backward of ``sum(layer4)`` of the backbone;
+* ``freeze``, ``svf_top``, ``svf_bottom``, ``salt``, ``bitfit``: the other ``conf/experiment/peft`` rows,
+  built the same way with their options (``LITE_STRATEGY``); ``freeze`` times the ``no_grad`` forward its
+  backbone runs in training;
 * eval (``no_grad`` forward): the original network, the SVF layers with their cached merged W, and the SVF
   model after ``merge_svf`` (plain convs again).
 
-Each training unit drops its gradients (``grad = None``) at its end, inside the timed call. No memory
-figures for Lite0 (the peak-memory workers run the ResNet-50 variants only).
+Each training unit drops its gradients (``grad = None``) at its end, inside the timed call. Peak step
+memory of each Lite0 training variant: a fresh worker process per variant, measured as for ResNet-50.
 """
 
 from __future__ import annotations
@@ -100,18 +103,55 @@ from svfseg.svf import (
 SECTION = "## SVF layer: training step, eval and memory (ResNet-50)"
 LITE_SECTION = "### EfficientNet-Lite0: SVF with depthwise convs"
 BACKBONES = ("resnet50", "efficientnet_lite0")
-LITE_TRAIN = ("full", "svf", "lora_r8", "lora_match", "dora_r8", "dora_match")
+LITE_TRAIN = (
+    "freeze",
+    "full",
+    "svf",
+    "svf_top",
+    "svf_bottom",
+    "salt",
+    "lora_r8",
+    "lora_match",
+    "dora_r8",
+    "dora_match",
+    "bitfit",
+)
 LITE_EVAL = ("original", "svf_eval", "svf_merged")
-# finetune= name and rank of the peft variants (svfseg.finetune strategies, layer2-4 as SVF)
-LITE_PEFT = {
-    "lora_r8": ("lora", 8),
-    "lora_match": ("lora", "match_svf"),
-    "dora_r8": ("dora", 8),
-    "dora_match": ("dora", "match_svf"),
+LITE_WORKER = "lite0:"  # --memory-worker prefix of the Lite0 variants
+# finetune= name and options of the variants built by the strategies (svfseg.finetune, stages layer2-4 by
+# default): those of the conf/experiment/peft rows (a test checks them against the composed configs)
+LITE_STRATEGY: dict[str, tuple[str, dict[str, object]]] = {
+    "freeze": ("freeze", {}),
+    "svf_top": ("svf", {"directions": "top", "k": 0.25}),
+    "svf_bottom": ("svf", {"directions": "bottom", "k": 0.25}),
+    "salt": ("svf", {"parametrization": "scale_shift", "directions": "top", "k": 0.25, "residual_rank": 4}),
+    "lora_r8": ("lora", {"rank": 8}),
+    "lora_match": ("lora", {"rank": "match_svf"}),
+    "dora_r8": ("dora", {"rank": 8}),
+    "dora_match": ("dora", {"rank": "match_svf"}),
+    "bitfit": ("bitfit", {}),
+}
+# the conf/experiment/peft row of each variant (dora_match has none)
+LITE_EXPERIMENT = {
+    "freeze": "freeze",
+    "full": "full",
+    "svf": "svf",
+    "svf_top": "svf_top",
+    "svf_bottom": "svf_bottom",
+    "salt": "salt",
+    "lora_r8": "lora_r8",
+    "lora_match": "lora_match",
+    "dora_r8": "dora",
+    "bitfit": "bitfit",
 }
 LITE_LABELS = {
+    "freeze": "freeze (`finetune=freeze`: no_grad forward)",
     "full": "full fine-tune",
     "svf": "SVF (auto), s trains in layer2-4",
+    "svf_top": "SVF top-k (k=0.25), layer2-4",
+    "svf_bottom": "SVF bottom-k (k=0.25), layer2-4",
+    "salt": "SALT (k=0.25, r=4), layer2-4",
+    "bitfit": "BitFit (BN affine + biases), layer2-4",
     "lora_r8": "LoRA r=8 (peft), layer2-4",
     "lora_match": "LoRA rank=match_svf (peft), layer2-4",
     "dora_r8": "DoRA r=8 (peft), layer2-4",
@@ -283,13 +323,17 @@ def cache_overhead(repeats: int = 30) -> float:
 
 
 # ------------------------------------------------------------------------------------------ memory
-def memory_worker(variant: str, size: int, batch: int) -> dict[str, float]:
-    """Runs in a fresh subprocess: peak step memory (MiB) of one variant, max of two measured steps."""
+def _check_worker_env() -> None:
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]:
         raise RuntimeError(
             "the memory worker needs MALLOC_MMAP_THRESHOLD_=65536 in its environment (RSS must track live "
             "tensors); run the benchmark without --memory-worker, it starts the workers itself"
         )
+
+
+def memory_worker(variant: str, size: int, batch: int) -> dict[str, float]:
+    """Runs in a fresh subprocess: peak step memory (MiB) of one variant, max of two measured steps."""
+    _check_worker_env()
     if variant == "calibration":
         size_mib = 256
 
@@ -365,59 +409,76 @@ class BackboneOnly(FewShotModel):
         return self.backbone(query_img)
 
 
-def lite_peft_backbone(name: str, rank: int | str) -> tuple[nn.Module, int, int]:
-    """Lite0 with ``finetune=<name> rank=<rank>`` applied by the project's strategy: (backbone, the rank in
-    use, trainable elements). BN and every other module in eval mode, as for the other variants."""
+def lite_strategy_backbone(name: str, options: dict[str, object]) -> tuple[nn.Module, int, int]:
+    """Lite0 with ``finetune=<name> <options>`` applied by the project's strategy: (backbone, the rank in
+    use (lora / dora, else 0), trainable elements). BN and every other module in eval mode, as for the
+    other variants."""
     model = BackboneOnly(_lite_backbone())
-    strategy = build_strategy(name, rank=rank)  # stages layer2-4, target all: finetune=lora's defaults
+    strategy = build_strategy(name, **options)  # the other options: the strategy's defaults (layer2-4)
     strategy.apply(model)
     model.eval()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return model.backbone, int(strategy.resolved_rank or 0), trainable
+    return model.backbone, int(getattr(strategy, "resolved_rank", None) or 0), trainable
+
+
+def lite_model(variant: str) -> tuple[nn.Module, int, int]:
+    """The Lite0 model of one variant: (model, rank in use or 0, trainable elements)."""
+    if variant in LITE_STRATEGY:
+        return lite_strategy_backbone(*LITE_STRATEGY[variant])
+    if variant == "full":
+        model = _lite_backbone().requires_grad_(True)
+    elif variant == "original":
+        model = _lite_backbone().requires_grad_(False)
+    else:
+        model = _lite_svf_backbone()
+        if variant == "svf_merged":
+            merge_svf(model)
+            model.requires_grad_(False)
+    return model, 0, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lite_unit(variant: str, model: nn.Module, x: Tensor) -> Callable[[], None]:
+    """The timed call: forward + backward of ``sum(layer4)`` (gradients dropped inside), or a ``no_grad``
+    forward where nothing trains (eval, and ``freeze``, whose backbone runs under no_grad in training)."""
+    if variant in LITE_EVAL or not any(p.requires_grad for p in model.parameters()):
+
+        def forward() -> None:
+            with torch.no_grad():
+                model(x)
+
+        return forward
+
+    def train() -> None:
+        model(x)["layer4"].sum().backward()
+        _clear_grads(model)
+
+    return train
 
 
 def lite_units(
     size: int, batch: int
 ) -> tuple[dict[str, Callable[[], None]], nn.Module, dict[str, tuple[int, int]]]:
-    """The timed calls of the Lite0 variants, the SVF model (for its counts), and per peft variant its
-    rank in use and trainable count."""
+    """The timed calls of the Lite0 variants, the SVF model (for its counts), and per variant its rank in
+    use (lora / dora, else 0) and trainable count."""
     x = _input(size, batch)
-    full = _lite_backbone().requires_grad_(True)
-    original = _lite_backbone().requires_grad_(False)
-    svf = _lite_svf_backbone()
-    peft_models, peft_info = {}, {}
-    for variant, (name, rank) in LITE_PEFT.items():
-        model, resolved, trainable = lite_peft_backbone(name, rank)
-        peft_models[variant] = model
-        peft_info[variant] = (resolved, trainable)
-    svf_eval = copy.deepcopy(svf)
-    merged = copy.deepcopy(svf)
-    merge_svf(merged)
-    merged.requires_grad_(False)
+    units, info = {}, {}
+    for variant in (*LITE_TRAIN, *LITE_EVAL):
+        model, rank, trainable = lite_model(variant)
+        units[variant] = lite_unit(variant, model, x)
+        info[variant] = (rank, trainable)
+        if variant == "svf":
+            svf = model
+    return units, svf, info
 
-    def train(model: nn.Module) -> Callable[[], None]:
-        def unit() -> None:
-            model(x)["layer4"].sum().backward()
-            _clear_grads(model)
 
-        return unit
-
-    def forward(model: nn.Module) -> Callable[[], None]:
-        def unit() -> None:
-            with torch.no_grad():
-                model(x)
-
-        return unit
-
-    units = {
-        "full": train(full),
-        "svf": train(svf),
-        **{v: train(m) for v, m in peft_models.items()},
-        "original": forward(original),
-        "svf_eval": forward(svf_eval),
-        "svf_merged": forward(merged),
-    }
-    return units, svf, peft_info
+def lite_memory_worker(variant: str, size: int, batch: int) -> dict[str, float]:
+    """In a fresh subprocess (as ``memory_worker``): peak step memory (MiB) of one Lite0 variant above the
+    resident model, max of two measured steps, and what autograd saves for backward."""
+    model, _, _ = lite_model(variant)
+    fn = lite_unit(variant, model, _input(size, batch))
+    saved = saved_for_backward(fn, model)  # also the warm-up: lazy allocations, merged-weight caches
+    peaks = [measure_peak(fn, lambda: _clear_grads(model)) for _ in range(2)]
+    return {"peak_mib": max(peaks), "saved_mib": saved / 2**20}
 
 
 def check_lite_merged(size: int = 65) -> float:
@@ -436,7 +497,8 @@ def render_lite(
     times: dict[str, list[float]],
     model: nn.Module,
     merged_err: float,
-    peft_info: dict[str, tuple[int, int]],
+    info: dict[str, tuple[int, int]],
+    memory: dict[str, dict[str, float]],
 ) -> str:
     med = {v: statistics.median(ts) for v, ts in times.items()}
     best = {v: min(ts) for v, ts in times.items()}
@@ -462,36 +524,49 @@ def render_lite(
         "LoRA and DoRA: `finetune=lora` / `finetune=dora` applied by the project's strategy "
         "(`svfseg.finetune.build_strategy(name, rank=...).apply`: peft adapters on the dense (1x1) convs of "
         "layer2-4, the depthwise convs are no LoRA targets, everything else frozen), at rank 8 and at "
-        "`rank=match_svf`; same random init, BN in eval mode.",
+        "`rank=match_svf`; same random init, BN in eval mode. freeze, SVF top-k / bottom-k, SALT and BitFit are "
+        "built the same way with the options of their `conf/experiment/peft` rows (SVF top-k / bottom-k and "
+        "SALT convert layer2-4 only, as `finetune=svf` does; layer0-1 stay plain frozen convs).",
         "",
         f"Median and minimum of {args.repeats} interleaved rounds (after {args.warmup} warm-up round), all "
         f"{len(LITE_TRAIN) + len(LITE_EVAL)} variants in one process; ratios as median/median and min/min. "
-        "Training step = forward + backward of `sum(layer4)`. No peak-memory figures for Lite0 (the memory "
-        "workers measure the ResNet-50 variants only).",
+        "Training step = forward + backward of `sum(layer4)` (freeze: the `no_grad` forward its backbone runs "
+        "in training). Peak memory = the step's peak resident memory above the resident model, each training "
+        "variant in a fresh process, measured as for ResNet-50 above (see the script docstring); 'saved for "
+        "backward' is the RSS-free cross-check.",
         "",
-        "| variant | trainable | time, median (min) s | ratio, median (min) |",
-        "| --- | ---: | ---: | ---: |",
+        "| variant | trainable | time, median (min) s | ratio, median (min) | peak step memory (MiB) | x full FT "
+        "| saved for backward (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    trainable = {
-        "full": sum(p.numel() for p in _lite_backbone().parameters()),
-        "svf": summary.total.trainable,
-        **{v: n for v, (_, n) in peft_info.items()},
-    }
+    full_m = memory["full"]["peak_mib"]
     for v in (*LITE_TRAIN, *LITE_EVAL):
         base = "full" if v in LITE_TRAIN else "original"
         ref = "x full FT" if base == "full" else "x original"
         label = LITE_LABELS[v]
-        if v in peft_info and LITE_PEFT[v][1] == "match_svf":
-            label += f" (= rank {peft_info[v][0]})"
-        count = f"{trainable[v]:,}" if v in trainable else ""
+        if LITE_STRATEGY.get(v, ("", {}))[1].get("rank") == "match_svf":
+            label += f" (= rank {info[v][0]})"
+        count = f"{info[v][1]:,}" if v in LITE_TRAIN else ""
+        mem = memory.get(v)
+        peak = (
+            f"{mem['peak_mib']:,.0f} | {mem['peak_mib'] / full_m:.2f} | {mem['saved_mib']:,.0f}"
+            if mem
+            else " |  | "
+        )
         lines.append(
             f"| {'training step' if v in LITE_TRAIN else 'eval'}: {label} | {count} | {med[v]:.3f} "
-            f"({best[v]:.3f}) | {med[v] / med[base]:.2f} ({best[v] / best[base]:.2f}) {ref} |"
+            f"({best[v]:.3f}) | {med[v] / med[base]:.2f} ({best[v] / best[base]:.2f}) {ref} | {peak} |"
         )
+    cal = memory["calibration"]
     lines += [
         "",
         f"* The merged model is the original network: layer4 differs by {merged_err:.1e} of its largest value "
         "(float32, 65 px).",
+        f"* Memory calibration: a {cal['expected_mib']:.0f} MiB tensor reads back as {cal['peak_mib']:.1f} MiB.",
+        f"* Load: the CPU is shared with other work (1-minute load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores when the table was written), so absolute times are inflated and noisy; the "
+        "ratios compare variants timed side by side in the same interleaved rounds. Peak memory does not "
+        "depend on the load.",
         "* Why SVF and the adapters can be cheaper than full fine-tuning: with layer0-1 frozen, no backward "
         "pass reaches them (full fine-tuning back-propagates through the high-resolution layer0-1 too), and "
         "none of them computes weight gradients of the frozen convs. SVF's dL/ds comes from the V-conv output "
@@ -642,7 +717,12 @@ def main() -> None:
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
-        print(json.dumps(memory_worker(args.memory_worker, args.size, args.batch)))
+        _check_worker_env()
+        if args.memory_worker.startswith(LITE_WORKER):
+            variant = args.memory_worker.removeprefix(LITE_WORKER)
+            print(json.dumps(lite_memory_worker(variant, args.size, args.batch)))
+        else:
+            print(json.dumps(memory_worker(args.memory_worker, args.size, args.batch)))
         return
     if args.allocator == "retain":
         retain_freed_memory()  # the timing process only: the memory workers keep WORKER_ENV's settings
@@ -666,9 +746,13 @@ def main() -> None:
             f"{args.batch}x3x{args.size}x{args.size} ...",
             flush=True,
         )
-        units, svf_model, peft_info = lite_units(args.size, args.batch)
+        units, svf_model, info = lite_units(args.size, args.batch)
         lite_times = interleaved_times(units, args.repeats, args.warmup, digits=3)
-        lite_text = render_lite(args, lite_times, svf_model, check_lite_merged(), peft_info)
+        del units  # the timing models: the memory workers run in their own processes
+        print("measuring peak memory (one subprocess per training variant) ...", flush=True)
+        workers = measure_memory(tuple(f"{LITE_WORKER}{v}" for v in LITE_TRAIN), args.size, args.batch)
+        memory = {k.removeprefix(LITE_WORKER): m for k, m in workers.items()}
+        lite_text = render_lite(args, lite_times, svf_model, check_lite_merged(), info, memory)
         print()
         print(lite_text)
     if args.write is not None:

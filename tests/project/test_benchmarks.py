@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,26 +52,59 @@ def test_gpu_check_runs_in_its_cpu_smoke_mode_and_writes_its_table(tmp_path: Pat
     assert "| 65 px 1-shot |" in text.split("episodes/s")[1]
 
 
-def test_svf_benchmark_lite0_part_times_lora_and_dora_through_the_strategies(tmp_path: Path) -> None:
-    """bench_svf.py's Lite0 part at 65 px, one round: its section has the LoRA / DoRA rows with the
-    trainable counts of `python -m svfseg.finetune.budget` (docs/peft-comparison.md) and keeps the rest."""
+def test_svf_benchmark_lite0_part_times_every_peft_row_through_the_strategies(tmp_path: Path) -> None:
+    """bench_svf.py's Lite0 part at 65 px, one round: its section has a row per PEFT strategy with the
+    trainable counts of `python -m svfseg.finetune.budget` (docs/peft-comparison.md) and a peak step
+    memory per training row (a worker process each), and keeps the rest."""
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Other section\n\nkept as it is\n")
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_svf.py"), "--backbones", "efficientnet_lite0",
            "--size", "65", "--repeats", "1", "--warmup", "0", "--write", str(doc)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = doc.read_text()
     assert "## Other section\n\nkept as it is\n" in text
     assert text.count("### EfficientNet-Lite0: SVF with depthwise convs") == 1
-    rows = {
-        line.split(" | ")[0]: line.split(" | ")[1] for line in text.splitlines() if "training step:" in line
+    cells = {
+        line.split(" | ")[0]: line.split(" | ")[1:] for line in text.splitlines() if "training step:" in line
     }
+    rows = {name: row[0] for name, row in cells.items()}
     assert rows == {
+        "| training step: freeze (`finetune=freeze`: no_grad forward)": "0",
         "| training step: full fine-tune": "2,958,848",
         "| training step: SVF (auto), s trains in layer2-4": "11,880",
         "| training step: LoRA r=8 (peft), layer2-4": "164,544",
         "| training step: LoRA rank=match_svf (peft), layer2-4 (= rank 1)": "20,568",
         "| training step: DoRA r=8 (peft), layer2-4": "174,976",
         "| training step: DoRA rank=match_svf (peft), layer2-4 (= rank 1)": "31,000",
+        "| training step: SVF top-k (k=0.25), layer2-4": "9,486",
+        "| training step: SVF bottom-k (k=0.25), layer2-4": "9,486",
+        "| training step: SALT (k=0.25, r=4), layer2-4": "38,124",
+        "| training step: BitFit (BN affine + biases), layer2-4": "38,240",
     }
+    # peak step memory (MiB), x full FT, saved for backward (MiB): measured for every training row
+    memory = {name: [float(c.strip(" |").replace(",", "")) for c in row[3:6]] for name, row in cells.items()}
+    assert memory["| training step: full fine-tune"][1] == 1.0
+    # freeze's no_grad forward keeps nothing and may round to 0 MiB at 65 px
+    assert all(peak > 0 for name, (peak, _, _) in memory.items() if "freeze" not in name)
+    assert "Memory calibration: a 256 MiB tensor" in text
+
+
+def test_svf_benchmark_lite0_rows_use_the_options_of_the_peft_experiments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every conf/experiment/peft row has a Lite0 variant whose strategy and options are the composed ones."""
+    from svfseg.compose import compose_train_config
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("bench_svf")
+    rows = {p.stem for p in (REPO / "conf" / "experiment" / "peft").glob("*.yaml")}
+    assert set(bench.LITE_EXPERIMENT.values()) == rows
+    assert set(bench.LITE_EXPERIMENT) <= set(bench.LITE_TRAIN)
+    for variant, row in bench.LITE_EXPERIMENT.items():
+        finetune = compose_train_config([f"experiment=peft/{row}"]).finetune
+        name, options = bench.LITE_STRATEGY.get(variant, (variant, {}))
+        assert finetune.name == name, variant
+        assert {k: finetune[k] for k in options} == options, variant
+        if variant in ("full", "svf"):  # built directly: the plain rows, no SVF variant options
+            assert finetune.get("directions", "all") == "all", variant
