@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from svfseg.messages import preview
+from svfseg.redaction import redact_override, redact_secrets
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +352,6 @@ def save_hydra_record(out: Path, cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from svfseg.files import atomic_write_text
-    from svfseg.lightning.wandb_logging import redact_secrets
 
     folder = out / ".hydra"
     folder.mkdir(parents=True, exist_ok=True)
@@ -365,16 +365,6 @@ def save_hydra_record(out: Path, cfg: DictConfig) -> None:
         hydra_cfg["job"] = redact_secrets(hydra_cfg.get("job") or {})
         atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra_cfg}))
         atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(overrides["task"]))
-
-
-def redact_override(override: str) -> str:
-    """``+logger.wandb.api_key=abc`` -> ``+logger.wandb.api_key=<redacted>``; others unchanged."""
-    from svfseg.lightning.wandb_logging import REDACTED, is_secret_key
-
-    key, sep, _ = override.partition("=")
-    if sep and is_secret_key(key.lstrip("+~").rsplit(".", 1)[-1]):
-        return f"{key}={REDACTED}"
-    return override
 
 
 def remove_if_empty(out: Path, stop: Path | None = None) -> None:

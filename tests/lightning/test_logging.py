@@ -38,13 +38,8 @@ from svfseg.lightning.media import (
 )
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.lightning.sv_logging import SingularValueChangeLogger
-from svfseg.lightning.wandb_logging import (
-    REDACTED,
-    build_wandb_logger,
-    redact_secrets,
-    resolve_mode,
-    scrub_secrets,
-)
+from svfseg.lightning.wandb_logging import build_wandb_logger, resolve_mode
+from svfseg.redaction import REDACTED, redact_secrets, scrub_secrets
 from svfseg.svf import apply_svf, svf_layers
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.reporting import close_loggers

@@ -183,9 +183,9 @@ def _env() -> dict[str, str]:
 def _as_a_terminal_job() -> None:
     """Ctrl-C's default action, as a shell gives its foreground job.
 
-    An ignored SIGINT is inherited through exec, and Python then installs no KeyboardInterrupt handler:
-    the pytest worker may ignore SIGINT by the time this test runs (a library that handled an interrupt
-    earlier in the same process), and the child would sleep through the signal.
+    An ignored SIGINT is inherited through exec, and Python then installs no KeyboardInterrupt handler. A
+    non-interactive shell starts its background jobs with SIGINT ignored (``pytest ... &``, as CI scripts
+    and batch jobs do), so without this the child would sleep through the signal.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-import re
 import threading
 import urllib.error
 import urllib.request
@@ -33,48 +32,15 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
+from svfseg.redaction import redact_secrets, scrub_secrets
+
 log = logging.getLogger(__name__)
 
-# Logger options that must never be passed on (exact names).
-SECRET_KEYS = ("api_key", "key", "token", "password")
-# Config keys whose values are replaced by REDACTED wherever they occur: names containing one of the
-# SECRET_PATTERNS, or with one of the SECRET_WORDS as a word (``wandb_token`` yes, ``num_tokens`` no).
-SECRET_PATTERNS = ("api_key", "apikey", "access_key")
-SECRET_WORDS = frozenset({"token", "password", "passwd", "pwd", "secret", "credentials"})
-REDACTED = "<redacted>"
 MODES = ("auto", "online", "offline", "disabled")
 DEFAULT_HOST = "https://api.wandb.ai"  # when wandb does not say its own default
 # Seconds: the reachability probe in auto mode, and wandb.init's own wait for its service.
 PROBE_TIMEOUT_S = 2.0
 DEFAULT_INIT_TIMEOUT_S = 60.0
-
-
-def is_secret_key(name: Any) -> bool:
-    """True for config keys that hold credentials (``api_key``, ``wandb_token``, ``db_password``, ``key``)."""
-    lowered = str(name).lower()
-    words = set(re.split(r"[^a-z0-9]+", lowered))
-    return lowered == "key" or any(p in lowered for p in SECRET_PATTERNS) or bool(words & SECRET_WORDS)
-
-
-def redact_secrets(value: Any) -> Any:
-    """A copy of ``value`` (dicts / lists at any depth) with every credential-like key's value replaced."""
-    if OmegaConf.is_config(value):
-        value = OmegaConf.to_container(value, resolve=False)
-    if isinstance(value, Namespace):
-        value = vars(value)
-    if isinstance(value, dict):
-        return {
-            k: (REDACTED if is_secret_key(k) and v is not None else redact_secrets(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact_secrets(v) for v in value)
-    return value
-
-
-def scrub_secrets(options: dict[str, Any]) -> dict[str, Any]:
-    """Drop credential-like keys so a key typed into a config never reaches a saved config or a log."""
-    return {k: v for k, v in options.items() if k.lower() not in SECRET_KEYS and not is_secret_key(k)}
 
 
 def wandb_base_url() -> str:

@@ -11,9 +11,9 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from svfseg.config_checks import ConfigError
-from svfseg.lightning.wandb_logging import redact_secrets
 from svfseg.lightning.warm_start import load_head
 from svfseg.precision import apply_matmul_precision
+from svfseg.redaction import redact_secrets
 from svfseg.run_dir import RunDirError, claim_run_dir
 from svfseg.run_spec import RunMismatchError
 from svfseg.tasks.base_stage import train_base_learner
