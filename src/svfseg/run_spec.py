@@ -1,7 +1,7 @@
 """``RunSpec``: what one run is (fold and classes, method, backbone, fine-tune strategy), built and checked once.
 
 train.py builds it from the composed config before any data is read; the DataModule, the LightningModule
-and BAM's base-learner stage take their facts from it, checkpoints store its ``identity()``, and
+and BAM's base-learner stage take their facts from it, checkpoints store it (``to_dict()``), and
 :func:`check_identity` is the one comparison that resume, ``eval.py`` and the analysis helpers use
 before a checkpoint's weights are trusted.
 """

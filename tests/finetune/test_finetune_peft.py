@@ -374,7 +374,7 @@ def test_resumed_run_equals_the_uninterrupted_one(runs: dict[str, Any]) -> None:
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     assert any(".base_layer." in k for k in b["state_dict"]) == (runs["name"] != "bitfit")
-    assert b["svfseg"]["finetune"]["name"] == runs["name"]
+    assert b["hyper_parameters"]["run"]["finetune"]["name"] == runs["name"]
 
 
 def test_checkpoint_and_adapter_artifact_restore_the_fine_tune(runs: dict[str, Any]) -> None:

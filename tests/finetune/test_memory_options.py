@@ -210,7 +210,7 @@ def test_bf16_mixed_training_run_with_checkpointing(synthetic_pascal, tmp_path) 
     metrics = train(cfg)
     assert 0.0 <= metrics["miou"] <= 1.0
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["svfseg"]["finetune"]["checkpointing"] is True
+    assert ckpt["hyper_parameters"]["run"]["finetune"]["checkpointing"] is True
     s = {k: v for k, v in ckpt["state_dict"].items() if k.endswith(".s")}
     assert s and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in s.values())
     s0 = {k: ckpt["state_dict"][k + "0"] for k in s}

@@ -373,7 +373,7 @@ def test_tiny_train_run_checkpoint_artifact_and_merged_prediction(
     best = Path(result["checkpoint"])
     module = _load(best)  # the strategy from the stored spec (structure only), then a strict load
     state = torch.load(best, map_location="cpu", weights_only=True)
-    assert state["svfseg"]["finetune"]["directions"] == VARIANTS[name]["directions"]
+    assert state["hyper_parameters"]["run"]["finetune"]["directions"] == VARIANTS[name]["directions"]
     assert all(_same(v, state["state_dict"][k]) for k, v in module.state_dict().items())
     layers = dict(svf_layers(module.model.backbone))
     assert layers and all(layer.directions == VARIANTS[name]["directions"] for layer in layers.values())

@@ -166,7 +166,8 @@ def resume_with_another_finetune_strategy(ctx: Ctx) -> Callable[[], Any]:
 def resume_with_other_strategy_options(ctx: Ctx) -> Callable[[], Any]:
     svf_ckpt = ctx.notes["svf_ckpt"] = ctx.tmp / "svf.ckpt"
     ckpt = torch.load(ctx.ckpt, map_location="cpu", weights_only=True)
-    ckpt["svfseg"]["finetune"] = {"name": "svf", "stages": ["layer4"], "train": ["s"]}
+    ckpt["hyper_parameters"]["run"]["finetune"] = {"name": "svf", "stages": ["layer4"], "train": ["s"]}
+    ckpt["svfseg"]["strategy_applied"] = True
     torch.save(ckpt, svf_ckpt)  # what a finetune=svf finetune.stages=[layer4] run records
     ctx.notes["match"] = (
         rf"ckpt_path={svf_ckpt} was trained with .*finetune.stages=\['layer4'\].* but this run sets "

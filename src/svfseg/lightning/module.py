@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from svfseg.data.batch import EpisodeBatch
 from svfseg.data.fold import FoldSpec
 from svfseg.finetune import FinetuneStrategy
+from svfseg.lightning.checkpoint_record import CheckpointRecord
 from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
 from svfseg.lightning.optim import OptimConfig, build_optimizer, build_scheduler
 from svfseg.metrics import FewShotIoU
@@ -247,33 +248,28 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)  # the non-finite check (GuardedTraining)
-        checkpoint["svfseg"] = {
-            "finetune": self.finetune_spec,
-            "identity": self.spec.identity(),
-            "config": self.run_config,
-        }
+        # The run itself is in the hyper-parameters (``run``); the record adds what the spec cannot say.
+        record = CheckpointRecord(
+            self.spec, strategy_applied=self.finetune_spec is not None, config=self.run_config
+        )
+        checkpoint["svfseg"] = record.entry()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("svfseg")
-        if meta is None:
-            raise KeyError(
-                "checkpoint has no 'svfseg' section: it was not written by svfseg's FewShotSegModule"
-            )
+        record = CheckpointRecord.read(checkpoint)
         check_identity(
-            meta.get("identity") or {},
+            record.run.identity(),
             self.spec.identity(),
             source="the checkpoint",
             target="this module is",
             fix="load it into a module built for the run that wrote it",
         )
-        saved = meta.get("finetune")
-        if saved is not None:
-            if dict(saved) != dict(self.spec.finetune):
+        if record.strategy_applied:
+            if record.finetune != dict(self.spec.finetune):
                 raise ValueError(
-                    f"the checkpoint was trained with finetune {dict(saved)} but this module's run has "
+                    f"the checkpoint was trained with finetune {record.finetune} but this module's run has "
                     f"{dict(self.spec.finetune)}; a checkpoint loads into a module of its own strategy"
                 )
             # A resumed fit applied the strategy already (FinetuneCallback); a fresh module applies it now.
             self.apply_finetune(from_checkpoint=True)
         if self.run_config is None:
-            self.run_config = meta.get("config")
+            self.run_config = record.config

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from svfseg.lightning.checkpoint_record import CheckpointRecord
 from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
 from svfseg.models.base import FewShotModel
 from svfseg.run_spec import RunSpec, check_identity
@@ -38,7 +39,7 @@ def load_head(model: FewShotModel, path: str | Path, spec: RunSpec) -> Path:
     checkpoint = load_checkpoint_dict(file)
     fix = "init_head must name a finetune=freeze run of this method, backbone, dataset, fold and shot"
     check_identity(
-        checkpoint["svfseg"].get("identity") or {},
+        CheckpointRecord.read(checkpoint, source=f"init_head={file}").run.identity(),
         spec.identity(),
         source=f"init_head={file}",
         target="this run is",

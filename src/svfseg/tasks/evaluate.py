@@ -25,6 +25,7 @@ from svfseg.config_checks import (
     positive_count,
 )
 from svfseg.data.cross_dataset import evaluation_fold
+from svfseg.lightning.checkpoint_record import CheckpointRecord
 from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.precision import apply_matmul_precision
@@ -49,7 +50,7 @@ ASKED_KEYS = {
 
 def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> DictConfig:
     """The training run's config with this command's overrides, refusing identity mismatches."""
-    saved = checkpoint["svfseg"].get("config")
+    saved = CheckpointRecord.read(checkpoint).config
     if saved is None:
         raise ValueError(
             "checkpoint has no saved run config (svfseg.config); re-save it with svfseg's train.py"
@@ -88,7 +89,9 @@ def _open_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         )
     try:
         ckpt = resolve_checkpoint(cfg.ckpt_path)
-        return ckpt, load_checkpoint_dict(ckpt)
+        checkpoint = load_checkpoint_dict(ckpt)
+        CheckpointRecord.read(checkpoint, source=f"ckpt_path={ckpt}")  # readable before anything is built
+        return ckpt, checkpoint
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from err
 
@@ -118,11 +121,17 @@ def check_eval_config(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     _collect(problems, lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"))
     tta = _collect(problems, lambda: tta_options(cfg))
     if tta is not None and opened is not None:
-        finetune = (opened[1].get("svfseg", {}).get("finetune") or {}).get("name")
-        _collect(problems, lambda: check_checkpoint(tta, opened[1].get("state_dict", {}), finetune))
+        _collect(problems, lambda: _check_tta_checkpoint(tta, opened[1]))
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
     return opened
+
+
+def _check_tta_checkpoint(tta: TTAOptions, checkpoint: dict[str, Any]) -> None:
+    """The checkpoint holds the parameters ``tta.params`` adapts (its strategy's, when one was applied)."""
+    record = CheckpointRecord.read(checkpoint)
+    finetune = record.finetune["name"] if record.strategy_applied else None
+    check_checkpoint(tta, checkpoint["state_dict"], finetune)
 
 
 def _evaluation_spec(cfg: DictConfig, run: DictConfig) -> tuple[RunSpec, str | None]:

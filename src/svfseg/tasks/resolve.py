@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from svfseg.config_checks import ConfigError, check_train_config, stage_batch_sizes, world_size
+from svfseg.lightning.checkpoint_record import CheckpointRecord, CheckpointRecordError
 from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
 from svfseg.run_dir import describe_changes, differing_keys, hashed_config
 from svfseg.run_spec import RunMismatchError, RunSpec, check_identity
@@ -117,20 +118,20 @@ def _resume_checkpoint(run: TrainRun) -> str | None:
     path = _ckpt_path(run)
     if path is None:
         return None
-    meta = load_checkpoint_dict(Path(path))["svfseg"]
     try:
+        record = CheckpointRecord.read(load_checkpoint_dict(Path(path)), source=f"ckpt_path={path}")
         check_identity(
-            meta.get("identity") or {},
+            record.run.identity(),
             run.spec.identity(),
             source=f"ckpt_path={path}",
             target="this run is",
             fix="resume with the interrupted run's settings, or start a new run with ckpt_path=null",
         )
-    except RunMismatchError as err:
+    except (CheckpointRecordError, RunMismatchError) as err:
         raise ConfigError(str(err)) from err
     finetune = dict(run.spec.finetune)
-    if meta.get("finetune") is not None and meta["finetune"] != finetune:
-        old, new = meta["finetune"], finetune
+    if record.strategy_applied and record.finetune != finetune:
+        old, new = record.finetune, finetune
         if old.get("name") != new.get("name"):
             was, now = f"finetune={old.get('name')}", f"finetune={new.get('name')}"
         else:
@@ -141,7 +142,7 @@ def _resume_checkpoint(run: TrainRun) -> str | None:
             f"ckpt_path={path} was trained with {was} but this run sets {now}; a run resumes with the "
             "strategy it was trained with (its parameters and optimizer state depend on it)"
         )
-    _check_resume_changes(run, meta.get("config"), path)
+    _check_resume_changes(run, record.config, path)
     return path
 
 
