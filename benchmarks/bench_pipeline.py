@@ -269,6 +269,7 @@ def make_coco_labels(root: Path, n: int, size: int, seed: int = 0) -> None:
 
 
 def index_time(n: int, size: int, tmp: Path) -> dict[str, float]:
+    from svfseg.data.fold import FoldSpec
     from svfseg.data.selection import build_list
 
     root = tmp / "coco"
@@ -280,7 +281,7 @@ def index_time(n: int, size: int, tmp: Path) -> dict[str, float]:
     out = {"labels": float(n), "size": float(size), "min_pixels": float(min_pixels)}
     for run in ("first", "cached"):
         t0 = time.perf_counter()
-        lst = build_list("coco", root, 0, "train", min_pixels=min_pixels, workers=2, progress=False)
+        lst = build_list(FoldSpec("coco", 0), root, "train", min_pixels=min_pixels, workers=2, progress=False)
         out[run] = time.perf_counter() - t0
         print(f"  class index ({run}): {out[run]:.1f}s, {len(lst.pairs)} training pairs", flush=True)
     out["pairs"] = float(len(lst.pairs))

@@ -21,6 +21,7 @@ from svfseg.data.episodes import (
     binary_mask,
     build_eval_episodes,
 )
+from svfseg.data.fold import FoldSpec
 from svfseg.data.samplers import EpisodeSampler, ShardedEvalSampler
 from svfseg.data.selection import FewShotList, build_list
 from svfseg.data.splits import base_classes, novel_classes
@@ -42,8 +43,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     kw = {"min_pixels": MIN_PIXELS, "cache_dir": cache, "workers": 0, "progress": False}
     return {
         "root": root,
-        "train": build_list("synthetic", root, FOLD, "train", **kw),
-        "val": build_list("synthetic", root, FOLD, "val", **kw),
+        "train": build_list(FoldSpec("synthetic", FOLD), root, "train", **kw),
+        "val": build_list(FoldSpec("synthetic", FOLD), root, "val", **kw),
     }
 
 

@@ -14,6 +14,7 @@ import pytest
 from svfseg.data import io as data_io
 from svfseg.data import label_index
 from svfseg.data import lists as lists_mod
+from svfseg.data.fold import FoldSpec
 from svfseg.data.io import DataFileError, MissingDataError
 from svfseg.data.layouts import default_source, get_layout, relativize
 from svfseg.data.lists import export_lists, import_lists
@@ -57,7 +58,7 @@ def build(root: Path, fold: int, split: str, **kw) -> FewShotList:
     kw.setdefault("min_pixels", P)
     kw.setdefault("progress", False)
     kw.setdefault("workers", 0)
-    return build_list("synthetic", root, fold, split, **kw)
+    return build_list(FoldSpec("synthetic", fold), root, split, **kw)
 
 
 def test_fold0_train_filtered_golden(root: Path) -> None:
@@ -101,10 +102,12 @@ def test_real_threshold_2047_vs_2048(tmp_path: Path) -> None:
     write_pascal_root(
         root, {"x2047": label_with({3: 2047}), "x2048": label_with({3: 2048}), "y": label_with({12: 2048})}
     )
-    lst = build_list("synthetic", root, 0, "val", progress=False, workers=0)  # default min_pixels=2048
+    lst = build_list(
+        FoldSpec("synthetic", 0), root, "val", progress=False, workers=0
+    )  # default min_pixels=2048
     assert lst.by_class[3] == (pair("x2048"),)
     assert lst.pairs == (pair("x2048"),)
-    train = build_list("synthetic", root, 0, "train", progress=False, workers=0)
+    train = build_list(FoldSpec("synthetic", 0), root, "train", progress=False, workers=0)
     assert train.pairs == (pair("y"),)
 
 
@@ -232,7 +235,7 @@ def test_pascal_standard_lists_are_package_data(tmp_path: Path) -> None:
     assert train.pairs[0] == ("JPEGImages/2008_000008.jpg", "SegmentationClassAug/2008_000008.png")
     assert not {p[0] for p in train.pairs} & {p[0] for p in val.pairs}  # train and val share no image
     with pytest.raises(MissingDataError, match=r"11906 files .*prepare pascal --voc"):
-        build_list("pascal", tmp_path, 0, "train", progress=False)
+        build_list(FoldSpec("pascal", 0), tmp_path, "train", progress=False)
 
 
 def test_coco_source_is_a_sorted_scan(tmp_path: Path) -> None:
@@ -246,15 +249,17 @@ def test_coco_source_is_a_sorted_scan(tmp_path: Path) -> None:
         ("val2014/COCO_val2014_000000000002.jpg", "annotations/val2014/COCO_val2014_000000000002.png"),
     )
     fold3 = build_list(
-        "coco", root, 3, "val", min_pixels=P, progress=False
+        FoldSpec("coco", 3), root, "val", min_pixels=P, progress=False
     )  # interleaved: 4 is novel in fold 3
     assert fold3.by_class[4] == (src.pairs[1],)
-    fold0 = build_list("coco", root, 0, "val", min_pixels=P, progress=False)
+    fold0 = build_list(FoldSpec("coco", 0), root, "val", min_pixels=P, progress=False)
     assert fold0.pairs == (src.pairs[0],)
-    contiguous = build_list("coco", root, 0, "val", min_pixels=P, coco_split="contiguous", progress=False)
+    contiguous = build_list(
+        FoldSpec("coco", 0, coco_split="contiguous"), root, "val", min_pixels=P, progress=False
+    )
     assert contiguous.pairs == src.pairs
     with pytest.raises(FileNotFoundError, match=r"no label PNGs in .*train2014.*prepare coco --coco"):
-        build_list("coco", root, 0, "train", progress=False)
+        build_list(FoldSpec("coco", 0), root, "train", progress=False)
 
 
 def test_source_list_with_foreign_absolute_paths(root: Path, tmp_path: Path) -> None:
@@ -336,19 +341,19 @@ def test_relativize_shapes() -> None:
 
 def test_missing_root_names_prepare_command(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"dataset root .*nope does not exist.*prepare coco --coco"):
-        build_list("coco", tmp_path / "nope", 0, "train")
+        build_list(FoldSpec("coco", 0), tmp_path / "nope", "train")
     with pytest.raises(
         FileNotFoundError, match=r"lists/train.txt is missing.*svfseg.dataprep.synthetic --layout pascal"
     ):
-        build_list("synthetic", tmp_path, 0, "train")
+        build_list(FoldSpec("synthetic", 0), tmp_path, "train")
     with pytest.raises(FileNotFoundError, match=r"source list .*none.txt does not exist"):
-        build_list("synthetic", tmp_path, 0, "train", source_list=tmp_path / "none.txt")
-    with pytest.raises(ValueError, match=r"unknown dataset 'voc'"):
-        build_list("voc", tmp_path, 0, "train")
+        build_list(FoldSpec("synthetic", 0), tmp_path, "train", source_list=tmp_path / "none.txt")
+    with pytest.raises(ValueError, match=r"dataset='voc' is invalid: choose one of"):
+        build_list(FoldSpec("voc", 0), tmp_path, "train")
     with pytest.raises(ValueError, match=r"split='test'"):
-        build_list("synthetic", tmp_path, 0, "test")
+        build_list(FoldSpec("synthetic", 0), tmp_path, "test")
     with pytest.raises(ValueError, match=r"min_pixels=0"):
-        build_list("synthetic", tmp_path, 0, "train", min_pixels=0)
+        build_list(FoldSpec("synthetic", 0), tmp_path, "train", min_pixels=0)
 
 
 def test_missing_images_and_labels_are_counted(root: Path) -> None:

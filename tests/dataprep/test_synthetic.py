@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from svfseg.data.class_names import SHAPES, class_styles
+from svfseg.data.fold import FoldSpec
 from svfseg.data.io import read_label, read_sample
 from svfseg.data.selection import build_list
 from svfseg.dataprep import synthetic
@@ -80,7 +81,9 @@ def test_border_band_separates_objects_from_background(tiny_pascal: Path) -> Non
 def test_every_pool_of_every_fold_is_filled(tiny_pascal: Path) -> None:
     thr = coverage_min_pixels(64)
     for fold, split in itertools.product(range(4), ("train", "val")):
-        lst = build_list("synthetic", tiny_pascal, fold, split, min_pixels=thr, progress=False, workers=0)
+        lst = build_list(
+            FoldSpec("synthetic", fold), tiny_pascal, split, min_pixels=thr, progress=False, workers=0
+        )
         assert lst.empty_classes() == [], (fold, split)
         assert len(lst.classes) == (15 if split == "train" else 5)
 
@@ -143,7 +146,12 @@ def test_coco_layout_and_converter(tiny_coco: Path) -> None:
         range(4), ("train", "val"), ("interleaved", "contiguous")
     ):
         lst = build_list(
-            "coco", root, fold, split, min_pixels=thr, coco_split=coco_split, progress=False, workers=0
+            FoldSpec("coco", fold, coco_split=coco_split),
+            root,
+            split,
+            min_pixels=thr,
+            progress=False,
+            workers=0,
         )
         assert lst.empty_classes() == [], (fold, split, coco_split)
 
@@ -157,7 +165,9 @@ def test_default_pascal_is_fast_and_fills_pools_at_2048(tmp_path: Path) -> None:
     sizes = []
     for split in ("train", "val"):
         for fold in range(4):
-            lst = build_list("synthetic", root, fold, split, progress=False, workers=0)  # real 2048 threshold
+            lst = build_list(
+                FoldSpec("synthetic", fold), root, split, progress=False, workers=0
+            )  # real 2048 threshold
             assert lst.empty_classes() == []
             sizes += [len(v) for v in lst.by_class.values()]
     assert min(sizes) >= 6  # enough for 5-shot episodes (query + 5 distinct supports)

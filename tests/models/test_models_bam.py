@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from svfseg.data.fold import FoldSpec
 from svfseg.models.backbones import build_backbone
 from svfseg.models.pspnet import (
     PPM,
@@ -92,7 +93,7 @@ def save_tiny(
 
 def test_base_learner_round_trip(tmp_path: Path) -> None:
     net, path = save_tiny(tmp_path, fold=2)
-    loaded = load_base_learner(path, backbone_name="resnet50", dataset="pascal", fold=2, width_mult=TINY)
+    loaded = load_base_learner(path, backbone_name="resnet50", fold=FoldSpec("pascal", 2), width_mult=TINY)
     assert loaded.state_dict().keys() == net.state_dict().keys()
     for k, v in net.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
@@ -118,13 +119,12 @@ def test_the_stage1_command_is_written_in_one_place() -> None:
 
 def test_missing_base_learner_names_stage1_command(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as err:
-        load_base_learner(tmp_path / "nope.pth", backbone_name="vgg16_bn", dataset="coco", fold=3)
+        load_base_learner(tmp_path / "nope.pth", backbone_name="vgg16_bn", fold=FoldSpec("coco", 3))
     assert str(err.value).endswith("python train.py stage=base method=bam dataset=coco fold=3 backbone=vgg16")
     with pytest.raises(FileNotFoundError) as err:  # the run's own dataset name and width
         load_base_learner(
-            tmp_path / "nope.pth", backbone_name="resnet50", dataset="pascal", dataset_name="synthetic",
-            fold=0, width_mult=0.125,
-        )  # fmt: skip
+            tmp_path / "nope.pth", backbone_name="resnet50", fold=FoldSpec("synthetic", 0), width_mult=0.125
+        )
     assert str(err.value).endswith(
         "python train.py stage=base method=bam dataset=synthetic fold=0 backbone=resnet50 backbone.width_mult=0.125"
     )
@@ -133,15 +133,15 @@ def test_missing_base_learner_names_stage1_command(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"fold": 1}, r"fold: file has 0, run needs 1"),
+        ({"fold": FoldSpec("pascal", 1)}, r"fold: file has 0, run needs 1"),
         ({"backbone_name": "vgg16_bn"}, r"backbone: file has 'resnet50', run needs 'vgg16_bn'"),
-        ({"dataset": "coco"}, r"dataset: file has 'pascal', run needs 'coco'"),
+        ({"fold": FoldSpec("coco", 0)}, r"dataset: file has 'pascal', run needs 'coco'"),
         ({"width_mult": 1.0}, r"width_mult: file has 0.0625, run needs 1.0"),
     ],
 )
 def test_base_learner_for_other_settings_is_refused(tmp_path: Path, kwargs: dict, match: str) -> None:
     _, path = save_tiny(tmp_path)
-    settings = {"backbone_name": "resnet50", "dataset": "pascal", "fold": 0, "width_mult": TINY, **kwargs}
+    settings = {"backbone_name": "resnet50", "fold": FoldSpec("pascal", 0), "width_mult": TINY, **kwargs}
     with pytest.raises(BaseLearnerCheckpointError, match=match) as err:
         load_base_learner(path, **settings)
     assert "python train.py stage=base method=bam" in str(err.value)
@@ -156,14 +156,14 @@ def test_base_learner_with_missing_or_extra_keys_is_refused(tmp_path: Path) -> N
     with pytest.raises(
         BaseLearnerCheckpointError, match=r"missing keys \[cls.4.weight\].*unexpected keys \[extra.weight\]"
     ):
-        load_base_learner(path, backbone_name="resnet50", dataset="pascal", fold=0, width_mult=TINY)
+        load_base_learner(path, backbone_name="resnet50", fold=FoldSpec("pascal", 0), width_mult=TINY)
 
 
 def test_plain_state_dict_is_not_a_base_learner_file(tmp_path: Path) -> None:
     path = tmp_path / "plain.pth"
     torch.save(tiny_pspnet().state_dict(), path)
     with pytest.raises(BaseLearnerCheckpointError, match="not an svfseg base-learner file"):
-        load_base_learner(path, backbone_name="resnet50", dataset="pascal", fold=0, width_mult=TINY)
+        load_base_learner(path, backbone_name="resnet50", fold=FoldSpec("pascal", 0), width_mult=TINY)
 
 
 def test_save_refuses_meta_without_fold(tmp_path: Path) -> None:
@@ -482,15 +482,15 @@ def test_registry_builds_bam_from_a_checkpoint_path(tmp_path: Path) -> None:
 
     net, path = save_tiny(tmp_path, fold=1)
     shell = build_backbone("resnet50", width_mult=TINY, warn_if_random=False)
-    bam = build_model("bam", shell, shot=5, base_learner=path, dataset="pascal", fold=1, reduce_dim=16)
+    bam = build_model("bam", shell, shot=5, base_learner=path, fold=FoldSpec("pascal", 1), reduce_dim=16)
     assert isinstance(bam, BAM) and bam.shot == 5 and bam.num_base_classes == 15
     for k, v in net.state_dict().items():
         assert torch.equal(bam.base_learner.state_dict()[k], v), k
         if k.startswith("backbone."):
             assert torch.equal(bam.state_dict()[k], v), k  # meta branch starts from the stage-1 backbone
     with pytest.raises(BaseLearnerCheckpointError, match="fold: file has 1, run needs 0"):
-        build_model("bam", shell, shot=1, base_learner=path, dataset="pascal", fold=0)
-    with pytest.raises(ValueError, match=r"needs dataset=\.\.\. and fold=\.\.\."):
+        build_model("bam", shell, shot=1, base_learner=path, fold=FoldSpec("pascal", 0))
+    with pytest.raises(ValueError, match=r"needs fold=FoldSpec\(dataset, fold\)"):
         build_model("bam", shell, shot=1, base_learner=path)
     vgg = build_backbone("vgg16_bn", width_mult=TINY, warn_if_random=False)
     with pytest.raises(ValueError, match="does not match the base learner's backbone"):
@@ -498,7 +498,6 @@ def test_registry_builds_bam_from_a_checkpoint_path(tmp_path: Path) -> None:
 
 
 def test_a_run_builds_bam_on_its_base_learner_through_the_method_table(tmp_path: Path) -> None:
-    from svfseg.data.fold import FoldSpec
     from svfseg.models.bam import BAM
     from svfseg.models.factory import build_fewshot_model
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from svfseg.data.fold import FoldSpec
 from svfseg.models.pspnet import load_base_learner
 from svfseg.weights.__main__ import main
 from svfseg.weights.bam_import import BAMImportError, import_bam_base_learner
@@ -233,7 +234,9 @@ def test_release_file_imports_and_gives_bams_class_scores(tmp_path: Path, backbo
         source, dataset="pascal", fold=2, backbone=backbone, weights_dir=tmp_path / "w", width_mult=WIDTH
     )
     assert warning is None
-    loaded = load_base_learner(out, backbone_name=backbone, dataset="pascal", fold=2, width_mult=WIDTH).eval()
+    loaded = load_base_learner(
+        out, backbone_name=backbone, fold=FoldSpec("pascal", 2), width_mult=WIDTH
+    ).eval()
     meta = torch.load(out, weights_only=True)["meta"]
     assert (meta["source"], meta["source_epoch"], meta["backbone"]) == ("bam-release", 37, backbone)
     x = torch.randn(2, 3, 65, 57)  # odd sizes: VGG's ceil-mode pools and the align-corners upsample
@@ -252,7 +255,7 @@ def test_cli_imports_a_full_width_vgg_release_file(tmp_path: Path) -> None:
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"wrote {out}" in done.stdout
-    loaded = load_base_learner(out, backbone_name="vgg16_bn", dataset="coco", fold=1).eval()
+    loaded = load_base_learner(out, backbone_name="vgg16_bn", fold=FoldSpec("coco", 1)).eval()
     x = torch.randn(1, 3, 41, 41)
     with torch.no_grad():
         ours, _ = loaded(x)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from svfseg.data.fold import FoldSpec
 from svfseg.models.pspnet import PSPNet, backbone_shell, load_base_learner
 from svfseg.weights.__main__ import main
 from svfseg.weights.bam_import import BAMImportError, import_bam_base_learner
@@ -53,7 +54,9 @@ def test_import_renames_every_key_and_reproduces_the_network(
     )
     assert warning is None
     assert out == tmp_path / "w" / "base_learner" / "pascal" / "fold1" / backbone / "pspnet.pt"
-    loaded = load_base_learner(out, backbone_name=backbone, dataset="pascal", fold=1, width_mult=WIDTH).eval()
+    loaded = load_base_learner(
+        out, backbone_name=backbone, fold=FoldSpec("pascal", 1), width_mult=WIDTH
+    ).eval()
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["source"] == "bam-release" and len(meta["source_sha256"]) == 64
     x = torch.randn(1, 3, 65, 65)

@@ -129,17 +129,14 @@ class FewShotDataModule(FoldDataModule):
 
     def _build_list(self, split: str) -> FewShotList:
         return build_list(
-            self.dataset,
+            self.split,
             self.root,
-            self.fold,
             split,
             filter_novel=self.filter_novel,
-            coco_split=self.coco_split,
             min_pixels=self.min_pixels,
             source_list=self.source_lists.get(split),
             cache_dir=self.cache_dir,
             progress=False,
-            fold_spec=self.split,
         )
 
     def _add_table(self, name: str, table: EpisodeTable) -> EpisodeTable:

@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from svfseg.data import io as data_io
-from svfseg.data.layouts import LAYOUTS, Layout, Pair, check_split, get_layout, relativize
+from svfseg.data.fold import FoldSpec
+from svfseg.data.layouts import FOLDER, LAYOUTS, Layout, Pair, check_split, get_layout, relativize
 from svfseg.data.selection import DEFAULT_MIN_PIXELS, FewShotList, build_list, pool_classes
 from svfseg.data.splits import COCO_SPLITS, NUM_FOLDS
 
@@ -106,7 +107,7 @@ def import_lists(
     if stray:
         raise ValueError(f"{sub_path}: {len(stray)} pool pairs are not in {data_path}, e.g. {stray[0]}")
     if dataset is not None:
-        expected, _ = pool_classes(layout, fold, split, coco_split)
+        expected, _ = pool_classes(FoldSpec(layout.name, fold, coco_split=coco_split), split)
         if sorted(by_class) != expected:
             raise ValueError(
                 f"{sub_path}: class ids {sorted(by_class)} are not the {dataset} fold {fold} {split} classes "
@@ -223,13 +224,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     coco_split=args.coco_split,
                 )
             else:
+                spec = (
+                    FoldSpec.for_folder(args.root, fold)
+                    if args.dataset == FOLDER
+                    else FoldSpec(args.dataset, fold, coco_split=args.coco_split)
+                )
                 lst = build_list(
-                    args.dataset,
+                    spec,
                     args.root,
-                    fold,
                     split,
                     filter_novel=not args.no_filter,
-                    coco_split=args.coco_split,
                     min_pixels=args.min_pixels,
                     source_list=sources[split],
                     cache_dir=args.cache_dir,

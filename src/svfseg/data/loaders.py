@@ -144,7 +144,6 @@ class FoldDataModule(pl.LightningDataModule):
             )
         self.split = split
         self.dataset, self.fold, self.shot = split.dataset, split.fold, split.shot
-        self.coco_split = split.coco_split
         self.root = Path(root)
         self.train_size = check_int("train_size", train_size, low=8, high=MAX_IMAGE_SIZE)
         self.eval_size = check_int("eval_size", eval_size, low=8, high=MAX_IMAGE_SIZE)

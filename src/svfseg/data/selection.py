@@ -22,7 +22,6 @@ from svfseg.data.checks import missing_root_message
 from svfseg.data.fold import FoldSpec
 from svfseg.data.label_index import scan_counts, stat_labels
 from svfseg.data.layouts import (
-    FOLDER,
     Layout,
     Pair,
     check_split,
@@ -111,21 +110,10 @@ def select_pairs(
     return FewShotList(tuple(kept), {c: tuple(v) for c, v in pools.items()})
 
 
-def pool_classes(
-    layout: Layout, fold: int, split: str, coco_split: str, spec: FoldSpec | None = None
-) -> tuple[list[int], list[int]]:
-    """(pool classes, novel classes) of a fold: base classes for train, novel classes for val.
-
-    ``spec``: the run's FoldSpec (required for a folder dataset, whose classes come from its folder).
-    """
+def pool_classes(fold: FoldSpec, split: str) -> tuple[list[int], list[int]]:
+    """(pool classes, novel classes) of a fold: base classes for train, novel classes for val."""
     check_split(split)
-    if spec is None:
-        spec = FoldSpec(layout.name, fold, coco_split=coco_split)
-    elif (spec.dataset, spec.fold) != (layout.name, fold):
-        raise ValueError(
-            f"fold_spec is {spec.dataset} fold {spec.fold} but the list asks for {layout.name} fold {fold}"
-        )
-    return list(spec.classes(split)), list(spec.novel_classes)
+    return list(fold.classes(split)), list(fold.novel_classes)
 
 
 def _check_root(layout: Layout, root: str | Path) -> Path:
@@ -136,32 +124,28 @@ def _check_root(layout: Layout, root: str | Path) -> Path:
 
 
 def build_list(
-    dataset: str,
+    fold: FoldSpec,
     root: str | Path,
-    fold: int,
     split: str,
     *,
     filter_novel: bool | None = None,
-    coco_split: str = "interleaved",
     min_pixels: int = DEFAULT_MIN_PIXELS,
     source_list: str | Path | None = None,
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     progress: bool = True,
-    fold_spec: FoldSpec | None = None,
 ) -> FewShotList:
     """The few-shot list of a fold and split (``train``/``val``), from cache when nothing changed.
 
-    ``dataset``: ``pascal``, ``coco`` or ``synthetic`` (Pascal layout and folds, lists in ``ROOT/lists``).
+    ``fold``: the run's :class:`FoldSpec` (dataset ``pascal``, ``coco``, ``synthetic`` (Pascal layout and
+    folds, lists in ``ROOT/lists``) or ``folder`` (``FoldSpec.for_folder``), fold, COCO split).
     ``filter_novel`` defaults to True for train and is ignored for val (evaluation lists never filter).
     ``source_list`` replaces the dataset's standard candidate pairs. ``workers``: processes reading
     labels (None: up to 8; 0 or 1: in-process).
     """
-    layout = get_layout(dataset)
-    if fold_spec is None and layout.name == FOLDER:
-        fold_spec = FoldSpec.for_folder(root, fold)
-    pool, novel = pool_classes(layout, fold, split, coco_split, fold_spec)
-    num_classes = fold_spec.num_classes if fold_spec is not None else layout.num_classes
+    layout = get_layout(fold.dataset)
+    pool, novel = pool_classes(fold, split)
+    num_classes = fold.num_classes
     if isinstance(min_pixels, bool) or not isinstance(min_pixels, int) or min_pixels < 1:
         raise ValueError(f"min_pixels={min_pixels!r}: expected a positive integer (the SVF repo: 2048)")
     use_filter = split == "train" and (True if filter_novel is None else bool(filter_novel))
@@ -180,13 +164,13 @@ def build_list(
         "dataset": layout.name,
         "root": str(root_path),
         "source": source.origin,
-        "fold": fold,
+        "fold": fold.fold,
         "split": split,
         "filter": use_filter,
         "min_pixels": min_pixels,
-        "coco_split": coco_split if layout.split_dataset == "coco" else None,
+        "coco_split": fold.coco_split if layout.split_dataset == "coco" else None,
         # a folder's classes are its own: a new folds.json or classes.txt makes another list
-        **({"classes": fold_spec.fold_record()} if fold_spec is not None and fold_spec.folds else {}),
+        **({"classes": fold.fold_record()} if fold.folds else {}),
     }
     # One file per configuration (a changed input overwrites it); the key says whether it is current.
     key = json_sha256(
@@ -197,7 +181,7 @@ def build_list(
             "labels": json_sha256(sorted((lb, *st) for lb, st in stats.items())),
         }
     )
-    path = cache / f"list-{layout.name}-{split}-fold{fold}-{json_sha256(identity)[:16]}.json"
+    path = cache / f"list-{layout.name}-{split}-fold{fold.fold}-{json_sha256(identity)[:16]}.json"
     cached = load_cache(path)
     if cached is not None and cached.get("key") == key:
         try:
@@ -212,7 +196,7 @@ def build_list(
         log.warning(
             "%s fold %d %s: no image has >= %d pixels of classes %s; episodes of those classes cannot be drawn",
             layout.name,
-            fold,
+            fold.fold,
             split,
             min_pixels,
             result.empty_classes(),

@@ -36,6 +36,7 @@ from pycocotools import mask as mask_utils
 
 from svfseg.data import io as data_io
 from svfseg.data.class_names import COLOURS, SHAPES, ClassStyle, class_styles
+from svfseg.data.fold import FoldSpec
 from svfseg.data.layouts import default_source, get_layout
 from svfseg.data.progress import progress_bar
 from svfseg.data.selection import pool_classes, select_pairs
@@ -439,7 +440,7 @@ def check_coverage(layout: str, root: Path, min_pixels: int) -> dict[str, int]:
             counts[label] = {k: int(c[k]) for k in range(1, lay.num_classes + 1) if c[k]}
         for coco_split in COCO_SPLITS if layout == "coco" else ("interleaved",):
             for fold in range(NUM_FOLDS):
-                pool, novel = pool_classes(lay, fold, split, coco_split)
+                pool, novel = pool_classes(FoldSpec(lay.name, fold, coco_split=coco_split), split)
                 lst = select_pairs(
                     pairs, counts, pool, novel, filter_novel=split == "train", min_pixels=min_pixels
                 )

@@ -247,16 +247,14 @@ def build_bam(
     *,
     shot: int,
     base_learner: PSPNet | str | Path,
-    dataset: str | None = None,
-    fold: int | None = None,
-    coco_split: str = "interleaved",
+    fold: FoldSpec | None = None,
     **options: Any,
 ) -> BAM:
     """The method table's factory: BAM from a loaded stage-1 PSPNet or from the path of its checkpoint.
 
     The meta branch always starts from the base learner's backbone (stage-1 weights, as in BAM);
-    ``backbone`` only names the architecture, which must match the base learner's. A path needs
-    ``dataset`` and ``fold`` so the checkpoint can be checked against them.
+    ``backbone`` only names the architecture, which must match the base learner's. A path needs the
+    run's ``fold`` (a :class:`~svfseg.data.fold.FoldSpec`) so the checkpoint can be checked against it.
 
     Args:
         options: :class:`BAM` keywords (``reduce_dim``, ``aux_meta_weight``, ``aux_base_weight``,
@@ -264,18 +262,13 @@ def build_bam(
     """
     arch = (getattr(backbone, "name", None), getattr(backbone, "width_mult", None))
     if isinstance(base_learner, (str, Path)):
-        if dataset is None or fold is None:
+        if fold is None:
             raise ValueError(
-                "build_model('bam', ..., base_learner=<path>) also needs dataset=... and fold=... to check "
-                f"the checkpoint {base_learner} against the run"
+                "build_model('bam', ..., base_learner=<path>) also needs fold=FoldSpec(dataset, fold) to "
+                f"check the checkpoint {base_learner} against the run"
             )
         base_learner = load_base_learner(
-            base_learner,
-            backbone_name=str(arch[0]),
-            dataset=dataset,
-            fold=fold,
-            width_mult=float(arch[1] or 1.0),
-            coco_split=coco_split,
+            base_learner, backbone_name=str(arch[0]), fold=fold, width_mult=float(arch[1] or 1.0)
         )
     elif not isinstance(base_learner, PSPNet):
         raise TypeError(
@@ -327,17 +320,7 @@ def bam_from_run(
     if load_pretrained:
         if base_learner is None:
             raise ValueError("method.base_learner is null: BAM needs the stage-1 PSPNet checkpoint")
-        pspnet = load_base_learner(
-            base_learner,
-            backbone_name=name,
-            dataset=fold.split_dataset,
-            dataset_name=fold.dataset,
-            fold=fold.fold,
-            width_mult=width_mult,
-            coco_split=fold.coco_split,
-            num_classes=num_classes,
-            classes=fold.fold_record() if fold.folds is not None else None,
-        )
+        pspnet = load_base_learner(base_learner, backbone_name=name, fold=fold, width_mult=width_mult)
     else:  # weights come from a BAM checkpoint next
         pspnet = PSPNet(backbone_shell(name, width_mult), num_classes=num_classes)
     return build_bam(pspnet.backbone, shot=fold.shot, base_learner=pspnet, **options)

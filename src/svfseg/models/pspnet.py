@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from svfseg.data.splits import base_classes
+from svfseg.data.fold import FoldSpec
 from svfseg.files import atomic_write, torch_save
 from svfseg.messages import preview
 from svfseg.models.backbones import Backbone, build_backbone
@@ -51,11 +51,6 @@ class PPM(nn.Module):
         size = x.shape[-2:]
         pooled = [F.interpolate(f(x), size=size, mode="bilinear", align_corners=True) for f in self.features]
         return torch.cat([x, *pooled], dim=1)
-
-
-def base_learner_num_classes(dataset: str, fold: int, coco_split: str = "interleaved") -> int:
-    """Output channels of the base learner: the fold's base classes plus background (16 Pascal / 61 COCO)."""
-    return len(base_classes(dataset, fold, coco_split)) + 1
 
 
 class PSPNet(nn.Module):
@@ -182,25 +177,18 @@ def load_base_learner(
     path: str | Path,
     *,
     backbone_name: str,
-    dataset: str,
-    fold: int,
+    fold: FoldSpec,
     width_mult: float = 1.0,
-    coco_split: str = "interleaved",
     map_location: str | torch.device = "cpu",
-    dataset_name: str | None = None,
-    num_classes: int | None = None,
-    classes: Mapping[str, Any] | None = None,
 ) -> PSPNet:
     """Rebuild the stage-1 PSPNet from ``path``, refusing files made for other settings.
 
-    The meta record must match ``dataset``, ``fold``, ``backbone_name`` and ``width_mult`` (and
-    ``coco_split`` for COCO; for a folder dataset ``num_classes`` and its ``classes`` record); the state
-    dict must fill every key of the model and nothing else.
-    ``dataset_name``: the run's dataset config name for the stage-1 command in errors (``dataset`` is the
-    fold structure the file records, e.g. ``pascal`` for ``synthetic``).
+    The meta record must match the fold (its class structure's dataset, fold number and base-class
+    count; the COCO split for COCO; a folder dataset's class record), ``backbone_name`` and
+    ``width_mult``; the state dict must fill every key of the model and nothing else.
     """
     path = Path(path)
-    command = stage1_command(dataset_name or dataset, fold, backbone_name, width_mult)
+    command = stage1_command(fold.dataset, fold.fold, backbone_name, width_mult)
     if not path.is_file():
         raise FileNotFoundError(
             f"base learner checkpoint {path} does not exist. BAM's stage 2 needs the stage-1 PSPNet of "
@@ -216,18 +204,16 @@ def load_base_learner(
     meta = ckpt["meta"]
     expected: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
-        "dataset": dataset,
-        "fold": fold,
+        "dataset": fold.split_dataset,
+        "fold": fold.fold,
         "backbone": backbone_name,
         "width_mult": float(width_mult),
-        "num_classes": num_classes
-        if num_classes is not None
-        else base_learner_num_classes(dataset, fold, coco_split),
+        "num_classes": fold.num_base_labels,
     }
-    if dataset == "coco":
-        expected["coco_split"] = coco_split
-    if classes is not None:  # a folder dataset: the file must be of the same folds and class count
-        expected["classes"] = dict(classes)
+    if fold.split_dataset == "coco":
+        expected["coco_split"] = fold.coco_split
+    if fold.folds is not None:  # a folder dataset: the file must be of the same folds and class count
+        expected["classes"] = dict(fold.fold_record())
     _check_meta(path, meta, expected, command)
     backbone = backbone_shell(backbone_name, width_mult)
     model = PSPNet(backbone, num_classes=int(meta["num_classes"]), bins=meta.get("bins", PPM_BINS))
