@@ -22,8 +22,8 @@ from svfseg.data.episodes import (
     build_eval_episodes,
 )
 from svfseg.data.fold import FoldSpec
+from svfseg.data.lists.selection import FewShotList, build_list
 from svfseg.data.samplers import EpisodeSampler, ShardedEvalSampler
-from svfseg.data.selection import FewShotList, build_list
 from svfseg.data.splits import base_classes, novel_classes
 from svfseg.data.transforms import EvalTransform, TrainTransform
 from svfseg.dataprep.synthetic import make_synthetic

@@ -13,7 +13,7 @@ import pytest
 from svfseg.data.class_names import SHAPES, class_styles
 from svfseg.data.fold import FoldSpec
 from svfseg.data.io import read_label, read_sample
-from svfseg.data.selection import build_list
+from svfseg.data.lists.selection import build_list
 from svfseg.dataprep import synthetic
 from svfseg.dataprep.prepare import coco_category_map, coco_semantic_label
 from svfseg.dataprep.synthetic import COCO_CATEGORY_IDS, coverage_min_pixels, make_synthetic

@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader
 from svfseg.data.checks import check_int, check_root, check_scale
 from svfseg.data.episodes import EpisodeTable, EvalEpisodes, TrainEpisodes, build_eval_episodes
 from svfseg.data.fold import FoldSpec
+from svfseg.data.lists.selection import DEFAULT_MIN_PIXELS, FewShotList, build_list, list_digest
 from svfseg.data.loaders import FoldDataModule, rank_and_world, start_sampler_at
 from svfseg.data.samplers import EpisodeSampler
-from svfseg.data.selection import DEFAULT_MIN_PIXELS, FewShotList, build_list, list_digest
 from svfseg.data.transforms import SCALE_RANGES, EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Class choice (differs from the BAM/SVF repos on purpose). Their ``SemData.__geti
 query's class among *all* fold classes present in its label, with no pixel threshold, so a class covering
 a handful of query pixels can be chosen although the image only entered the list through another class.
 Here the class is drawn among the query's *pool* classes: the fold classes whose pool holds the image,
-i.e. those covering ``>= min_pixels`` of it (the list rule of :mod:`svfseg.data.selection`). Every query
+i.e. those covering ``>= min_pixels`` of it (the list rule of :mod:`svfseg.data.lists.selection`). Every query
 foreground is then as large as a support's, and the choice needs no label read. Supports: ``shot``
 distinct images of the class pool, never the query; a pool too small for that is refused when the dataset
 or table is built.
@@ -37,8 +37,8 @@ from torch.utils.data import Dataset
 
 from svfseg.data.batch import EpisodeBatch
 from svfseg.data.io import read_sample
+from svfseg.data.lists.selection import FewShotList
 from svfseg.data.samplers import DOMAIN_EVAL_TABLE, DOMAIN_TRAIN_SAMPLE, EpisodeKey, seed_sequence
-from svfseg.data.selection import FewShotList
 from svfseg.data.transforms import EvalTransform, TrainTransform, Transformed, pad_square
 from svfseg.files import atomic_write
 from svfseg.labels import IGNORE_INDEX

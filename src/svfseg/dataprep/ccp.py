@@ -52,7 +52,7 @@ import scipy.io
 from PIL import Image
 
 from svfseg.data.folder_layout import CLASSES_FILE, FOLDS_FILE, IMAGE_DIR, LABEL_DIR, SPLIT_FILES
-from svfseg.data.label_index import default_workers
+from svfseg.data.lists.label_index import default_workers
 from svfseg.dataprep.folder_check import check_folder
 from svfseg.files import atomic_write_bytes, atomic_write_text
 from svfseg.labels import IGNORE_INDEX

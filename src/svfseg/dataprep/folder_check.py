@@ -38,7 +38,7 @@ from svfseg.data.folder_layout import (
     read_parts,
 )
 from svfseg.data.io import exif_orientation, swaps_sides
-from svfseg.data.label_index import default_workers
+from svfseg.data.lists.label_index import default_workers
 from svfseg.files import atomic_write_text
 from svfseg.labels import IGNORE_INDEX
 

@@ -6,7 +6,7 @@ pools its novel classes. The leakage filter (default for training) drops every t
 any pixel of any novel class; without it the lists are PFENet-style. An image enters the list when at
 least one of its classes counts, and joins the pool of each class that counts.
 
-:func:`build_list` reads the per-label counts from :mod:`svfseg.data.label_index` and caches each fold's
+:func:`build_list` reads the per-label counts from :mod:`svfseg.data.lists.label_index` and caches each fold's
 result under ``ROOT/.svfseg_cache`` or ``cache_dir`` (keyed by every input that changes it).
 """
 
@@ -20,7 +20,6 @@ from typing import Any
 
 from svfseg.data.checks import missing_root_message
 from svfseg.data.fold import FoldSpec
-from svfseg.data.label_index import scan_counts, stat_labels
 from svfseg.data.layouts import (
     Layout,
     Pair,
@@ -29,7 +28,8 @@ from svfseg.data.layouts import (
     get_layout,
     read_source_file,
 )
-from svfseg.data.list_cache import CACHE_VERSION, json_sha256, load_cache, resolve_cache_dir, write_cache
+from svfseg.data.lists.cache import CACHE_VERSION, json_sha256, load_cache, resolve_cache_dir, write_cache
+from svfseg.data.lists.label_index import scan_counts, stat_labels
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from svfseg.data import io as data_io
-from svfseg.data import label_index
-from svfseg.data import lists as lists_mod
 from svfseg.data.fold import FoldSpec
 from svfseg.data.io import DataFileError, MissingDataError
 from svfseg.data.layouts import default_source, get_layout, relativize
-from svfseg.data.lists import export_lists, import_lists
-from svfseg.data.selection import FewShotList, build_list, select_pairs
+from svfseg.data.lists import __main__ as lists_cli
+from svfseg.data.lists import label_index
+from svfseg.data.lists.bam_format import export_lists, import_lists
+from svfseg.data.lists.selection import FewShotList, build_list, select_pairs
 from tests.helpers.data import label_with, write_jpeg, write_pascal_root, write_png, write_source_list
 
 P = 100  # lowered threshold for the tiny 64x64 labels
@@ -416,7 +416,7 @@ def test_reader_errors(root: Path, tmp_path: Path) -> None:
 
 def test_cli_builds_all_folds_and_imports(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
-    rc = lists_mod.main(
+    rc = lists_cli.main(
         [
             "--dataset",
             "synthetic",
@@ -437,7 +437,7 @@ def test_cli_builds_all_folds_and_imports(root: Path, tmp_path: Path, capsys: py
     assert import_lists(out, 0, "train", root) == build(root, 0, "train")
 
     converted = tmp_path / "converted"
-    rc = lists_mod.main(
+    rc = lists_cli.main(
         [
             "--dataset",
             "synthetic",
@@ -460,7 +460,7 @@ def test_cli_builds_all_folds_and_imports(root: Path, tmp_path: Path, capsys: py
 
 def test_summary_compares_with_reference_counts(root: Path, capsys: pytest.CaptureFixture) -> None:
     lst = build(root, 0, "val")
-    lists_mod._summary([(0, "val", lst), (1, "val", lst)], "t", {(0, "val"): 1, (1, "val"): 445})
+    lists_cli._summary([(0, "val", lst), (1, "val", lst)], "t", {(0, "val"): 1, (1, "val"): 445})
     out = capsys.readouterr().out
     assert "1 ok" in out and "445 DIFFERS" in out
-    assert lists_mod.REFERENCE_PASCAL[(2, "train", True)] == 2752
+    assert lists_cli.REFERENCE_PASCAL[(2, "train", True)] == 2752
