@@ -270,7 +270,7 @@ def make_coco_labels(root: Path, n: int, size: int, seed: int = 0) -> None:
 
 def index_time(n: int, size: int, tmp: Path) -> dict[str, float]:
     from svfseg.data.fold import FoldSpec
-    from svfseg.data.selection import build_list
+    from svfseg.data.lists.selection import build_list
 
     root = tmp / "coco"
     t0 = time.perf_counter()
