@@ -162,3 +162,37 @@ def test_a_cross_dataset_evaluation_without_a_protocol_is_refused_at_start(
     run = pascal_checkpoint
     proc = run_cli([str(REPO / "eval.py"), f"ckpt_path={run}", *extra], tmp_path, ok=False, timeout=300)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_evaluation_pixel_threshold_is_an_eval_option(
+    synthetic_pascal, pascal_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``min_pixels=`` replaces the checkpoint's threshold in the evaluation list (a cross-domain folder of
+    another image size needs its own); 0 is refused at start."""
+    root, _ = synthetic_pascal
+    folder = _write_folder(Path(root), tmp_path / "things")
+    command = [
+        str(REPO / "eval.py"),
+        f"ckpt_path={pascal_checkpoint}",
+        "eval_dataset=folder",
+        f"dataset_root={folder}",
+        "eval_fold=1",
+        "n_episodes=10",
+        "num_workers=0",
+        "+trainer.enable_progress_bar=false",
+    ]
+    out = tmp_path / "eval"
+    run_cli([*command, "min_pixels=1", f"hydra.run.dir={out}"], tmp_path, timeout=300)
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["config"]["dataset"]["min_pixels"] == 1 and record["n_episodes"] == 10
+    # a threshold no object reaches empties the pools: the option reaches the list
+    proc = run_cli(
+        [*command, "min_pixels=100000000", f"hydra.run.dir={tmp_path / 'high'}"], tmp_path, ok=False
+    )
+    output = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "no image has >= 100000000 pixels of classes [7, 8, 9, 10]" in output
+    proc = run_cli([*command, "min_pixels=0", f"hydra.run.dir={tmp_path / 'zero'}"], tmp_path, ok=False)
+    assert (
+        proc.returncode == 2 and "min_pixels=0 is invalid" in proc.stderr and "Traceback" not in proc.stderr
+    )

@@ -73,6 +73,9 @@ def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> D
         run.dataset.eval_seeds = eval_seeds(cfg.seeds, "seeds")
     if cfg.get("eval_batch_size") is not None:
         run.dataset.eval_batch_size = int(cfg.eval_batch_size)
+    if cfg.get("min_pixels") is not None:
+        with open_dict(run):
+            run.dataset.min_pixels = int(cfg.min_pixels)
     run.dataset.num_workers = int(cfg.get("num_workers", run.dataset.num_workers))
     for label in ("table", "row"):  # an eval-only sweep files the numbers under another table's rows
         if cfg.get(label) is not None:
@@ -117,6 +120,9 @@ def check_eval_config(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     if cfg.get("eval_batch_size") is not None:
         what = "the evaluation batch (episodes per forward pass)"
         _collect(problems, lambda: positive_count(cfg.eval_batch_size, "eval_batch_size", what))
+    if cfg.get("min_pixels") is not None:
+        what = "the evaluation list's pixel threshold (an image counts for a class with >= this many pixels)"
+        _collect(problems, lambda: positive_count(cfg.min_pixels, "min_pixels", what))
     _collect(problems, lambda: _check_precision(cfg))
     _collect(problems, lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"))
     tta = _collect(problems, lambda: tta_options(cfg))
