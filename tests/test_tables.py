@@ -3,6 +3,7 @@
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,7 +192,7 @@ def test_table11_eval_only_sweep_gives_one_row_per_episode_count(tmp_path: Path)
             for n, job in enumerate(jobs):
                 overrides = [f"ckpt_path={ckpt}" if o.startswith("ckpt_path=") else o for o in job]
                 cfg = compose_config("eval", overrides)
-                run = run_config_from_checkpoint({"svfseg": {"config": saved}}, cfg)
+                run = run_config_from_checkpoint(_checkpoint_record(train_cfg, saved), cfg)
                 miou = 0.40 + fold / 100 + n / 1000 + (finetune == "svf") / 50
                 values = {
                     "miou": miou,
@@ -309,3 +310,13 @@ def test_paired_row_is_the_delta_baseline_unless_one_is_named(
     assert "| A | 1 | 4 | 0,1,2,3 | +10.00 | [+10.00, +10.00] | 0 | not recorded |" in out
     assert main([str(tmp_path), "--layout", "peft", "--paired", "SVF", "--baseline", "A"]) == 0
     assert "| SVF | 40.00 | 40.00 | 40.00 | 40.00 | 40.00 | -10.00 |" in capsys.readouterr().out
+
+
+def _checkpoint_record(train_cfg: Any, saved: dict[str, Any]) -> dict[str, Any]:
+    """The entries eval.py reads from a checkpoint of ``train_cfg``, as FewShotSegModule writes them."""
+    from svfseg.lightning.checkpoint_record import CheckpointRecord
+    from svfseg.run_spec import RunSpec
+
+    spec = RunSpec.from_config(train_cfg)
+    record = CheckpointRecord(spec, strategy_applied=True, config=saved)
+    return {"hyper_parameters": {"run": spec.to_dict()}, "svfseg": record.entry()}
