@@ -119,6 +119,20 @@ def test_a_coco_checkpoint_evaluates_on_pascal_classes_novel_in_its_coco_fold(
     assert record["config"]["dataset"]["root"] == str(voc) and MIN_PIXELS > 0
 
 
+def _folder_eval(checkpoint: Path, folder: Path) -> list[str]:
+    """eval.py on fold 1 of ``folder`` (10 episodes, no workers, no progress bar)."""
+    return [
+        str(REPO / "eval.py"),
+        f"ckpt_path={checkpoint}",
+        "eval_dataset=folder",
+        f"dataset_root={folder}",
+        "eval_fold=1",
+        "n_episodes=10",
+        "num_workers=0",
+        "+trainer.enable_progress_bar=false",
+    ]
+
+
 @pytest.mark.slow
 def test_any_checkpoint_evaluates_on_a_folder_fold(
     synthetic_pascal, pascal_checkpoint: Path, tmp_path: Path
@@ -127,21 +141,7 @@ def test_any_checkpoint_evaluates_on_a_folder_fold(
     root, _ = synthetic_pascal
     folder = _write_folder(Path(root), tmp_path / "things")
     out = tmp_path / "eval"
-    run_cli(
-        [
-            str(REPO / "eval.py"),
-            f"ckpt_path={run}",
-            "eval_dataset=folder",
-            f"dataset_root={folder}",
-            "eval_fold=1",
-            "n_episodes=10",
-            "num_workers=0",
-            "+trainer.enable_progress_bar=false",
-            f"hydra.run.dir={out}",
-        ],
-        tmp_path,
-        timeout=300,
-    )
+    run_cli([*_folder_eval(run, folder), f"hydra.run.dir={out}"], tmp_path, timeout=300)
     record = json.loads((out / "metrics.json").read_text())
     assert record["evaluation"]["protocol"] == "cross-domain: synthetic -> folder things"
     assert sorted(int(k) for k in record["class_iou"]) == FOLDS[1]
@@ -172,16 +172,7 @@ def test_the_evaluation_pixel_threshold_is_an_eval_option(
     another image size needs its own); 0 is refused at start."""
     root, _ = synthetic_pascal
     folder = _write_folder(Path(root), tmp_path / "things")
-    command = [
-        str(REPO / "eval.py"),
-        f"ckpt_path={pascal_checkpoint}",
-        "eval_dataset=folder",
-        f"dataset_root={folder}",
-        "eval_fold=1",
-        "n_episodes=10",
-        "num_workers=0",
-        "+trainer.enable_progress_bar=false",
-    ]
+    command = _folder_eval(pascal_checkpoint, folder)
     out = tmp_path / "eval"
     run_cli([*command, "min_pixels=1", f"hydra.run.dir={out}"], tmp_path, timeout=300)
     record = json.loads((out / "metrics.json").read_text())
