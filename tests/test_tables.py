@@ -312,11 +312,9 @@ def test_paired_row_is_the_delta_baseline_unless_one_is_named(
     assert "| SVF | 40.00 | 40.00 | 40.00 | 40.00 | 40.00 | -10.00 |" in capsys.readouterr().out
 
 
-def _checkpoint_record(train_cfg: Any, saved: dict[str, Any]) -> dict[str, Any]:
-    """The entries eval.py reads from a checkpoint of ``train_cfg``, as FewShotSegModule writes them."""
+def _checkpoint_record(train_cfg: Any, saved: dict[str, Any]) -> Any:
+    """The record eval.py reads from a checkpoint of ``train_cfg`` (run spec, strategy, saved config)."""
     from svfseg.lightning.checkpoint_record import CheckpointRecord
     from svfseg.run_spec import RunSpec
 
-    spec = RunSpec.from_config(train_cfg)
-    record = CheckpointRecord(spec, strategy_applied=True, config=saved)
-    return {"hyper_parameters": {"run": spec.to_dict()}, "svfseg": record.entry()}
+    return CheckpointRecord(RunSpec.from_config(train_cfg), strategy_applied=True, config=saved)

@@ -48,9 +48,10 @@ ASKED_KEYS = {
 }
 
 
-def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> DictConfig:
-    """The training run's config with this command's overrides, refusing identity mismatches."""
-    saved = CheckpointRecord.read(checkpoint).config
+def run_config_from_checkpoint(record: CheckpointRecord, cfg: DictConfig) -> DictConfig:
+    """The training run's config (from the checkpoint's record) with this command's overrides, refusing
+    identity mismatches."""
+    saved = record.config
     if saved is None:
         raise ValueError(
             "checkpoint has no saved run config (svfseg.config); re-save it with svfseg's train.py"
@@ -84,7 +85,7 @@ def run_config_from_checkpoint(checkpoint: dict[str, Any], cfg: DictConfig) -> D
     return run
 
 
-def _open_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
+def _open_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any], CheckpointRecord]:
     if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
         raise ConfigError(
             "ckpt_path is not set: pass a checkpoint file or a train.py run directory, e.g. "
@@ -93,8 +94,7 @@ def _open_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     try:
         ckpt = resolve_checkpoint(cfg.ckpt_path)
         checkpoint = load_checkpoint_dict(ckpt)
-        CheckpointRecord.read(checkpoint, source=f"ckpt_path={ckpt}")  # readable before anything is built
-        return ckpt, checkpoint
+        return ckpt, checkpoint, CheckpointRecord.read(checkpoint, source=f"ckpt_path={ckpt}")
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from err
 
@@ -105,8 +105,8 @@ def tta_options(cfg: DictConfig) -> TTAOptions:
     return TTAOptions.from_config(None if raw is None else OmegaConf.to_container(raw, resolve=True))
 
 
-def check_eval_config(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
-    """Every start-up check of eval.py, before anything is built or written: (checkpoint file, its content).
+def check_eval_config(cfg: DictConfig) -> tuple[Path, CheckpointRecord]:
+    """Every start-up check of eval.py, before anything is built or written: (checkpoint file, its record).
 
     All problems are raised together as one :class:`ConfigError`, one line each (eval.py prints them and
     exits with status 2, as train.py does).
@@ -127,15 +127,15 @@ def check_eval_config(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     _collect(problems, lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"))
     tta = _collect(problems, lambda: tta_options(cfg))
     if tta is not None and opened is not None:
-        _collect(problems, lambda: _check_tta_checkpoint(tta, opened[1]))
+        _collect(problems, lambda: _check_tta_checkpoint(tta, opened[1], opened[2]))
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
-    return opened
+    ckpt, _, record = opened
+    return ckpt, record
 
 
-def _check_tta_checkpoint(tta: TTAOptions, checkpoint: dict[str, Any]) -> None:
+def _check_tta_checkpoint(tta: TTAOptions, checkpoint: dict[str, Any], record: CheckpointRecord) -> None:
     """The checkpoint holds the parameters ``tta.params`` adapts (its strategy's, when one was applied)."""
-    record = CheckpointRecord.read(checkpoint)
     finetune = record.finetune["name"] if record.strategy_applied else None
     check_checkpoint(tta, checkpoint["state_dict"], finetune)
 
@@ -172,10 +172,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     ``ckpt_path`` may be a checkpoint file or a train.py run directory (:func:`resolve_checkpoint`).
     """
-    ckpt, checkpoint = check_eval_config(cfg)
+    ckpt, record = check_eval_config(cfg)
     apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
-    run = run_config_from_checkpoint(checkpoint, cfg)
-    del checkpoint
+    run = run_config_from_checkpoint(record, cfg)
     trained_dataset, trained_fold = str(run.dataset.name), int(run.fold)
     eval_spec, protocol = _evaluation_spec(cfg, run)
     tta = tta_options(cfg)
