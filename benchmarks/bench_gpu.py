@@ -31,10 +31,10 @@ import torch
 from bench_pipeline import LABELS, STEP_VARIANTS, episode
 from torch import nn
 
+from svfseg.backbones import build_backbone
 from svfseg.finetune import build_strategy
 from svfseg.lightning.optim import OptimConfig, build_optimizer
-from svfseg.models.backbones import build_backbone
-from svfseg.models.registry import build_model
+from svfseg.methods.registry import build_model
 
 PRECISIONS = ("fp32", "bf16")
 

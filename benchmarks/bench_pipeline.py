@@ -48,10 +48,10 @@ import torch
 from benchlib import WORKER_ENV, interleaved_times, measure_peak, retain_freed_memory, write_section
 from torch import nn
 
+from svfseg.backbones import build_backbone
 from svfseg.finetune import build_strategy
 from svfseg.lightning.optim import OptimConfig, build_optimizer
-from svfseg.models.backbones import build_backbone
-from svfseg.models.registry import build_model
+from svfseg.methods.registry import build_model
 
 STEP_VARIANTS: dict[str, dict[str, Any]] = {
     "freeze": {"name": "freeze"},
@@ -71,7 +71,7 @@ PARTS = ("step", "eval", "loader", "index")  # "step" also measures the peak mem
 # ------------------------------------------------------------------------------------------ models
 def build_variant(variant: str, shot: int, base: nn.Module | None = None) -> tuple[nn.Module, Any]:
     """The baseline with the variant's strategy applied, and its SGD optimizer."""
-    logging.getLogger("svfseg.models.backbones.factory").setLevel(logging.ERROR)
+    logging.getLogger("svfseg.backbones.factory").setLevel(logging.ERROR)
     if base is None:
         torch.manual_seed(0)
         base = build_model("baseline", build_backbone("resnet50", pretrained=None), shot=shot)

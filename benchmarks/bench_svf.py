@@ -88,9 +88,9 @@ from benchlib import (
 )
 from torch import Tensor, nn
 
+from svfseg.backbones import build_backbone
 from svfseg.finetune import build_strategy
-from svfseg.models.backbones import build_backbone
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 from svfseg.svf import (
     apply_svf,
     mark_only_svf_trainable,
@@ -194,7 +194,7 @@ def analytic_ratios() -> dict[str, float]:
 # ------------------------------------------------------------------------------------------ models
 def _backbone() -> nn.Module:
     torch.manual_seed(0)
-    logging.getLogger("svfseg.models.backbones.factory").setLevel(logging.ERROR)
+    logging.getLogger("svfseg.backbones.factory").setLevel(logging.ERROR)
     return build_backbone("resnet50", pretrained=None).eval()
 
 

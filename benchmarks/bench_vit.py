@@ -25,10 +25,10 @@ from bench_pipeline import episode, train_step
 from benchlib import interleaved_times, write_section
 from torch import nn
 
+from svfseg.backbones import build_backbone
 from svfseg.finetune import build_strategy
 from svfseg.lightning.optim import OptimConfig, build_optimizer
-from svfseg.models.backbones import build_backbone
-from svfseg.models.registry import build_model
+from svfseg.methods.registry import build_model
 from svfseg.svf import merge_svf
 
 SECTION = "## SVF on a Vision Transformer (DINOv2 ViT-S/14, CPU)"
@@ -36,7 +36,7 @@ VARIANTS = ("freeze", "full", "svf")
 
 
 def _base() -> nn.Module:
-    logging.getLogger("svfseg.models.backbones.factory").setLevel(logging.ERROR)
+    logging.getLogger("svfseg.backbones.factory").setLevel(logging.ERROR)
     torch.manual_seed(0)
     return build_model("baseline", build_backbone("dinov2_vits14", pretrained=None), shot=1)
 

@@ -18,10 +18,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from svfseg.models.backbones.timm_cnn import check_timm_backbone_config
-from svfseg.models.bam import bam_backbone_problem
-from svfseg.models.pspnet import stage1_command
-from svfseg.models.registry import method_options
+from svfseg.backbones.timm_cnn import check_timm_backbone_config
+from svfseg.methods.bam import bam_backbone_problem
+from svfseg.methods.pspnet import stage1_command
+from svfseg.methods.registry import method_options
 from svfseg.precision import check_matmul_precision
 from svfseg.run_spec import RunSpec
 

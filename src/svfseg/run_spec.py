@@ -15,10 +15,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from svfseg.backbones import BACKBONE_NAMES
 from svfseg.data.fold import FoldSpec
 from svfseg.finetune import STRATEGIES, FinetuneStrategy, build_strategy
-from svfseg.models.backbones import BACKBONE_NAMES
-from svfseg.models.registry import registered_models
+from svfseg.methods.registry import registered_models
 from svfseg.svf.options import check_choice
 
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from svfseg.data.batch import EpisodeBatch
 from svfseg.finetune.options import DEFAULT_STAGES, parse_stages
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 
 log = logging.getLogger(__name__)
 

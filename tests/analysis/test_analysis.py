@@ -42,8 +42,8 @@ from svfseg.analysis import (
     singular_value_changes,
     stage_change_stats,
 )
+from svfseg.backbones import build_backbone
 from svfseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from svfseg.models.backbones import build_backbone
 from svfseg.svf import SVFConv2d, apply_svf, svf_layers, svf_summary
 
 matplotlib.use("Agg")

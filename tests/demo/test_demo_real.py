@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
+from svfseg.backbones import build_backbone
 from svfseg.compose import compose_train_config
 from svfseg.demo.baselines import PRIOR_THRESHOLD, evaluate_baselines
 from svfseg.demo.qualitative import pick_episodes, qualitative_figure
 from svfseg.demo.real import RealDemoSettings, is_svf, run_demo, strategy_dir, verdict
 from svfseg.demo.study import check_same_settings, interval, run_study, study_markdown, summarise_study
 from svfseg.labels import IGNORE_INDEX
-from svfseg.models.backbones import build_backbone
-from svfseg.models.registry import build_model
+from svfseg.methods.registry import build_model
 from tests.helpers.data import env_folder
 from tests.helpers.real_learning import SKIP, SRC_ENV
 
@@ -68,7 +68,7 @@ def test_trivial_baselines_match_a_numpy_count() -> None:
     all_fg = _numpy_miou([np.ones_like(lab) for lab in labels], labels, classes, 2)
     assert got["all_foreground"]["miou"] == pytest.approx(all_fg, abs=1e-6)
     # the prior, thresholded by hand from the model's own cues
-    from svfseg.models.components import episode_cues, resize
+    from svfseg.methods.components import episode_cues, resize
 
     preds = []
     with torch.no_grad():

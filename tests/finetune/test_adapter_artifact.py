@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from svfseg.backbones import build_backbone
 from svfseg.finetune import build_strategy
 from svfseg.lightning.checkpointing import (
     ARTIFACT_MAX_FRACTION,
@@ -24,8 +25,7 @@ from svfseg.lightning.checkpointing import (
     svf_artifact_path,
     write_svf_artifact,
 )
-from svfseg.models.backbones import build_backbone
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 from svfseg.svf import (
     SVFStateError,
     adapter_state_dict,

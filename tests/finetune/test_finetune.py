@@ -11,11 +11,11 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from svfseg.backbones import build_backbone
 from svfseg.finetune import STRATEGIES, build_strategy, check_param_groups
 from svfseg.finetune.base import backbone_stages
 from svfseg.lightning.optim import OptimConfig, build_optimizer
-from svfseg.models.backbones import build_backbone
-from svfseg.models.base import FewShotModel, FewShotOutput
+from svfseg.methods.base import FewShotModel, FewShotOutput
 from svfseg.svf import SVFSelectionError, svf_layers
 
 SMALL = 0.125

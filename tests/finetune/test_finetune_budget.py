@@ -8,9 +8,9 @@ import json
 import pytest
 from torch import nn
 
+from svfseg.backbones import build_backbone
 from svfseg.finetune import build_strategy
 from svfseg.finetune.budget import compose_train, config_budget, main
-from svfseg.models.backbones import build_backbone
 from svfseg.tasks.builders import build_module
 from svfseg.tasks.resolve import TrainRun
 from tests.helpers.hydra import CONF_DIR

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from svfseg.backbones import build_backbone
 from svfseg.finetune import build_strategy, check_param_groups
 from svfseg.finetune.adapters import lora_layers, merge_lora
 from svfseg.finetune.counts import closest_rank, lora_count
@@ -24,7 +25,6 @@ from svfseg.inference import Predictor
 from svfseg.inference.export import export_run, load_exported
 from svfseg.lightning.checkpointing import svf_artifact_path
 from svfseg.lightning.module import FewShotSegModule
-from svfseg.models.backbones import build_backbone
 from svfseg.svf import load_adapter_state_dict, svf_layers
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.evaluate import evaluate

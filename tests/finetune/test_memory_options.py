@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
+from svfseg.backbones import build_backbone
 from svfseg.finetune import build_strategy
-from svfseg.models.backbones import build_backbone
-from svfseg.models.registry import build_model
+from svfseg.methods.registry import build_model
 from svfseg.svf import apply_svf, svf_layers
 from tests.helpers.hydra import compose_config
 

@@ -109,7 +109,7 @@ def test_each_row_composes_on_both_benchmarks_and_trains_what_the_budget_tool_co
         assert (cfg.table, cfg.row, cfg.finetune.name) == ("peft", label, name)
         assert all(cfg.finetune[k] == v for k, v in options.items()), row
         assert cfg.method.name == "baseline"
-        assert cfg.optim.schedule == "cosine"  # recipe/svf for every row, the frozen one included
+        assert cfg.optim.schedule == "cosine"  # optim/svf for every row, the frozen one included
     assert (plain.dataset.name, plain.backbone.name) == ("folder", "efficientnet_lite0")
     # the benchmarks' own settings survive the row: the demo's backbone lr, the synthetic demo's width
     assert (demo.dataset.name, demo.backbone.name, demo.optim.lr) == ("folder", "efficientnet_lite0", 0.1)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svfseg.models.base import FewShotModel, FewShotOutput
+from svfseg.methods.base import FewShotModel, FewShotOutput
 
 
 class Net(FewShotModel):

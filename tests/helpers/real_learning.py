@@ -60,7 +60,7 @@ def real_overrides(root: Path, weights: Path, out: Path, seed: int) -> list[str]
         "finetune.backbone_lr_mult=1.0",
         "trainer=cpu",
         "logger=csv",
-        "recipe=svf",
+        "optim=svf",
         f"fold={FOLD}",
         f"seed={seed}",
         f"dataset.train_size={SIZE}",

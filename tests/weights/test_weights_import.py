@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from svfseg.data.fold import FoldSpec
-from svfseg.models.pspnet import PSPNet, backbone_shell, load_base_learner
+from svfseg.methods.pspnet import PSPNet, backbone_shell, load_base_learner
 from svfseg.weights.__main__ import main
 from svfseg.weights.bam_import import BAMImportError, import_bam_base_learner
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from svfseg.data.io import read_image
 from svfseg.lightning.module import FewShotSegModule
-from svfseg.models.base import find_backbone
+from svfseg.methods.base import find_backbone
 from svfseg.run_spec import check_identity
 
 __all__ = ["dataset_root", "find_backbone", "image_from_dataset", "load_run", "parse_run_dirs"]

@@ -19,8 +19,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from svfseg.backbones.base import STAGE_NAMES
 from svfseg.messages import preview
-from svfseg.models.backbones.base import STAGE_NAMES
 from svfseg.svf import SVFConv2d, require_svf_layers
 from svfseg.svf.spectrum import (
     SpectrumChange,

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from svfseg.data.batch import EpisodeBatch
+from svfseg.methods.base import FewShotModel
+from svfseg.methods.components import episode_cues, resize
 from svfseg.metrics import FewShotIoU
-from svfseg.models.base import FewShotModel
-from svfseg.models.components import episode_cues, resize
 
 PRIOR_THRESHOLD = 0.5
 BASELINES = ("all_foreground", "cosine_prior")

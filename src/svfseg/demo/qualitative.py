@@ -16,7 +16,7 @@ from torch import Tensor
 
 from svfseg.data.batch import EpisodeBatch
 from svfseg.labels import IGNORE_INDEX
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])

@@ -113,7 +113,7 @@ class RealDemoSettings:
             f"backbone.pretrained={weights}",
             "trainer=cpu",
             "logger=csv",
-            "recipe=svf",
+            "optim=svf",
             f"fold={self.fold}",
             f"shot={self.shot}",
             f"seed={seed}",

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, parse_flag, parse_lr_mult
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,14 @@ def backbone_stages(model: nn.Module) -> tuple[str, ...]:
     if not isinstance(backbone, nn.Module):
         raise TypeError(
             f"{type(model).__name__} has no nn.Module attribute 'backbone': fine-tune strategies need a "
-            "FewShotModel (svfseg.models.base) whose backbone has stages layer0..layer4"
+            "FewShotModel (svfseg.methods.base) whose backbone has stages layer0..layer4"
         )
     stages = tuple(getattr(backbone, "stage_names", ()))
     missing = [s for s in stages or ("stage_names",) if not isinstance(getattr(backbone, s, None), nn.Module)]
     if not stages or missing:
         raise TypeError(
             f"backbone {type(backbone).__name__} breaks the Backbone contract: missing {missing}; build it "
-            "with svfseg.models.backbones.build_backbone"
+            "with svfseg.backbones.build_backbone"
         )
     return stages
 

@@ -17,7 +17,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from svfseg.finetune.base import FinetuneStrategy, NamedParams
 from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, DEFAULT_STAGES, parse_stages
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 
 NORMS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from svfseg.backbones.base import STAGE_NAMES
 from svfseg.finetune.base import FinetuneStrategy, NamedParams
 from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, parse_flag
 from svfseg.finetune.selection import bn_affine
-from svfseg.models.backbones.base import STAGE_NAMES
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 
 
 class BNStrategy(FinetuneStrategy):

@@ -26,8 +26,8 @@ from svfseg.finetune.counts import svf_singular_values
 from svfseg.finetune.lora import LoRAStrategy
 from svfseg.finetune.registry import build_strategy
 from svfseg.finetune.svf import SVFStrategy
-from svfseg.models.base import FewShotModel
-from svfseg.models.factory import build_fewshot_model
+from svfseg.methods.base import FewShotModel
+from svfseg.methods.factory import build_fewshot_model
 
 
 @dataclass(frozen=True)

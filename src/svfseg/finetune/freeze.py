@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from svfseg.finetune.base import FinetuneStrategy, NamedParams
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 
 
 class FreezeStrategy(FinetuneStrategy):

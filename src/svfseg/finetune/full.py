@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from svfseg.backbones.base import STAGE_NAMES
 from svfseg.finetune.base import NamedParams
 from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT
 from svfseg.finetune.part import PartStrategy
 from svfseg.finetune.selection import stage_params, weight_layer_params
-from svfseg.models.backbones.base import STAGE_NAMES
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 
 
 class FullStrategy(PartStrategy):

@@ -23,7 +23,7 @@ from svfseg.finetune.base import FinetuneStrategy, NamedParams
 from svfseg.finetune.counts import closest_rank, lora_count, svf_singular_values
 from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, DEFAULT_STAGES, parse_stages
 from svfseg.finetune.selection import KERNELS
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 from svfseg.svf.options import check_choice
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from svfseg.models.backbones.base import STAGE_NAMES
+from svfseg.backbones.base import STAGE_NAMES
 
 DEFAULT_BACKBONE_LR_MULT = 0.1  # the SVF repo trains backbone groups at LR/10
 CONV_TYPES = ("all", "3x3", "1x1")

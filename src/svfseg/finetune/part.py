@@ -13,7 +13,7 @@ from svfseg.finetune.options import (
     parse_stages,
 )
 from svfseg.finetune.selection import bn_affine, conv_params
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 from svfseg.svf.options import check_choice
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from svfseg.finetune.base import FinetuneStrategy, NamedParams
 from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, DEFAULT_STAGES, parse_flag, parse_stages
 from svfseg.finetune.selection import bn_affine
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 from svfseg.svf import SVFOptions, SVFSelectionError, apply_svf, svf_layers
 
 

@@ -28,8 +28,8 @@ from svfseg.inference.predictor import resolve_checkpoint
 from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.messages import preview
-from svfseg.models.base import FewShotModel
-from svfseg.models.factory import build_fewshot_model
+from svfseg.methods.base import FewShotModel
+from svfseg.methods.factory import build_fewshot_model
 from svfseg.run_spec import RunSpec
 from svfseg.svf import adapter_state_dict, merge_svf, svf_layers
 

@@ -24,9 +24,9 @@ from svfseg.finetune import FinetuneStrategy
 from svfseg.lightning.checkpoint_record import CheckpointRecord
 from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
 from svfseg.lightning.optim import OptimConfig, build_optimizer, build_scheduler
+from svfseg.methods.base import FewShotModel, FewShotOutput
+from svfseg.methods.factory import build_fewshot_model
 from svfseg.metrics import FewShotIoU
-from svfseg.models.base import FewShotModel, FewShotOutput
-from svfseg.models.factory import build_fewshot_model
 from svfseg.run_spec import RunSpec, check_identity
 from svfseg.tta import SupportAdapter, TTAOptions
 

@@ -13,9 +13,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
+from svfseg.backbones.base import STAGE_NAMES
 from svfseg.lightning.schedule import check_every, due
-from svfseg.models.backbones.base import STAGE_NAMES
-from svfseg.models.base import find_backbone
+from svfseg.methods.base import find_backbone
 from svfseg.svf import svf_layers
 from svfseg.svf.spectrum import stage_change_stats
 

@@ -20,7 +20,7 @@ import torch
 
 from svfseg.lightning.checkpoint_record import CheckpointRecord
 from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
-from svfseg.models.base import FewShotModel
+from svfseg.methods.base import FewShotModel
 from svfseg.run_spec import RunSpec, check_identity
 
 log = logging.getLogger(__name__)

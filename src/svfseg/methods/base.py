@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from svfseg.models.backbones.base import Backbone
+from svfseg.backbones.base import Backbone
 
 
 @dataclass

@@ -26,8 +26,8 @@ from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
+from svfseg.backbones.base import STAGE_NAMES, Backbone
 from svfseg.messages import preview
-from svfseg.models.backbones.base import STAGE_NAMES, Backbone
 
 # svfseg backbone name -> (timm architecture, pretraining image size, embed_dim, num_heads)
 VIT_MODELS: dict[str, tuple[str, int, int, int]] = {

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from svfseg.models.base import FewShotOutput
-from svfseg.models.components import (
+from svfseg.methods.base import FewShotOutput
+from svfseg.methods.components import (
     EpisodeCues,
     EpisodeInputs,
     EpisodeMethod,

@@ -1,8 +1,8 @@
 """Backbones for few-shot segmentation with five named stages: dilated ResNets, VGG-16-bn, timm ViTs and CNNs."""
 
-from svfseg.models.backbones.base import STAGE_NAMES, Backbone
-from svfseg.models.backbones.factory import BACKBONE_NAMES, build_backbone
-from svfseg.models.backbones.weights import (
+from svfseg.backbones.base import STAGE_NAMES, Backbone
+from svfseg.backbones.factory import BACKBONE_NAMES, build_backbone
+from svfseg.backbones.weights import (
     WEIGHT_FORMATS,
     BackboneWeightsError,
     WeightsReport,

@@ -41,9 +41,9 @@ from timm.layers import Conv2dSame, pad_same
 from timm.models import FeatureDictNet
 from torch import Tensor, nn
 
+from svfseg.backbones.base import STAGE_NAMES, Backbone
+from svfseg.backbones.weights import BackboneWeightsError
 from svfseg.messages import preview
-from svfseg.models.backbones.base import STAGE_NAMES, Backbone
-from svfseg.models.backbones.weights import BackboneWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ TIMM_CNN = "timm_cnn"
 TIMM_CNN_MODELS: tuple[str, ...] = (*LITE_MODELS, TIMM_CNN)
 # Options only ``timm_cnn`` takes (the Lite backbones name their architecture themselves).
 TIMM_CNN_OPTIONS = ("timm_name", "hub_weights")
-# BAM's stage 2 rebuilds the base learner's backbone from its name and width alone (models/pspnet.py), which
+# BAM's stage 2 rebuilds the base learner's backbone from its name and width alone (methods/pspnet.py), which
 # for timm_cnn does not say which timm model it is; the Lite backbones are named by their architecture.
 BAM_ON_TIMM_CNN = (
     "method=bam does not run on backbone=timm_cnn: BAM rebuilds its stage-1 PSPNet's backbone from the "

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svfseg.models.backbones import build_backbone
-from svfseg.models.base import FewShotModel
-from svfseg.models.components import (
+from svfseg.backbones import build_backbone
+from svfseg.methods.base import FewShotModel
+from svfseg.methods.components import (
     ASPP,
     classifier,
     cross_entropy,

@@ -3,7 +3,7 @@
 The table imports the method modules; the methods import nothing of it (no circle). A method is its
 factory ``(backbone, *, shot, **options) -> FewShotModel``; a method that a run builds in its own way
 (BAM: on its stage-1 PSPNet, not on the configured backbone) also names its ``from_run`` builder, which
-:func:`svfseg.models.factory.build_fewshot_model` calls instead of building the backbone first.
+:func:`svfseg.methods.factory.build_fewshot_model` calls instead of building the backbone first.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 from torch import nn
 
-from svfseg.models.bam import BAM, bam_from_run, build_bam
-from svfseg.models.base import FewShotModel
-from svfseg.models.baseline import BaselineASPP
-from svfseg.models.pfenet import PFENet
+from svfseg.methods.bam import BAM, bam_from_run, build_bam
+from svfseg.methods.base import FewShotModel
+from svfseg.methods.baseline import BaselineASPP
+from svfseg.methods.pfenet import PFENet
 
 ModelFactory = Callable[..., FewShotModel]
 

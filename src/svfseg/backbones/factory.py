@@ -6,19 +6,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from svfseg.models.backbones.base import Backbone, check_width_mult
-from svfseg.models.backbones.resnet import RESNET_BLOCKS, build_resnet
-from svfseg.models.backbones.timm_cnn import TIMM_CNN, TIMM_CNN_MODELS, TIMM_CNN_OPTIONS, build_timm_cnn
-from svfseg.models.backbones.vgg import build_vgg16_bn
-from svfseg.models.backbones.vit import VIT_MODELS, build_vit
-from svfseg.models.backbones.weights import load_backbone_weights
+from svfseg.backbones.base import Backbone, check_width_mult
+from svfseg.backbones.resnet import RESNET_BLOCKS, build_resnet
+from svfseg.backbones.timm_cnn import TIMM_CNN, TIMM_CNN_MODELS, TIMM_CNN_OPTIONS, build_timm_cnn
+from svfseg.backbones.vgg import build_vgg16_bn
+from svfseg.backbones.vit import VIT_MODELS, build_vit
+from svfseg.backbones.weights import load_backbone_weights
 
 log = logging.getLogger(__name__)
 
 BACKBONE_NAMES: tuple[str, ...] = (*RESNET_BLOCKS, "vgg16_bn", *VIT_MODELS, *TIMM_CNN_MODELS)
-# Options only the ViT backbones take (svfseg.models.backbones.vit.build_vit).
+# Options only the ViT backbones take (svfseg.backbones.vit.build_vit).
 VIT_OPTIONS = ("timm_name", "stage_blocks", "embed_dim", "depth", "num_heads")
-# Backbone name -> the extra options it takes (timm_cnn: svfseg.models.backbones.timm_cnn).
+# Backbone name -> the extra options it takes (timm_cnn: svfseg.backbones.timm_cnn).
 BACKBONE_OPTIONS: dict[str, tuple[str, ...]] = {
     **{name: VIT_OPTIONS for name in VIT_MODELS},
     TIMM_CNN: TIMM_CNN_OPTIONS,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from svfseg.models.base import FewShotOutput
-from svfseg.models.components import (
+from svfseg.methods.base import FewShotOutput
+from svfseg.methods.components import (
     ASPP,
     EpisodeCues,
     EpisodeInputs,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from svfseg.models.backbones.base import Backbone, init_weights, scale_width
+from svfseg.backbones.base import Backbone, init_weights, scale_width
 
 # torchvision's configuration "D"; "M" is a max-pool. The trailing pool is omitted (see above).
 VGG16_CONFIG: tuple[int | str, ...] = (

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from svfseg.models.backbones import Backbone
-from svfseg.models.backbones.timm_cnn import BAM_ON_TIMM_CNN, TIMM_CNN
-from svfseg.models.backbones.vit import VIT_MODELS
-from svfseg.models.base import FewShotOutput
-from svfseg.models.baseline import MetaLearner
-from svfseg.models.components import (
+from svfseg.backbones import Backbone
+from svfseg.backbones.timm_cnn import BAM_ON_TIMM_CNN, TIMM_CNN
+from svfseg.backbones.vit import VIT_MODELS
+from svfseg.methods.base import FewShotOutput
+from svfseg.methods.baseline import MetaLearner
+from svfseg.methods.components import (
     EpisodeCues,
     EpisodeInputs,
     cross_entropy,
@@ -30,7 +30,7 @@ from svfseg.models.components import (
     reduction_block,
     resize,
 )
-from svfseg.models.pspnet import PSPNet, backbone_shell, load_base_learner
+from svfseg.methods.pspnet import PSPNet, backbone_shell, load_base_learner
 
 if TYPE_CHECKING:
     from svfseg.data.fold import FoldSpec
@@ -125,7 +125,7 @@ class BAM(MetaLearner):
         if not isinstance(base_learner, PSPNet):
             raise TypeError(
                 f"BAM needs the stage-1 PSPNet as base_learner, got {type(base_learner).__name__}; "
-                "load it with svfseg.models.pspnet.load_base_learner"
+                "load it with svfseg.methods.pspnet.load_base_learner"
             )
         if shot < 1:
             raise ValueError(f"shot must be >= 1, got {shot}")

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from svfseg.backbones import build_backbone
 from svfseg.data.fold import FoldSpec
-from svfseg.models import registry
-from svfseg.models.backbones import build_backbone
-from svfseg.models.baseline import BaselineASPP
-from svfseg.models.factory import build_fewshot_model
-from svfseg.models.pfenet import PFENet, bin_size, check_bins
-from svfseg.models.registry import build_model, method_options, register_model, registered_models
+from svfseg.methods import registry
+from svfseg.methods.baseline import BaselineASPP
+from svfseg.methods.factory import build_fewshot_model
+from svfseg.methods.pfenet import PFENet, bin_size, check_bins
+from svfseg.methods.registry import build_model, method_options, register_model, registered_models
 
 SMALL = {"reduce_dim": 32}
 REL_BINS = {"bins": (1.0, 0.5, 0.25, 0.125)}
@@ -76,8 +76,8 @@ def test_a_method_of_ones_own_joins_the_table_and_runs_through_the_run_factory(m
 
 def test_the_method_modules_do_not_import_the_table() -> None:
     code = (
-        "import sys, svfseg.models.bam, svfseg.models.baseline, svfseg.models.pfenet; "
-        "print('svfseg.models.registry' in sys.modules)"
+        "import sys, svfseg.methods.bam, svfseg.methods.baseline, svfseg.methods.pfenet; "
+        "print('svfseg.methods.registry' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"

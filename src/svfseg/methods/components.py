@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from svfseg.labels import IGNORE_INDEX
-from svfseg.models.base import FewShotModel, FewShotOutput
+from svfseg.methods.base import FewShotModel, FewShotOutput
 
 PROTO_EPS = 0.0005  # the PFENet/BAM/SVF repos' Σ(f·m) / (Σm + 0.0005)
 PRIOR_EPS = 1e-7

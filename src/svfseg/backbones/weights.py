@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from svfseg.backbones.base import Backbone
+from svfseg.backbones.provenance import provenance_hint
+from svfseg.backbones.vgg import VGG_SLICES
 from svfseg.messages import preview
-from svfseg.models.backbones.base import Backbone
-from svfseg.models.backbones.provenance import provenance_hint
-from svfseg.models.backbones.vgg import VGG_SLICES
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from svfseg.backbones import Backbone, build_backbone
+from svfseg.backbones.base import scale_width
 from svfseg.data.fold import FoldSpec
 from svfseg.files import atomic_write, torch_save
 from svfseg.messages import preview
-from svfseg.models.backbones import Backbone, build_backbone
-from svfseg.models.backbones.base import scale_width
-from svfseg.models.components import cross_entropy
+from svfseg.methods.components import cross_entropy
 
 PPM_BINS: tuple[int, ...] = (1, 2, 3, 6)
 CHECKPOINT_FORMAT = "svfseg-base-learner"

@@ -3,17 +3,17 @@
 ``load_pretrained=False`` builds the same architecture without reading weight files: used when a
 checkpoint supplies every tensor (eval.py, resume, analysis), so those files need not exist there.
 A method that builds its own backbone from the run (BAM: its stage-1 PSPNet's) says so in the method
-table (``svfseg.models.registry``, ``from_run``); every other method gets the configured backbone.
+table (``svfseg.methods.registry``, ``from_run``); every other method gets the configured backbone.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from svfseg.backbones import build_backbone
 from svfseg.data.fold import FoldSpec
-from svfseg.models.backbones import build_backbone
-from svfseg.models.base import FewShotModel
-from svfseg.models.registry import method as method_entry
+from svfseg.methods.base import FewShotModel
+from svfseg.methods.registry import method as method_entry
 
 
 def build_fewshot_model(

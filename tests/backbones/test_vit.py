@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from svfseg.backbones import build_backbone
+from svfseg.backbones.vit import backbone_from_vit, create_timm_vit, split_blocks
 from svfseg.config_checks import ConfigError, check_train_config
-from svfseg.models.backbones import build_backbone
-from svfseg.models.backbones.vit import backbone_from_vit, create_timm_vit, split_blocks
 from svfseg.run_spec import RunMismatchError
 from svfseg.svf import SVFSelectionError, apply_svf, mark_only_svf_trainable, merge_svf, svf_layers
 from svfseg.tasks.evaluate import evaluate

@@ -15,13 +15,13 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from svfseg.backbones import STAGE_NAMES, build_backbone
+from svfseg.backbones.timm_cnn import LITE_MODELS
 from svfseg.data.fold import FoldSpec
 from svfseg.finetune import build_strategy
-from svfseg.models.backbones import STAGE_NAMES, build_backbone
-from svfseg.models.backbones.timm_cnn import LITE_MODELS
-from svfseg.models.factory import build_fewshot_model
-from svfseg.models.pspnet import PSPNet
-from svfseg.models.registry import build_model
+from svfseg.methods.factory import build_fewshot_model
+from svfseg.methods.pspnet import PSPNet
+from svfseg.methods.registry import build_model
 from svfseg.svf import SVFConv2d, SVFSelectionError, apply_svf, merge_svf, svf_layers
 from tests.helpers.cli import REPO, run_cli, tiny_overrides
 

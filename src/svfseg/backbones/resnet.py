@@ -19,7 +19,7 @@ from collections import OrderedDict
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from svfseg.models.backbones.base import Backbone, init_weights, scale_width
+from svfseg.backbones.base import Backbone, init_weights, scale_width
 
 RESNET_BLOCKS: dict[str, tuple[int, int, int, int]] = {
     "resnet50": (3, 4, 6, 3),

@@ -12,14 +12,14 @@ from torch import Tensor, nn
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers as make_vgg_layers
 
-from svfseg.models.backbones import (
+from svfseg.backbones import (
     STAGE_NAMES,
     Backbone,
     BackboneWeightsError,
     build_backbone,
     load_backbone_weights,
 )
-from svfseg.models.backbones.vgg import VGG_SLICES
+from svfseg.backbones.vgg import VGG_SLICES
 
 SMALL = 0.125
 
@@ -285,7 +285,7 @@ def test_round_trip_every_format(
 
     torch.manual_seed(2)
     target = build_backbone(name, width_mult=SMALL)
-    with caplog.at_level(logging.INFO, logger="svfseg.models.backbones.weights"):
+    with caplog.at_level(logging.INFO, logger="svfseg.backbones.weights"):
         report = load_backbone_weights(target, path)  # auto-detected
     # timm ResNets are named like torchvision ones: detection reports torchvision, the mapping is the same
     assert report.weights_format == ("torchvision" if (name, fmt) == ("resnet50_tv", "timm") else fmt)

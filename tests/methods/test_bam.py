@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from svfseg.backbones import build_backbone
 from svfseg.data.fold import FoldSpec
-from svfseg.models.backbones import build_backbone
-from svfseg.models.pspnet import (
+from svfseg.methods.pspnet import (
     PPM,
     BaseLearnerCheckpointError,
     PSPNet,
@@ -108,7 +108,7 @@ def test_base_learner_round_trip(tmp_path: Path) -> None:
 
 
 def test_the_stage1_command_is_written_in_one_place() -> None:
-    from svfseg.models.pspnet import stage1_command
+    from svfseg.methods.pspnet import stage1_command
 
     base = "python train.py stage=base method=bam"
     assert stage1_command("coco", 3, "vgg16_bn") == f"{base} dataset=coco fold=3 backbone=vgg16"
@@ -175,7 +175,7 @@ def test_save_refuses_meta_without_fold(tmp_path: Path) -> None:
 
 
 def test_gram_distance_matches_naive_loops() -> None:
-    from svfseg.models.bam import gram_distance, normalized_gram
+    from svfseg.methods.bam import gram_distance, normalized_gram
 
     q = torch.randn(2, 4, 3, 2)
     s = torch.randn(2, 4, 3, 2)
@@ -201,7 +201,7 @@ def test_gram_distance_matches_naive_loops() -> None:
 
 
 def test_shot_weights_sum_to_one_and_follow_the_supports() -> None:
-    from svfseg.models.bam import ShotReweighter
+    from svfseg.methods.bam import ShotReweighter
 
     rw = ShotReweighter(shot=5)
     assert sum(p.numel() for p in rw.parameters()) == 27
@@ -218,7 +218,7 @@ def test_shot_weights_sum_to_one_and_follow_the_supports() -> None:
 
 
 def tiny_bam(name: str = "resnet50", shot: int = 1, psp: PSPNet | None = None):
-    from svfseg.models.bam import BAM
+    from svfseg.methods.bam import BAM
 
     return BAM(psp if psp is not None else tiny_pspnet(name), shot=shot, reduce_dim=16)
 
@@ -314,7 +314,7 @@ def full_r50_pspnet() -> PSPNet:
 
 @pytest.mark.parametrize(("shot", "expected"), [(1, 4_917_254), (5, 4_917_281)])
 def test_bam_trainable_head_count_resnet50(full_r50_pspnet: PSPNet, shot: int, expected: int) -> None:
-    from svfseg.models.bam import BAM
+    from svfseg.methods.bam import BAM
 
     bam = BAM(full_r50_pspnet, shot=shot)
     assert sum(p.numel() for _, p in bam.head_named_parameters() if p.requires_grad) == expected
@@ -322,7 +322,7 @@ def test_bam_trainable_head_count_resnet50(full_r50_pspnet: PSPNet, shot: int, e
 
 
 def test_bam_full_width_resnet50_forward(full_r50_pspnet: PSPNet) -> None:
-    from svfseg.models.bam import BAM
+    from svfseg.methods.bam import BAM
 
     bam = BAM(full_r50_pspnet, shot=1)
     bam.eval()
@@ -477,8 +477,8 @@ def test_batched_forward_matches_per_shot_reference(name: str, shot: int) -> Non
 
 
 def test_registry_builds_bam_from_a_checkpoint_path(tmp_path: Path) -> None:
-    from svfseg.models.bam import BAM
-    from svfseg.models.registry import build_model
+    from svfseg.methods.bam import BAM
+    from svfseg.methods.registry import build_model
 
     net, path = save_tiny(tmp_path, fold=1)
     shell = build_backbone("resnet50", width_mult=TINY, warn_if_random=False)
@@ -498,8 +498,8 @@ def test_registry_builds_bam_from_a_checkpoint_path(tmp_path: Path) -> None:
 
 
 def test_a_run_builds_bam_on_its_base_learner_through_the_method_table(tmp_path: Path) -> None:
-    from svfseg.models.bam import BAM
-    from svfseg.models.factory import build_fewshot_model
+    from svfseg.methods.bam import BAM
+    from svfseg.methods.factory import build_fewshot_model
 
     net, path = save_tiny(tmp_path, fold=1)
     fold = FoldSpec(dataset="pascal", fold=1, shot=1)
