@@ -9,7 +9,17 @@ from tests.helpers.hydra import CONF_DIR, compose_config
 
 # Groups that set one node of the composed config, each of its own name (presets such as debug and
 # experiment set several nodes and are _global_ on purpose).
-NODE_GROUPS = ("method", "backbone", "dataset", "finetune", "optim", "trainer", "logger", "callbacks", "paths")
+NODE_GROUPS = (
+    "method",
+    "backbone",
+    "dataset",
+    "finetune",
+    "optim",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+)
 OPTIM_CHOICES = sorted(p.stem for p in (CONF_DIR / "optim").glob("*.yaml"))
 
 
