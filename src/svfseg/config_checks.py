@@ -11,6 +11,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -161,8 +162,31 @@ def _check_ckpt(cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path={ckpt} does not exist (use a checkpoint file, 'last' or null)")
 
 
+@dataclass(frozen=True)
+class CheckedRun:
+    """What checking a train.py config resolved, so nothing after the checks computes it again.
+
+    Args:
+        spec: the run's :class:`RunSpec`.
+        stage: ``meta`` (few-shot training) or ``base`` (BAM's stage 1).
+        world_size: processes (devices x nodes) the trainer asks for.
+        batch_size, eval_batch_size: the running stage's batches per process.
+    """
+
+    spec: RunSpec
+    stage: str
+    world_size: int
+    batch_size: int
+    eval_batch_size: int
+
+
 def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
-    """The run's :class:`RunSpec`, after every check of a train.py config.
+    """The run's :class:`RunSpec`, after every check of a train.py config (see :func:`check_train_run`)."""
+    return check_train_run(cfg, multirun=multirun).spec
+
+
+def check_train_run(cfg: DictConfig, *, multirun: bool = False) -> CheckedRun:
+    """Every check of a train.py config; returns the run and its per-process batches.
 
     All problems are collected and raised together as one :class:`ConfigError`, one line each, so a
     config is fixed in one round instead of one error per attempt.
@@ -177,8 +201,7 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
             f"stage=base trains BAM's base learner; it needs method=bam (got method={cfg.method.name})"
         )
     world = world_size(cfg.trainer)
-    if stage in STAGES:
-        _collect(problems, lambda: stage_batch_sizes(cfg, stage, world))
+    batches = _collect(problems, lambda: stage_batch_sizes(cfg, stage, world)) if stage in STAGES else None
     checks: list[Callable[[], Any]] = [
         lambda: _check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", "auto")),
         lambda: _check_precision(cfg),
@@ -204,8 +227,8 @@ def check_train_config(cfg: DictConfig, *, multirun: bool = False) -> RunSpec:
         _collect(problems, check)
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
-    assert spec is not None
-    return spec
+    assert spec is not None and batches is not None
+    return CheckedRun(spec, str(stage), world, *batches)
 
 
 def eval_seeds(value: Any, key: str) -> list[int]:

@@ -69,13 +69,14 @@ def test_refuses_a_converted_backbone(synthetic_pascal, freeze_run, tmp_path):
         load_head(module.model, svf_run, spec)
 
 
-def test_refuses_another_fold_or_another_backbone_init(synthetic_pascal, freeze_run, tmp_path):
+def test_refuses_another_fold_at_start_or_another_backbone_init(synthetic_pascal, freeze_run, tmp_path):
     root, min_pixels = synthetic_pascal
     other_fold = tiny_train_config(
         root, tmp_path / "f1", min_pixels=min_pixels, extra=[*STEPS, "fold=1", f"init_head={freeze_run}"]
     )
     with pytest.raises(ConfigError, match=r"init_head=.*fold=0 but this run is fold=1"):
         train(other_fold)
+    assert not (tmp_path / "f1").exists()  # refused at start, before the run folder is claimed
     module, spec = _fresh_module(synthetic_pascal, tmp_path / "seed", "finetune=svf", "seed=5")
     with pytest.raises(WarmStartError, match=r"backbone tensor .* differs"):
         load_head(module.model, freeze_run, spec)

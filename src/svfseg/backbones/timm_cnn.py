@@ -36,13 +36,12 @@ from pathlib import Path
 
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.layers import Conv2dSame, pad_same
 from timm.models import FeatureDictNet
 from torch import Tensor, nn
 
 from svfseg.backbones.base import STAGE_NAMES, Backbone
-from svfseg.backbones.weights import BackboneWeightsError
+from svfseg.backbones.weights import BackboneWeightsError, read_state_dict
 from svfseg.messages import preview
 
 log = logging.getLogger(__name__)
@@ -217,36 +216,6 @@ def _lite_variant_of(state: Mapping[str, Tensor]) -> str | None:
     return None
 
 
-def read_timm_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a timm-layout weight file: ``.safetensors``, or a ``torch.save`` file (zip or legacy format)
-    holding a state dict, plain or under ``state_dict`` / ``model``, keys with or without ``module.``."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"backbone.pretrained={p} does not exist; make it with python -m svfseg.weights fetch NAME "
-            "(python -m svfseg.weights list shows the names)"
-        )
-    try:
-        if p.suffix == ".safetensors":
-            obj: object = load_file(str(p))
-        else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated download, foreign pickle, not a weight file at all
-        raise BackboneWeightsError(
-            f"backbone weights {p} cannot be read ({type(err).__name__}: {err}); the file is truncated or not a "
-            "weight file. Write it again (python -m svfseg.weights fetch NAME)"
-        ) from err
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise BackboneWeightsError(f"backbone weights {p} hold a {type(obj).__name__}, not a state dict")
-    not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, Tensor))
-    if not_tensors:
-        raise BackboneWeightsError(f"backbone weights {p} hold non-tensor entries: {preview(not_tensors)}")
-    return {str(k).removeprefix("module."): v for k, v in obj.items()}
-
-
 def load_timm_weights(features: nn.Module, path: str | Path, *, name: str, timm_name: str) -> list[str]:
     """Load a full-model timm file into ``features`` strictly; returns the classifier-head keys dropped.
 
@@ -255,7 +224,7 @@ def load_timm_weights(features: nn.Module, path: str | Path, *, name: str, timm_
     their shapes. Anything else is an error that names the file and lists missing, unexpected and
     misshaped keys.
     """
-    state = read_timm_state_dict(path)
+    state = read_state_dict(path, name)
     if any(k.startswith(("_conv_stem.", "_blocks.")) for k in state):
         raise BackboneWeightsError(
             f"backbone weights {path} are in efficientnet_pytorch's layout (_conv_stem, _blocks.N, _fc), not "

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from svfseg.backbones.base import STAGE_NAMES, Backbone
+from svfseg.backbones.weights import read_state_dict
 from svfseg.messages import preview
 
 # svfseg backbone name -> (timm architecture, pretraining image size, embed_dim, num_heads)
@@ -145,36 +144,9 @@ def backbone_from_vit(name: str, vit: nn.Module, stage_blocks: Sequence[int] | N
     return backbone
 
 
-def read_vit_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """A timm-format state dict from ``.safetensors`` or ``.pth`` (plain, or under ``model``/``state_dict``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"backbone.pretrained={p} does not exist; put the timm weight file there "
-            "(python -m svfseg.weights list shows what each backbone needs)"
-        )
-    with p.open("rb") as fh:
-        zipped = fh.read(2) == b"PK"  # torch.save's zip container; safetensors starts with its header size
-    if not zipped:
-        try:
-            return load_file(str(p))
-        except Exception as err:
-            raise ValueError(f"{p} is not a readable safetensors file: {err}") from err
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{p} is not a readable weight file: {err}") from err
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{p} holds a {type(state).__name__}, not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def load_vit_weights(vit: nn.Module, path: str | Path) -> None:
     """Load a timm-format file into ``vit`` strictly: every key used once, every shape equal."""
-    state = read_vit_state_dict(path)
+    state = read_state_dict(path)
     own = vit.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -83,18 +83,33 @@ def missing_file_message(path: Path, backbone_name: str | None) -> str:
     )
 
 
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its header's 8-byte length and then the JSON header's ``{``; neither a
+    ``torch.save`` zip (``PK``...) nor a legacy pickle has ``{`` at byte 8."""
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
 def read_state_dict(path: str | Path, backbone_name: str | None = None) -> dict[str, Tensor]:
-    """Tensors of a checkpoint file: unwraps ``state_dict`` / ``model`` and strips a ``module.`` prefix."""
+    """Tensors of a backbone weight file, whatever wrote it: ``.safetensors`` (timm's hub files) or a
+    ``torch.save`` file (zip or legacy), plain or under ``state_dict`` / ``model``, keys with or without
+    DDP's ``module.`` prefix. Every backbone family reads its file here."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(missing_file_message(path, backbone_name))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if is_safetensors(path):
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt archive, pickle with foreign classes, truncated download, ...
-        fix = provenance_hint(path) or " Download it again."
+        fix = provenance_hint(path) or " Write it again (python -m svfseg.weights fetch NAME)."
         raise BackboneWeightsError(
-            f"could not read backbone weights {path} ({type(err).__name__}: {err}). The file is corrupt "
-            f"or not a PyTorch state dict.{fix}"
+            f"backbone weights {path} cannot be read ({type(err).__name__}: {err}). The file is truncated, "
+            f"corrupt or not a weight file.{fix}"
         ) from err
     for _ in range(2):
         wrapped = [k for k in WRAPPER_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), dict)]
@@ -110,9 +125,9 @@ def read_state_dict(path: str | Path, backbone_name: str | None = None) -> dict[
             f"backbone weights {path} are not a plain state dict: non-tensor entries {preview(sorted(map(str, not_tensors)), _MAX_LISTED)}. "
             f"Save model.state_dict() or wrap it under one of {WRAPPER_KEYS}."
         )
-    if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return dict(obj)
+    if obj and all(str(k).startswith("module.") for k in obj):
+        obj = {str(k)[len("module.") :]: v for k, v in obj.items()}
+    return {str(k): v for k, v in obj.items()}
 
 
 def detect_format(keys: Iterable[str]) -> str | None:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 BACKBONE_PREFIX = "backbone."
 MODULE_PREFIX = "model."
+HEAD_SOURCE_FIX = "init_head must name a finetune=freeze run of this method, backbone, dataset, fold and shot"
 
 
 class WarmStartError(ValueError):
@@ -37,7 +38,7 @@ def load_head(model: FewShotModel, path: str | Path, spec: RunSpec) -> Path:
     """Copy every non-backbone tensor of the checkpoint at ``path`` into ``model``; returns the file read."""
     file = resolve_checkpoint(path)
     checkpoint = load_checkpoint_dict(file)
-    fix = "init_head must name a finetune=freeze run of this method, backbone, dataset, fold and shot"
+    fix = HEAD_SOURCE_FIX
     check_identity(
         CheckpointRecord.read(checkpoint, source=f"init_head={file}").run.identity(),
         spec.identity(),

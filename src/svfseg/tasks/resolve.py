@@ -13,9 +13,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from svfseg.config_checks import ConfigError, check_train_config, stage_batch_sizes, world_size
+from svfseg.config_checks import CheckedRun, ConfigError, check_train_run, stage_batch_sizes, world_size
 from svfseg.lightning.checkpoint_record import CheckpointRecord, CheckpointRecordError
 from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
+from svfseg.lightning.warm_start import HEAD_SOURCE_FIX
 from svfseg.run_dir import describe_changes, differing_keys, hashed_config
 from svfseg.run_spec import RunMismatchError, RunSpec, check_identity
 
@@ -66,6 +67,18 @@ class TrainRun:
             eval_batch_size=eval_batch,
         )
 
+    @classmethod
+    def from_checked(cls, cfg: DictConfig, checked: CheckedRun) -> TrainRun:
+        """The run of a config that :func:`~svfseg.config_checks.check_train_run` checked (train.py)."""
+        return cls(
+            config=cfg,
+            spec=checked.spec,
+            stage=checked.stage,
+            world_size=checked.world_size,
+            batch_size=checked.batch_size,
+            eval_batch_size=checked.eval_batch_size,
+        )
+
     @property
     def out_dir(self) -> Path:
         """The run folder (``paths.output_dir``; read when needed: it names Hydra's run folder)."""
@@ -91,7 +104,7 @@ def resolve_train_run(cfg: DictConfig, *, multirun: bool = False) -> TrainRun:
     The resume checkpoint and ``init_head`` are checked here too, before any list is built or any file
     written (Lightning would only find a mismatch after the setup).
     """
-    run = TrainRun.from_config(cfg, check_train_config(cfg, multirun=multirun))
+    run = TrainRun.from_checked(cfg, check_train_run(cfg, multirun=multirun))
     ckpt_path = _resume_checkpoint(run) if run.stage != "base" else None
     init_head = _init_head(run)
     resuming = ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(run.out_dir.resolve())
@@ -118,17 +131,12 @@ def _resume_checkpoint(run: TrainRun) -> str | None:
     path = _ckpt_path(run)
     if path is None:
         return None
-    try:
-        record = CheckpointRecord.read(load_checkpoint_dict(Path(path)), source=f"ckpt_path={path}")
-        check_identity(
-            record.run.identity(),
-            run.spec.identity(),
-            source=f"ckpt_path={path}",
-            target="this run is",
-            fix="resume with the interrupted run's settings, or start a new run with ckpt_path=null",
-        )
-    except (CheckpointRecordError, RunMismatchError) as err:
-        raise ConfigError(str(err)) from err
+    record = _same_run_record(
+        Path(path),
+        run,
+        source=f"ckpt_path={path}",
+        fix="resume with the interrupted run's settings, or start a new run with ckpt_path=null",
+    )
     finetune = dict(run.spec.finetune)
     if record.strategy_applied and record.finetune != finetune:
         old, new = record.finetune, finetune
@@ -172,6 +180,21 @@ def _init_head(run: TrainRun) -> Path | None:
             "init_head is for few-shot training (stage=meta); BAM's stage 1 has no few-shot head"
         )
     try:
-        return resolve_checkpoint(str(value))
+        file = resolve_checkpoint(str(value))
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err).replace("ckpt_path=", "init_head=")) from err
+    _same_run_record(file, run, source=f"init_head={file}", fix=HEAD_SOURCE_FIX)
+    return file
+
+
+def _same_run_record(path: Path, run: TrainRun, *, source: str, fix: str) -> CheckpointRecord:
+    """The run record of the checkpoint at ``path``, refused unless it is of this run's method, backbone,
+    dataset, fold and shot (checked at start, before the run folder is claimed)."""
+    try:
+        record = CheckpointRecord.read(load_checkpoint_dict(path), source=source)
+        check_identity(
+            record.run.identity(), run.spec.identity(), source=source, target="this run is", fix=fix
+        )
+    except (CheckpointRecordError, RunMismatchError) as err:
+        raise ConfigError(str(err)) from err
+    return record
