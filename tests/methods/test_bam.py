@@ -111,7 +111,7 @@ def test_the_stage1_command_is_written_in_one_place() -> None:
     from svfseg.methods.pspnet import stage1_command
 
     base = "python train.py stage=base method=bam"
-    assert stage1_command("coco", 3, "vgg16_bn") == f"{base} dataset=coco fold=3 backbone=vgg16"
+    assert stage1_command("coco", 3, "vgg16_bn") == f"{base} dataset=coco fold=3 backbone=vgg16_bn"
     assert stage1_command("synthetic", 0, "resnet50", 0.125, debug="tiny") == (
         f"{base} dataset=synthetic fold=0 backbone=resnet50 backbone.width_mult=0.125 debug=tiny"
     )
@@ -120,7 +120,9 @@ def test_the_stage1_command_is_written_in_one_place() -> None:
 def test_missing_base_learner_names_stage1_command(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as err:
         load_base_learner(tmp_path / "nope.pth", backbone_name="vgg16_bn", fold=FoldSpec("coco", 3))
-    assert str(err.value).endswith("python train.py stage=base method=bam dataset=coco fold=3 backbone=vgg16")
+    assert str(err.value).endswith(
+        "python train.py stage=base method=bam dataset=coco fold=3 backbone=vgg16_bn"
+    )
     with pytest.raises(FileNotFoundError) as err:  # the run's own dataset name and width
         load_base_learner(
             tmp_path / "nope.pth", backbone_name="resnet50", fold=FoldSpec("synthetic", 0), width_mult=0.125

@@ -95,7 +95,7 @@ def test_bad_downloads_leave_nothing_behind(tmp_path: Path, server: tuple[str, P
         torch.manual_seed(0)
         other = build_backbone("resnet50", width_mult=WIDTH, warn_if_random=False).state_dict()
         digest = _serve(root, "vgg16_bn.pth", _bytes(dict(other), tmp_path / "r50.pth"))
-        spec, match = replace(spec, sha256_prefix=digest[:8]), r"do not fit backbone=vgg16"
+        spec, match = replace(spec, sha256_prefix=digest[:8]), r"do not fit backbone=vgg16_bn"
     else:
         url, match = "http://127.0.0.1:9/vgg16_bn.pth", r"download of http://127.0.0.1:9/vgg16_bn.pth failed"
     with pytest.raises(WeightsFetchError, match=match):

@@ -114,13 +114,12 @@ def stage1_command(
     """The command that trains (and saves) the base learner for these settings: the one place it is written.
 
     ``dataset`` is the config's dataset name (``synthetic`` stays ``synthetic``), ``backbone`` a backbone
-    name (``vgg16_bn`` becomes its config group ``vgg16``); a narrow width is passed on, and ``debug``
+    name (each is also its config group's choice); a narrow width is passed on, and ``debug``
     (a ``conf/debug`` profile: ``tiny``, ``fdr``) last, as the run was started.
     """
-    group = {"vgg16_bn": "vgg16"}.get(backbone, backbone)
     width = "" if float(width_mult) == 1.0 else f" backbone.width_mult={float(width_mult):g}"
     profile = f" debug={debug}" if debug else ""
-    return f"python train.py stage=base method=bam dataset={dataset} fold={fold} backbone={group}{width}{profile}"
+    return f"python train.py stage=base method=bam dataset={dataset} fold={fold} backbone={backbone}{width}{profile}"
 
 
 def base_learner_meta(pspnet: PSPNet, meta: Mapping[str, Any]) -> dict[str, Any]:

