@@ -348,7 +348,7 @@ def test_strategy_panels_share_axes_and_show_the_mean_over_seeds(tmp_path: Path)
 def test_save_png_writes_a_small_palette_image(tmp_path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    from svfseg.analysis.export import save_png
+    from svfseg.analysis.png import save_png
 
     resized, _ = prepare_image(image, size=64)
     fig = overlay_cues(resized, torch.rand(3, *resized.shape[:2]), ["a", "b", "c"])

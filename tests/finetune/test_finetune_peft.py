@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from svfseg.backbones import build_backbone
 from svfseg.finetune import build_strategy, check_param_groups
 from svfseg.finetune.adapters import lora_layers, merge_lora
-from svfseg.finetune.counts import closest_rank, lora_count
+from svfseg.finetune.param_counts import closest_rank, lora_count
 from svfseg.inference import Predictor
 from svfseg.inference.export import export_run, load_exported
 from svfseg.lightning.checkpointing import svf_artifact_path

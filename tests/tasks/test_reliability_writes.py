@@ -46,7 +46,7 @@ from matplotlib.figure import Figure
 from pytorch_lightning.loggers import CSVLogger
 
 import svfseg.tasks.train as train_task
-from svfseg.analysis.export import save_png
+from svfseg.analysis.png import save_png
 from svfseg.inference.export import main as export_main
 from svfseg.inference.outputs import PredictionWriter
 from svfseg.inference.predictor import Prediction

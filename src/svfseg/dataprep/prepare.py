@@ -46,9 +46,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from svfseg.data.io import DataFileError, check_label_values
+from svfseg.data.job_progress import progress_bar
 from svfseg.data.layouts import PASCAL_SOURCE_RESOURCES, get_layout, read_source_file
 from svfseg.data.lists.label_index import default_workers
-from svfseg.data.progress import progress_bar
 from svfseg.data.splits import NUM_CLASSES
 from svfseg.dataprep import ccp, folder_check, folder_resize
 from svfseg.files import atomic_write

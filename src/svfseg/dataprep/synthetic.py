@@ -37,9 +37,9 @@ from pycocotools import mask as mask_utils
 from svfseg.data import io as data_io
 from svfseg.data.class_names import COLOURS, SHAPES, ClassStyle, class_styles
 from svfseg.data.fold import FoldSpec
+from svfseg.data.job_progress import progress_bar
 from svfseg.data.layouts import default_source, get_layout
 from svfseg.data.lists.selection import pool_classes, select_pairs
-from svfseg.data.progress import progress_bar
 from svfseg.data.splits import COCO_SPLITS, NUM_FOLDS
 from svfseg.dataprep.prepare import prepare_coco
 from svfseg.labels import IGNORE_INDEX

@@ -15,7 +15,7 @@ from rich.table import Table
 from svfseg.analysis import overlay_cues, plot_before_after, prepare_image, singular_value_changes
 from svfseg.analysis.cues import cue_maps
 from svfseg.analysis.curves import TRAIN_KEY, VAL_KEY, find_metrics_csv, read_metric_curves
-from svfseg.analysis.export import save_png
+from svfseg.analysis.png import save_png
 from svfseg.compose import compose_train_config
 from svfseg.labels import IGNORE_INDEX
 from svfseg.run_dir import RECORD_FILE

@@ -36,7 +36,7 @@ from svfseg.analysis import (
     plot_strategy_panels,
     select_convs,
 )
-from svfseg.analysis.export import save_png
+from svfseg.analysis.png import save_png
 from svfseg.compose import compose_train_config
 from svfseg.data.io import read_image
 from svfseg.dataprep.ccp import SOURCE_ENV, convert

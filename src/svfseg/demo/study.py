@@ -20,7 +20,7 @@ from rich.console import Console
 from scipy import stats
 
 from svfseg.analysis import plot_strategy_panels
-from svfseg.analysis.export import save_png
+from svfseg.analysis.png import save_png
 from svfseg.demo.common import epoch_curves
 from svfseg.demo.real import (
     RealDemoSettings,

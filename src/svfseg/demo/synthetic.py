@@ -31,7 +31,7 @@ from svfseg.analysis import (
     plot_strategy_panels,
     select_convs,
 )
-from svfseg.analysis.export import save_png
+from svfseg.analysis.png import save_png
 from svfseg.data.io import read_label
 from svfseg.dataprep.synthetic import LAYOUT_CLASSES, make_synthetic
 from svfseg.demo.common import (

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from svfseg.data.fold import FoldSpec
 from svfseg.finetune.base import backbone_stages
-from svfseg.finetune.counts import svf_singular_values
 from svfseg.finetune.lora import LoRAStrategy
+from svfseg.finetune.param_counts import svf_singular_values
 from svfseg.finetune.registry import build_strategy
 from svfseg.finetune.svf import SVFStrategy
 from svfseg.methods.base import FewShotModel

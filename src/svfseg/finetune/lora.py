@@ -7,7 +7,7 @@ kind (``target``): every conv and Linear, the 3x3 or 1x1 convs, or the Linears (
 depthwise convs are never targets: peft can neither merge nor size them like dense layers.
 
 BN stays frozen in eval mode as for every strategy but ``bn``. ``rank=match_svf`` picks the rank whose
-trainable count is closest to SVF's on the same stages (``svfseg.finetune.counts``).
+trainable count is closest to SVF's on the same stages (``svfseg.finetune.param_counts``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from torch import nn
 
 from svfseg.finetune.adapters import adapter_parameters, inject_lora, lora_layers
 from svfseg.finetune.base import FinetuneStrategy, NamedParams
-from svfseg.finetune.counts import closest_rank, lora_count, svf_singular_values
 from svfseg.finetune.options import DEFAULT_BACKBONE_LR_MULT, DEFAULT_STAGES, parse_stages
+from svfseg.finetune.param_counts import closest_rank, lora_count, svf_singular_values
 from svfseg.finetune.selection import KERNELS
 from svfseg.methods.base import FewShotModel
 from svfseg.svf.options import check_choice

@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from svfseg.config_checks import check_writable_dir
-from svfseg.data.progress import progress_bar
+from svfseg.data.job_progress import progress_bar
 from svfseg.inference import PredictionWriter, Predictor, check_queries, expand_queries, read_supports
 from svfseg.inference.inputs import check_support_class
 from svfseg.precision import apply_matmul_precision

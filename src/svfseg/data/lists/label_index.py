@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from svfseg.data import io as data_io
+from svfseg.data.job_progress import progress_bar
 from svfseg.data.layouts import Layout, Pair, SourceList
 from svfseg.data.lists.cache import CACHE_VERSION, json_sha256, load_cache, write_cache
-from svfseg.data.progress import progress_bar
 
 _SERIAL_BELOW = 256  # fewer labels than this are read in-process: pool start-up would cost more
 
