@@ -1,12 +1,13 @@
-"""atomic_write: the new content appears whole, or the old file stays as it was."""
+"""Writing and reading files: atomic writes appear whole or not at all; an unreadable torch file names itself."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
-from svfseg.files import atomic_write
+from svfseg.files import atomic_write, read_torch_file
 
 
 def test_atomic_write_replaces_whole_and_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
@@ -23,3 +24,19 @@ def test_atomic_write_replaces_whole_and_a_failed_write_keeps_the_old_file(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]  # no temporary file left
     atomic_write(path, lambda tmp: tmp.write_text("new"))
     assert path.read_text() == "new"
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_read_torch_file_reads_and_names_a_file_that_does_not_read(tmp_path: Path, mmap: bool) -> None:
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.arange(5.0)}, good)
+    assert torch.equal(read_torch_file(good, error=ValueError, fix="x", mmap=mmap)["w"], torch.arange(5.0))
+    for name, content in (("cut.pt", good.read_bytes()[:-30]), ("text.pt", b"not a torch file\n")):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(KeyError) as err:  # any exception type the caller names
+            read_torch_file(bad, error=KeyError, what="a weight file", fix="fetch it again", mmap=mmap)
+        text = err.value.args[0]
+        assert text.startswith(f"{bad} does not read as a weight file (truncated download? ")
+        assert text.endswith("); fetch it again")
+        assert bad.read_bytes() == content  # nothing is written

@@ -1,4 +1,5 @@
-"""Writing files so that an interrupted or concurrent writer never leaves half a file behind."""
+"""Writing files so that an interrupted or concurrent writer never leaves half a file behind, and reading
+PyTorch files so that one that does not read names itself."""
 
 from __future__ import annotations
 
@@ -16,6 +17,32 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_torch_file(
+    path: str | Path,
+    *,
+    error: Callable[[str], Exception],
+    fix: str,
+    what: str = "a PyTorch file",
+    map_location: Any = "cpu",
+    mmap: bool = False,
+) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that does not read raises ``error`` with one message.
+
+    Truncated downloads, foreign pickles and files of another kind fail inside ``torch.load`` with
+    messages about zip records or unpickling; every reader of a weight or checkpoint file reports them
+    the same way: the file, what it should have been, the reason and ``fix``. ``mmap`` reads no tensor
+    data until it is used (callers that only check metadata).
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as err:  # zip/pickle errors of every kind: the message names the cause
+        raise error(
+            f"{path} does not read as {what} (truncated download? {type(err).__name__}: {err}); {fix}"
+        ) from err
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

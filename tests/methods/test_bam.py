@@ -132,6 +132,19 @@ def test_missing_base_learner_names_stage1_command(tmp_path: Path) -> None:
     )
 
 
+def test_truncated_base_learner_names_the_file_and_the_stage1_command(tmp_path: Path) -> None:
+    cut = tmp_path / "pspnet.pt"
+    torch.save({"state_dict": {"w": torch.zeros(64)}, "meta": {}}, cut)
+    cut.write_bytes(cut.read_bytes()[:-40])  # an interrupted copy
+    with pytest.raises(BaseLearnerCheckpointError) as err:
+        load_base_learner(cut, backbone_name="resnet50", fold=FoldSpec("pascal", 2))
+    message = str(err.value)
+    assert message.startswith(f"{cut} does not read as a base-learner file (truncated download?")
+    assert message.endswith(
+        "write it again with: python train.py stage=base method=bam dataset=pascal fold=2 backbone=resnet50"
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

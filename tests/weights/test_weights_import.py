@@ -78,7 +78,10 @@ def _nothing_written(root: Path) -> bool:
         ("another_backbone", r"fold|backbone"),
         ("coco_file_for_pascal", r"the classifier has 61 outputs, a pascal fold-1 base learner has 16"),
         ("missing_key", r"missing keys \[backbone\.layer4\.2\.bn3\.weight\]"),
-        ("truncated", r"is not a readable PyTorch checkpoint \(truncated download\?\)"),
+        (
+            "truncated",
+            r"does not read as a PyTorch checkpoint \(truncated download\?.*download BAM.s best\.pth again",
+        ),
         ("not_a_state_dict", r"holds no state dict of tensors"),
     ],
 )

@@ -20,9 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from svfseg.files import atomic_write_all, is_temp_of, torch_save
+from svfseg.files import atomic_write_all, is_temp_of, read_torch_file, torch_save
 from svfseg.finetune.adapters import lora_layers, merge_lora
 from svfseg.inference.predictor import resolve_checkpoint
 from svfseg.lightning.checkpointing import load_checkpoint_dict
@@ -148,7 +146,13 @@ def load_exported(export_dir: str | Path, *, device: str = "cpu") -> FewShotMode
             )
     spec = RunSpec.from_dict(json.loads(run_file.read_text())["run"])
     model = build_fewshot_model(dict(spec.method), dict(spec.backbone), fold=spec.fold, load_pretrained=False)
-    state = torch.load(model_file, map_location=device, weights_only=True)
+    state = read_torch_file(
+        model_file,
+        error=ValueError,
+        what="an exported model",
+        fix=f"export again with python -m svfseg.inference.export CKPT --out {folder}",
+        map_location=device,
+    )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 

@@ -47,7 +47,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
 from svfseg.data.samplers import step_seed
-from svfseg.files import atomic_write, torch_save
+from svfseg.files import atomic_write, read_torch_file, torch_save
 from svfseg.svf import adapter_state_dict, adapter_tensors
 from svfseg.svf.state import FORMAT as SVF_ARTIFACT_FORMAT
 
@@ -282,11 +282,14 @@ def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path} does not exist")
-    try:
-        # memory-mapped: the callers check the metadata, and the weights are read once, by the loader
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    # memory-mapped: the callers check the metadata, and the weights are read once, by the loader
+    checkpoint = read_torch_file(
+        path,
+        error=ValueError,
+        what="an svfseg checkpoint",
+        fix="name another checkpoint (a run folder finds best.ckpt / last.ckpt in it)",
+        mmap=True,
+    )
     if not isinstance(checkpoint, dict) or "svfseg" not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(
             f"{path} was not written by svfseg's train.py (no 'svfseg'/'state_dict' entries); "

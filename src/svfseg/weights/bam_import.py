@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from svfseg.data.fold import FoldSpec
-from svfseg.files import sha256_file
+from svfseg.files import read_torch_file, sha256_file
 from svfseg.messages import preview
 from svfseg.methods.pspnet import (
     BaseLearnerCheckpointError,
@@ -68,12 +68,9 @@ def read_bam_checkpoint(path: Path) -> tuple[dict[str, Tensor], int | None]:
     """
     if not path.is_file():
         raise BAMImportError(f"{path} does not exist: give the path of BAM's best.pth")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise BAMImportError(
-            f"{path} is not a readable PyTorch checkpoint (truncated download?): {err}"
-        ) from err
+    ckpt = read_torch_file(
+        path, error=BAMImportError, what="a PyTorch checkpoint", fix="download BAM's best.pth again"
+    )
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise BAMImportError(

