@@ -264,3 +264,13 @@ def test_backbone_grad_switch_controls_autograd(tiny_backbones) -> None:
     assert cues.features.query_high.grad_fn is not None
     cues.priors.sum().backward()  # the prior alone reaches layer4 through both branches
     assert model.backbone.layer4[0].conv1.weight.grad.abs().sum() > 0
+
+
+def test_the_former_models_package_says_where_its_names_went() -> None:
+    import importlib
+
+    for old in ("svfseg.models", "svfseg.models.registry", "svfseg.models.backbones"):
+        with pytest.raises(
+            ImportError, match=r"svfseg\.backbones.*svfseg\.methods\.registry\.register_model"
+        ):
+            importlib.import_module(old)
