@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -87,5 +88,17 @@ def test_missing_checkpoint_is_refused_before_anything_is_written(synthetic_pasc
     out = tmp_path / "run"
     cfg = tiny_train_config(root, out, min_pixels=min_pixels, extra=[f"init_head={tmp_path / 'nope.ckpt'}"])
     with pytest.raises(ConfigError, match=r"init_head=.*nope\.ckpt does not exist"):
+        train(cfg)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["init_head", "ckpt_path"])
+def test_a_checkpoint_that_does_not_read_is_refused_at_start(synthetic_pascal, tmp_path, key):
+    root, min_pixels = synthetic_pascal
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(b"PK\x03\x04 an interrupted copy")
+    out = tmp_path / "run"
+    cfg = tiny_train_config(root, out, min_pixels=min_pixels, extra=[f"{key}={cut}"])
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(cut))} does not read as an svfseg checkpoint"):
         train(cfg)
     assert not out.exists()

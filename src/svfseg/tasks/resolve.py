@@ -195,6 +195,6 @@ def _same_run_record(path: Path, run: TrainRun, *, source: str, fix: str) -> Che
         check_identity(
             record.run.identity(), run.spec.identity(), source=source, target="this run is", fix=fix
         )
-    except (CheckpointRecordError, RunMismatchError) as err:
+    except (CheckpointRecordError, RunMismatchError, ValueError) as err:  # ValueError: file does not read
         raise ConfigError(str(err)) from err
     return record
