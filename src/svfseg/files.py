@@ -1,5 +1,5 @@
 """Writing files so that an interrupted or concurrent writer never leaves half a file behind, and reading
-PyTorch files so that one that does not read names itself."""
+tensor files (torch.save or safetensors) so that one that does not read names itself."""
 
 from __future__ import annotations
 
@@ -19,7 +19,16 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_torch_file(
+def is_safetensors(path: str | Path) -> bool:
+    """A safetensors file starts with its header's 8-byte length and then the JSON header's ``{``; neither a
+    ``torch.save`` zip (``PK``...) nor a legacy pickle has ``{`` at byte 8, so the content decides, not the
+    suffix."""
+    with Path(path).open("rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def read_tensor_file(
     path: str | Path,
     *,
     error: Callable[[str], Exception],
@@ -28,20 +37,25 @@ def read_torch_file(
     map_location: Any = "cpu",
     mmap: bool = False,
 ) -> Any:
-    """``torch.load(path, weights_only=True)``; a file that does not read raises ``error`` with one message.
+    """A ``torch.save`` file (``weights_only=True``) or a safetensors file (a dict of tensors); a file that
+    does not read raises ``error`` with one message.
 
-    Truncated downloads, foreign pickles and files of another kind fail inside ``torch.load`` with
-    messages about zip records or unpickling; every reader of a weight or checkpoint file reports them
-    the same way: the file, what it should have been, the reason and ``fix``. ``mmap`` reads no tensor
-    data until it is used (callers that only check metadata).
+    Truncated downloads, foreign pickles and files of another kind fail inside the loaders with messages
+    about zip records, unpickling or headers; every reader of a weight or checkpoint file reports them the
+    same way: the file, what it should have been, the reason and ``fix``. ``mmap`` (torch files) reads no
+    tensor data until it is used (callers that only check metadata).
     """
-    import torch
-
     try:
+        if is_safetensors(path):
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device=str(map_location))
+        import torch
+
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # zip/pickle errors of every kind: the message names the cause
         raise error(
-            f"{path} does not read as {what} (truncated download? {type(err).__name__}: {err}); {fix}"
+            f"{path} does not read as {what} (truncated or corrupt: {type(err).__name__}: {err}); {fix}"
         ) from err
 
 

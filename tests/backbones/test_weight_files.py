@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from svfseg.backbones.weights import BackboneWeightsError, is_safetensors, read_state_dict
+from svfseg.backbones.weights import BackboneWeightsError, read_state_dict
+from svfseg.files import is_safetensors
 
 STATE = {"conv.weight": torch.arange(12.0).reshape(3, 4), "bn.running_mean": torch.tensor([1.0, 2.0, 3.0])}
 
@@ -44,7 +45,10 @@ def test_a_truncated_file_names_the_file_and_the_fix(tmp_path: Path) -> None:
     good = _write(tmp_path / "good.safetensors", "safetensors")
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(good.read_bytes()[:-10])
-    with pytest.raises(BackboneWeightsError, match=r"cut\.safetensors cannot be read.*truncated.*fetch NAME"):
+    with pytest.raises(
+        BackboneWeightsError,
+        match=r"cut\.safetensors does not read as backbone weights \(truncated or corrupt:.*fetch NAME",
+    ):
         read_state_dict(cut)
 
 

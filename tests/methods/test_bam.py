@@ -139,7 +139,7 @@ def test_truncated_base_learner_names_the_file_and_the_stage1_command(tmp_path: 
     with pytest.raises(BaseLearnerCheckpointError) as err:
         load_base_learner(cut, backbone_name="resnet50", fold=FoldSpec("pascal", 2))
     message = str(err.value)
-    assert message.startswith(f"{cut} does not read as a base-learner file (truncated download?")
+    assert message.startswith(f"{cut} does not read as a base-learner file (truncated or corrupt: ")
     assert message.endswith(
         "write it again with: python train.py stage=base method=bam dataset=pascal fold=2 backbone=resnet50"
     )

@@ -80,7 +80,7 @@ def _nothing_written(root: Path) -> bool:
         ("missing_key", r"missing keys \[backbone\.layer4\.2\.bn3\.weight\]"),
         (
             "truncated",
-            r"does not read as a PyTorch checkpoint \(truncated download\?.*download BAM.s best\.pth again",
+            r"does not read as a PyTorch checkpoint \(truncated or corrupt:.*download BAM.s best\.pth again",
         ),
         ("not_a_state_dict", r"holds no state dict of tensors"),
     ],

@@ -23,12 +23,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from svfseg.backbones.base import Backbone
 from svfseg.backbones.provenance import provenance_hint
 from svfseg.backbones.vgg import VGG_SLICES
+from svfseg.files import read_tensor_file
 from svfseg.messages import preview
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,6 @@ def missing_file_message(path: Path, backbone_name: str | None) -> str:
     )
 
 
-def is_safetensors(path: Path) -> bool:
-    """A safetensors file starts with its header's 8-byte length and then the JSON header's ``{``; neither a
-    ``torch.save`` zip (``PK``...) nor a legacy pickle has ``{`` at byte 8."""
-    with path.open("rb") as fh:
-        head = fh.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
-
-
 def read_state_dict(path: str | Path, backbone_name: str | None = None) -> dict[str, Tensor]:
     """Tensors of a backbone weight file, whatever wrote it: ``.safetensors`` (timm's hub files) or a
     ``torch.save`` file (zip or legacy), plain or under ``state_dict`` / ``model``, keys with or without
@@ -98,19 +90,8 @@ def read_state_dict(path: str | Path, backbone_name: str | None = None) -> dict[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(missing_file_message(path, backbone_name))
-    try:
-        if is_safetensors(path):
-            from safetensors.torch import load_file
-
-            obj: object = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt archive, pickle with foreign classes, truncated download, ...
-        fix = provenance_hint(path) or " Write it again (python -m svfseg.weights fetch NAME)."
-        raise BackboneWeightsError(
-            f"backbone weights {path} cannot be read ({type(err).__name__}: {err}). The file is truncated, "
-            f"corrupt or not a weight file.{fix}"
-        ) from err
+    fix = provenance_hint(path).strip() or "write it again (python -m svfseg.weights fetch NAME)"
+    obj = read_tensor_file(path, error=BackboneWeightsError, what="backbone weights", fix=fix)
     for _ in range(2):
         wrapped = [k for k in WRAPPER_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), dict)]
         if wrapped:

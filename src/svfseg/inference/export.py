@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from svfseg.files import atomic_write_all, is_temp_of, read_torch_file, torch_save
+from svfseg.files import atomic_write_all, is_temp_of, read_tensor_file, torch_save
 from svfseg.finetune.adapters import lora_layers, merge_lora
 from svfseg.inference.predictor import resolve_checkpoint
 from svfseg.lightning.checkpointing import load_checkpoint_dict
@@ -146,7 +146,7 @@ def load_exported(export_dir: str | Path, *, device: str = "cpu") -> FewShotMode
             )
     spec = RunSpec.from_dict(json.loads(run_file.read_text())["run"])
     model = build_fewshot_model(dict(spec.method), dict(spec.backbone), fold=spec.fold, load_pretrained=False)
-    state = read_torch_file(
+    state = read_tensor_file(
         model_file,
         error=ValueError,
         what="an exported model",

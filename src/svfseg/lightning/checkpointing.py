@@ -47,7 +47,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
 from svfseg.data.samplers import step_seed
-from svfseg.files import atomic_write, read_torch_file, torch_save
+from svfseg.files import atomic_write, read_tensor_file, torch_save
 from svfseg.svf import adapter_state_dict, adapter_tensors
 from svfseg.svf.state import FORMAT as SVF_ARTIFACT_FORMAT
 
@@ -283,7 +283,7 @@ def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path} does not exist")
     # memory-mapped: the callers check the metadata, and the weights are read once, by the loader
-    checkpoint = read_torch_file(
+    checkpoint = read_tensor_file(
         path,
         error=ValueError,
         what="an svfseg checkpoint",
@@ -308,8 +308,8 @@ def _candidates(run_dir: Path) -> list[Path]:
 def _svf_artifact(path: Path) -> dict[str, Any] | None:
     """The content of ``path`` when it is an SVF artifact (``format: svfseg.svf``), else None."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip checkpoint at all: the checkpoint loader names the problem
+        state = read_tensor_file(path, error=ValueError, fix="", mmap=True)
+    except ValueError:  # not readable at all: the checkpoint loader names the problem
         return None
     return state if isinstance(state, dict) and state.get("format") == SVF_ARTIFACT_FORMAT else None
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from svfseg.backbones import Backbone, build_backbone
 from svfseg.backbones.base import scale_width
 from svfseg.data.fold import FoldSpec
-from svfseg.files import atomic_write, read_torch_file, torch_save
+from svfseg.files import atomic_write, read_tensor_file, torch_save
 from svfseg.messages import preview
 from svfseg.methods.components import cross_entropy
 
@@ -193,7 +193,7 @@ def load_base_learner(
             f"base learner checkpoint {path} does not exist. BAM's stage 2 needs the stage-1 PSPNet of "
             f"this dataset/fold/backbone; make it with: {command}"
         )
-    ckpt = read_torch_file(
+    ckpt = read_tensor_file(
         path,
         error=BaseLearnerCheckpointError,
         what="a base-learner file",

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from svfseg.data.fold import FoldSpec
-from svfseg.files import read_torch_file, sha256_file
+from svfseg.files import read_tensor_file, sha256_file
 from svfseg.messages import preview
 from svfseg.methods.pspnet import (
     BaseLearnerCheckpointError,
@@ -68,7 +68,7 @@ def read_bam_checkpoint(path: Path) -> tuple[dict[str, Tensor], int | None]:
     """
     if not path.is_file():
         raise BAMImportError(f"{path} does not exist: give the path of BAM's best.pth")
-    ckpt = read_torch_file(
+    ckpt = read_tensor_file(
         path, error=BAMImportError, what="a PyTorch checkpoint", fix="download BAM's best.pth again"
     )
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None

