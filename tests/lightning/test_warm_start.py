@@ -63,6 +63,23 @@ def test_a_warm_started_run_trains_and_records_its_source(synthetic_pascal, free
     assert (out / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_the_head_checkpoint_is_read_once_per_run(synthetic_pascal, freeze_run, tmp_path, monkeypatch):
+    """Checked at start and applied after the model is built, from the one read (no second read or check)."""
+    import svfseg.lightning.checkpointing as checkpointing
+
+    reads: list[Path] = []
+    read = checkpointing.read_tensor_file
+
+    def counting(path, **kwargs):
+        reads.append(Path(path).resolve())
+        return read(path, **kwargs)
+
+    monkeypatch.setattr(checkpointing, "read_tensor_file", counting)
+    _run(synthetic_pascal, tmp_path / "svf", "finetune=svf", f"init_head={freeze_run}")
+    source = (freeze_run / "checkpoints" / "best.ckpt").resolve()
+    assert reads.count(source) == 1, reads
+
+
 def test_refuses_a_converted_backbone(synthetic_pascal, freeze_run, tmp_path):
     svf_run = _run(synthetic_pascal, tmp_path / "svf-src", "finetune=svf")
     module, spec = _fresh_module(synthetic_pascal, tmp_path / "x", "finetune=svf")

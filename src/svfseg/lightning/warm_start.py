@@ -14,6 +14,7 @@ dataset, fold and shot (a head trained on another fold has seen this fold's test
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,21 +35,43 @@ class WarmStartError(ValueError):
     """``init_head`` names a checkpoint whose head cannot start this run."""
 
 
-def load_head(model: FewShotModel, path: str | Path, spec: RunSpec) -> Path:
-    """Copy every non-backbone tensor of the checkpoint at ``path`` into ``model``; returns the file read."""
-    file = resolve_checkpoint(path)
+@dataclass(frozen=True)
+class HeadSource:
+    """The checkpoint ``init_head`` names, read and held to the run's identity once, at start.
+
+    ``tensors`` are the checkpoint's model tensors (``model.`` prefix removed; memory-mapped, so holding
+    them until the model is built costs no copy). :func:`apply_head` copies them into the built model.
+    """
+
+    file: Path
+    tensors: dict[str, torch.Tensor]
+
+
+def read_head(path: str | Path, spec: RunSpec) -> HeadSource:
+    """Read the checkpoint ``path`` names and check that it is of ``spec``'s method, backbone, dataset,
+    fold and shot (:class:`~svfseg.run_spec.RunMismatchError` otherwise)."""
+    try:
+        file = resolve_checkpoint(path)
+    except (FileNotFoundError, ValueError) as err:  # its messages say ckpt_path=; this value is init_head=
+        raise type(err)(str(err).replace("ckpt_path=", "init_head=")) from err
     checkpoint = load_checkpoint_dict(file)
-    fix = HEAD_SOURCE_FIX
     check_identity(
         CheckpointRecord.read(checkpoint, source=f"init_head={file}").run.identity(),
         spec.identity(),
         source=f"init_head={file}",
         target="this run is",
-        fix=fix,
+        fix=HEAD_SOURCE_FIX,
     )
-    source = {
+    tensors = {
         k[len(MODULE_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODULE_PREFIX)
     }
+    return HeadSource(file=file, tensors=tensors)
+
+
+def apply_head(model: FewShotModel, head: HeadSource) -> None:
+    """Copy every non-backbone tensor of ``head`` into ``model`` (strictly: same names, same shapes), after
+    checking that its backbone tensors equal ``model``'s."""
+    file, source, fix = head.file, head.tensors, HEAD_SOURCE_FIX
     target = model.state_dict()
     for key, value in target.items():
         if key not in source:
@@ -69,7 +92,13 @@ def load_head(model: FewShotModel, path: str | Path, spec: RunSpec) -> Path:
             f"init_head={file} holds tensors this model lacks ({extra[:3]}{' ...' if len(extra) > 3 else ''}; "
             f"a converted backbone, e.g. finetune=svf?); {fix}"
         )
-    head = {k: v for k, v in source.items() if not k.startswith(BACKBONE_PREFIX)}
-    model.load_state_dict({**target, **head}, strict=True)
-    log.info("init_head: %d head tensors from %s", len(head), file)
-    return file
+    head_tensors = {k: v for k, v in source.items() if not k.startswith(BACKBONE_PREFIX)}
+    model.load_state_dict({**target, **head_tensors}, strict=True)
+    log.info("init_head: %d head tensors from %s", len(head_tensors), file)
+
+
+def load_head(model: FewShotModel, path: str | Path, spec: RunSpec) -> Path:
+    """:func:`read_head` then :func:`apply_head` (a notebook's one call); returns the file read."""
+    head = read_head(path, spec)
+    apply_head(model, head)
+    return head.file

@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from svfseg.config_checks import CheckedRun, ConfigError, check_train_run, stage_batch_sizes, world_size
 from svfseg.lightning.checkpoint_record import CheckpointRecord, CheckpointRecordError
-from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
-from svfseg.lightning.warm_start import HEAD_SOURCE_FIX
+from svfseg.lightning.checkpointing import load_checkpoint_dict
+from svfseg.lightning.warm_start import HeadSource, read_head
 from svfseg.run_dir import describe_changes, differing_keys, hashed_config
 from svfseg.run_spec import RunMismatchError, RunSpec, check_identity
 
@@ -34,7 +34,8 @@ class TrainRun:
         batch_size, eval_batch_size: the running stage's batches per process.
         ckpt_path: the checkpoint a resume continues from (checked against ``spec``), else None.
         resuming: ``ckpt_path`` lies in ``out_dir``: the command continues the run that owns the folder.
-        init_head: the checkpoint whose head starts this run (``init_head=``), else None.
+        init_head: the checked checkpoint whose head starts this run (``init_head=``), read once; None
+            without one, and on a resume (the resumed checkpoint holds the head).
     """
 
     config: DictConfig
@@ -45,7 +46,7 @@ class TrainRun:
     eval_batch_size: int
     ckpt_path: str | None = None
     resuming: bool = False
-    init_head: Path | None = None
+    init_head: HeadSource | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig, spec: RunSpec | None = None, *, training: bool = True) -> TrainRun:
@@ -106,9 +107,11 @@ def resolve_train_run(cfg: DictConfig, *, multirun: bool = False) -> TrainRun:
     """
     run = TrainRun.from_checked(cfg, check_train_run(cfg, multirun=multirun))
     ckpt_path = _resume_checkpoint(run) if run.stage != "base" else None
-    init_head = _init_head(run)
+    init_head = _init_head(run)  # checked on a resume too: the command names it
     resuming = ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(run.out_dir.resolve())
-    return replace(run, ckpt_path=ckpt_path, resuming=resuming, init_head=init_head)
+    return replace(
+        run, ckpt_path=ckpt_path, resuming=resuming, init_head=init_head if ckpt_path is None else None
+    )
 
 
 def _ckpt_path(run: TrainRun) -> str | None:
@@ -170,8 +173,8 @@ def _check_resume_changes(run: TrainRun, saved: dict[str, Any] | None, path: str
         )
 
 
-def _init_head(run: TrainRun) -> Path | None:
-    """The checkpoint ``init_head`` names (checked before anything is written), or None."""
+def _init_head(run: TrainRun) -> HeadSource | None:
+    """The checkpoint ``init_head`` names, read and checked before anything is written, or None."""
     value = run.config.get("init_head")
     if value in (None, ""):
         return None
@@ -180,11 +183,9 @@ def _init_head(run: TrainRun) -> Path | None:
             "init_head is for few-shot training (stage=meta); BAM's stage 1 has no few-shot head"
         )
     try:
-        file = resolve_checkpoint(str(value))
-    except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(str(err).replace("ckpt_path=", "init_head=")) from err
-    _same_run_record(file, run, source=f"init_head={file}", fix=HEAD_SOURCE_FIX)
-    return file
+        return read_head(str(value), run.spec)
+    except (FileNotFoundError, ValueError) as err:  # ValueError: refused record, or a file that does not read
+        raise ConfigError(str(err)) from err
 
 
 def _same_run_record(path: Path, run: TrainRun, *, source: str, fix: str) -> CheckpointRecord:

@@ -11,11 +11,10 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from svfseg.config_checks import ConfigError
-from svfseg.lightning.warm_start import load_head
+from svfseg.lightning.warm_start import apply_head
 from svfseg.precision import apply_matmul_precision
 from svfseg.redaction import redact_secrets
 from svfseg.run_dir import RunDirError, claim_run_dir
-from svfseg.run_spec import RunMismatchError
 from svfseg.tasks.base_stage import train_base_learner
 from svfseg.tasks.builders import (
     build_callbacks,
@@ -58,11 +57,8 @@ def _train(run: TrainRun) -> dict[str, Any]:
     pl.seed_everything(run.seed, workers=True)
     datamodule = build_datamodule(run)
     module = build_module(run)
-    if run.init_head is not None and run.ckpt_path is None:  # a resume restores the head from its checkpoint
-        try:
-            load_head(module.model, run.init_head, run.spec)
-        except RunMismatchError as err:
-            raise ConfigError(str(err)) from err
+    if run.init_head is not None:  # read and checked at start; None on a resume (its checkpoint has the head)
+        apply_head(module.model, run.init_head)
     # Saved in every checkpoint: credential-like values (e.g. a key typed into a config) are redacted.
     module.run_config = redact_secrets(plain(run.config))
     callbacks = build_callbacks(run)
