@@ -219,3 +219,22 @@ def test_svf_checkpoint_loads_without_svd_and_best_svf_artifact_restores_it(
         ours, theirs = restored.model.backbone(x), fresh(x)
     for key in ours:
         torch.testing.assert_close(theirs[key], ours[key], rtol=1e-5, atol=1e-6)
+
+
+def test_stage1_runs_without_a_logger_and_records_its_best_score(synthetic_pascal, tmp_path: Path) -> None:
+    """``logger=none`` used to stop stage 1 at fit start (its learning-rate monitor needs a logger), and a
+    best score of exactly 0.0 was recorded as NaN."""
+    learner = tmp_path / "pspnet.pt"
+    stage1 = ["stage=base", "method=bam", "logger=none", f"method.base_learner={learner}"]
+    stage1 += ["dataset.base_stage.epochs=1", "dataset.base_stage.batch_size=2"]
+    stage1 += ["dataset.base_stage.train_size=65", "dataset.base_stage.eval_size=65"]
+    _, result = _train(synthetic_pascal, tmp_path / "base", stage1)
+    saved = torch.load(
+        tmp_path / "base" / "checkpoints" / "base_best.ckpt", map_location="cpu", weights_only=True
+    )
+    (state,) = [v for k, v in saved["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    best = float(state["best_model_score"])
+    meta = torch.load(learner, map_location="cpu", weights_only=True)["meta"]
+    assert result["val_miou"] == meta["val_miou"] == pytest.approx(best, abs=0.0)
+    assert 0.0 <= best <= 1.0
+    assert not (tmp_path / "base" / "csv").exists()  # no logger wrote anything

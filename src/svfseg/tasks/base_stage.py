@@ -31,7 +31,7 @@ from svfseg.lightning.optim import OptimConfig, build_scheduler
 from svfseg.lightning.progress import SparseMetricsProgressBar
 from svfseg.methods.pspnet import PSPNet, save_base_learner
 from svfseg.metrics.original_size import mask_at_original_size
-from svfseg.tasks.builders import build_loggers, plain, trainer_arguments
+from svfseg.tasks.builders import build_loggers, build_trainer, plain, trainer_arguments
 from svfseg.tasks.reporting import close_loggers
 from svfseg.tasks.resolve import TrainRun
 
@@ -158,11 +158,7 @@ def train_base_learner(run: TrainRun) -> dict[str, Any]:
     if trainer_cfg.get("enable_progress_bar", True):
         every = int(trainer_cfg.get("log_every_n_steps", 10))
         callbacks.append(SparseMetricsProgressBar(metrics_every=every, show=("base/loss", "base/val_miou")))
-    trainer = pl.Trainer(
-        callbacks=callbacks,
-        logger=loggers or False,
-        **trainer_cfg,
-    )
+    trainer = build_trainer(run, callbacks, loggers, trainer_cfg)
     status = "failed"
     try:
         trainer.fit(module, datamodule=datamodule)
@@ -175,7 +171,10 @@ def train_base_learner(run: TrainRun) -> dict[str, Any]:
             "backbone": spec.backbone_name,
             "width_mult": float(spec.backbone.get("width_mult", 1.0)),
             "coco_split": fold.coco_split,
-            "val_miou": float(checkpoint.best_model_score or float("nan")),
+            # 0.0 is a score (nothing segmented yet); None means validation never ran
+            "val_miou": float("nan")
+            if checkpoint.best_model_score is None
+            else float(checkpoint.best_model_score),
             "epochs": int(stage.epochs),
             **({"classes": fold.fold_record()} if fold.folds is not None else {}),
         }

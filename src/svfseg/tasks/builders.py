@@ -109,11 +109,20 @@ def trainer_arguments(cfg: DictConfig, *, bn_trains: bool) -> dict[str, Any]:
     return trainer_cfg
 
 
-def build_trainer(run: TrainRun, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
-    """The Trainer of a meta-stage run; SyncBN is on under DDP when the strategy trains BN (``finetune=bn``)."""
-    bn_trains = not run.spec.strategy.frozen_bn
-    if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor without a logger
+def build_trainer(
+    run: TrainRun,
+    callbacks: list[pl.Callback],
+    loggers: list[Any],
+    arguments: dict[str, Any] | None = None,
+) -> pl.Trainer:
+    """The Trainer of a training run, either stage: the one place that builds one.
+
+    ``arguments`` are the Trainer's keyword arguments; by default the meta stage's
+    (:func:`trainer_arguments`, SyncBN under DDP when the strategy trains BN, ``finetune=bn``). Without a
+    logger (``logger=none``) the learning-rate monitors are dropped: Lightning refuses them at fit start.
+    """
+    if arguments is None:
+        arguments = trainer_arguments(run.config, bn_trains=not run.spec.strategy.frozen_bn)
+    if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return pl.Trainer(
-        callbacks=callbacks, logger=loggers or False, **trainer_arguments(run.config, bn_trains=bn_trains)
-    )
+    return pl.Trainer(callbacks=callbacks, logger=loggers or False, **arguments)
