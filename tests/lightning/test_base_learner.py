@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from svfseg.labels import IGNORE_INDEX
+from svfseg.lightning.base_learner import BaseLearnerModule
 from svfseg.metrics.original_size import mask_at_original_size
-from svfseg.tasks.base_stage import BaseLearnerModule
 
 
 def test_mask_at_original_size_takes_any_number_of_classes() -> None:
