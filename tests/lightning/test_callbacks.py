@@ -73,3 +73,35 @@ def test_counting_restores_every_mode(synthetic_pascal, tmp_path, mode: bool) ->
     before = [m.training for m in module.modules()]
     assert modules_in_eval_when_training(module) == 55
     assert [m.training for m in module.modules()] == before
+
+
+def _warn_from_one_place() -> None:
+    warnings.warn("svfseg test: a warning Python shows once per place", UserWarning, stacklevel=1)
+
+
+def test_the_filter_is_added_once(synthetic_pascal, tmp_path) -> None:
+    """Each change of the warning filters makes Python show every "once" warning again, so a second fit in
+    the same process (a sweep, the demo) must not add the filter again."""
+    from types import SimpleNamespace
+
+    from svfseg.lightning.callbacks import FinetuneCallback
+
+    root, min_pixels = synthetic_pascal
+    module = build_module(TrainRun.from_config(tiny_train_config(root, tmp_path, min_pixels=min_pixels)))
+    module.apply_finetune()
+    callback = FinetuneCallback(module.spec.strategy)
+    trainer = SimpleNamespace(is_global_zero=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # once per place
+        callback.on_fit_start(trainer, module)
+        _warn_from_one_place()
+        callback.on_fit_start(trainer, module)
+        _warn_from_one_place()
+        lightning_says = "Found 55 module(s) in eval mode at the start of training. This may lead to ..."
+        ours = [
+            f
+            for f in warnings.filters
+            if f[0] == "ignore" and f[1] is not None and f[1].match(lightning_says)
+        ]
+    assert len(ours) == 1
+    assert sum("shows once per place" in str(w.message) for w in caught) == 1

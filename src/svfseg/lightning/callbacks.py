@@ -61,8 +61,12 @@ class FinetuneCallback(pl.Callback):
         expected = modules_in_eval_when_training(pl_module)
         if expected == 0:
             return
-        message = f"Found {expected} module(s) in eval mode at the start of training"
-        warnings.filterwarnings("ignore", message=re.escape(message), category=PossibleUserWarning)
+        pattern = re.escape(f"Found {expected} module(s) in eval mode at the start of training")
+        # added once: every change of the filters resets Python's "shown once" record of all warnings
+        if not any(
+            f[0] == "ignore" and f[1] is not None and f[1].pattern == pattern for f in warnings.filters
+        ):
+            warnings.filterwarnings("ignore", message=pattern, category=PossibleUserWarning)
         if trainer.is_global_zero:
             model = getattr(pl_module, "model", None)
             reasons = ["the backbone's frozen BN"] if getattr(model, "frozen_bn", False) else []
