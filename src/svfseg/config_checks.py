@@ -210,6 +210,7 @@ def check_train_run(cfg: DictConfig, *, multirun: bool = False) -> CheckedRun:
         lambda: _check_method_options(cfg.method),
         lambda: _check_dataset_keys(cfg.dataset),
         lambda: check_accelerator(cfg.trainer),
+        lambda: check_launcher(cfg.trainer),
         lambda: check_loggers(cfg.get("logger")),
         lambda: _check_file(
             cfg.backbone.get("pretrained"),
@@ -377,6 +378,32 @@ def check_accelerator(trainer: Any) -> None:
             f"trainer.accelerator={accelerator} but no CUDA device is visible on this machine; run on CPU "
             f"with {cpu} (multi-process CPU DDP: trainer.accelerator=cpu trainer.strategy=ddp "
             "trainer.devices=2), or on a machine with GPUs"
+        )
+
+
+CHILD_PROCESS_START_METHODS = ("spawn", "fork", "forkserver")
+
+
+def check_launcher(trainer: Any) -> None:
+    """Refuse strategies whose ranks run in child processes that Lightning starts (``ddp_spawn``,
+    ``ddp_fork``, ``ddp_notebook``): they hand back only the trainer's state, so the test metrics, the
+    best checkpoint's score and the built episodes never reach the process that writes ``metrics.json``."""
+    strategy = trainer.get("strategy", "auto")
+    if OmegaConf.is_config(strategy) or isinstance(strategy, dict):
+        name = str(strategy.get("_target_", "")).rsplit(".", 1)[-1]
+        method = str(strategy.get("start_method", "popen"))
+        child = method in CHILD_PROCESS_START_METHODS
+        shown = f"trainer.strategy.start_method={method} ({name})"
+    else:
+        name = str(strategy)
+        child = name.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")) or name.endswith("_spawn")
+        shown = f"trainer.strategy={name}"
+    if child:
+        raise ConfigError(
+            f"{shown} runs every rank in a child process that Lightning starts and returns only the "
+            "trainer's state, so the test metrics and episodes would not reach the process that writes "
+            "metrics.json; use trainer.strategy=ddp (Lightning starts one script per rank, e.g. trainer=ddp) "
+            "or torchrun (README, 'Multi-GPU')"
         )
 
 

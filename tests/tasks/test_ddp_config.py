@@ -124,3 +124,41 @@ def test_sync_batchnorm_per_strategy_and_bad_values(tmp_path: Path) -> None:
     cpu = {"accelerator": "cpu", "devices": 2, "sync_batchnorm": True}
     with pytest.raises(ConfigError, match=r"sync_batchnorm=true needs GPUs"):
         sync_batchnorm(cpu, True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shown"),
+    [
+        (["trainer.devices=2", "trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn"),
+        (["trainer.devices=1", "trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn"),
+        (["trainer.devices=2", "trainer.strategy=ddp_fork"], "trainer.strategy=ddp_fork"),
+        (["trainer.devices=2", "trainer.strategy=ddp_notebook"], "trainer.strategy=ddp_notebook"),
+        (
+            ["trainer.devices=2", "trainer.strategy=ddp_spawn_find_unused_parameters_true"],
+            "trainer.strategy=ddp_spawn_find_unused_parameters_true",
+        ),
+        (
+            [
+                "trainer.devices=2",
+                "~trainer.strategy",
+                "+trainer.strategy._target_=pytorch_lightning.strategies.DDPStrategy",
+                "+trainer.strategy.start_method=spawn",
+            ],
+            r"trainer.strategy.start_method=spawn \(DDPStrategy\)",
+        ),
+    ],
+)
+def test_strategies_that_run_ranks_in_child_processes_are_refused_at_start(
+    tmp_path: Path, overrides: list[str], shown: str
+) -> None:
+    """Their ranks' test metrics and episodes never reach the process that writes metrics.json (train.py
+    failed after the fit, eval.py with a KeyError)."""
+    with pytest.raises(
+        ConfigError, match=rf"{shown} runs every rank in a child process .* trainer.strategy=ddp"
+    ):
+        check_train_config(_cfg(tmp_path, overrides))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_find_unused_parameters_true", "auto"])
+def test_strategies_that_start_one_script_per_rank_pass(tmp_path: Path, strategy: str) -> None:
+    check_train_config(_cfg(tmp_path, ["trainer.devices=2", f"trainer.strategy={strategy}"]))

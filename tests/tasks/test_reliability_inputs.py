@@ -114,6 +114,17 @@ def test_eval_seed_forms(run: SimpleNamespace, tmp_path: Path, seeds: str, expec
     assert eval_seeds(5, "seeds") == [5] and eval_seeds([3, 1], "seeds") == [3, 1]
 
 
+def test_eval_refuses_a_strategy_that_runs_ranks_in_child_processes(
+    run: SimpleNamespace, tmp_path: Path
+) -> None:
+    """eval.py with ddp_spawn used to end in a KeyError: the spawned ranks' metrics never came back."""
+    overrides = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn"]
+    cfg = compose_config("eval", [f"ckpt_path={run.ckpt}", f"paths.output_dir={tmp_path / 'e'}", *overrides])
+    with pytest.raises(ConfigError, match=r"^trainer\.strategy=ddp_spawn runs every rank in a child process"):
+        check_eval_config(cfg)
+    assert not (tmp_path / "e").exists()
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
