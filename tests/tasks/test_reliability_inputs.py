@@ -99,6 +99,19 @@ def test_eval_cli_refuses_bad_seeds_and_counts_at_start(run: SimpleNamespace, tm
     assert "Traceback" not in proc.stderr and not (out / "metrics.json").exists()
 
 
+def test_eval_cli_refuses_another_runs_fold_at_start_beside_other_problems(
+    run: SimpleNamespace, tmp_path: Path
+) -> None:
+    """A fold/shot override that does not match the checkpoint used to end in a traceback after the checks."""
+    out = tmp_path / "eval"
+    proc = _eval_cli([f"ckpt_path={run.ckpt}", "fold=2", "n_episodes=0", f"hydra.run.dir={out}"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "eval.py: 2 problems in the config, nothing was run:" in proc.stderr
+    assert "the checkpoint was trained for fold=0 but the command asks for fold=2" in proc.stderr
+    assert "n_episodes=0 is invalid" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
 @pytest.mark.parametrize(
     ("seeds", "expected"),
     [

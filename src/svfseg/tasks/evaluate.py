@@ -106,8 +106,9 @@ def tta_options(cfg: DictConfig) -> TTAOptions:
     return TTAOptions.from_config(None if raw is None else OmegaConf.to_container(raw, resolve=True))
 
 
-def check_eval_config(cfg: DictConfig) -> tuple[Path, CheckpointRecord]:
-    """Every start-up check of eval.py, before anything is built or written: (checkpoint file, its record).
+def check_eval_config(cfg: DictConfig) -> tuple[Path, CheckpointRecord, DictConfig]:
+    """Every start-up check of eval.py, before anything is built or written: (checkpoint file, its record,
+    the run config to evaluate: the training run's with this command's overrides, held to its identity).
 
     All problems are raised together as one :class:`ConfigError`, one line each (eval.py prints them and
     exits with status 2, as train.py does).
@@ -130,10 +131,14 @@ def check_eval_config(cfg: DictConfig) -> tuple[Path, CheckpointRecord]:
     tta = _collect(problems, lambda: tta_options(cfg))
     if tta is not None and opened is not None:
         _collect(problems, lambda: _check_tta_checkpoint(tta, opened[1], opened[2]))
+    # e.g. fold=2 for a fold-0 checkpoint: refused here, one line and exit 2, like every other start-up problem
+    run = (
+        _collect(problems, lambda: run_config_from_checkpoint(opened[2], cfg)) if opened is not None else None
+    )
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
     ckpt, _, record = opened
-    return ckpt, record
+    return ckpt, record, run
 
 
 def _check_tta_checkpoint(tta: TTAOptions, checkpoint: dict[str, Any], record: CheckpointRecord) -> None:
@@ -174,9 +179,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     ``ckpt_path`` may be a checkpoint file or a train.py run directory (:func:`resolve_checkpoint`).
     """
-    ckpt, record = check_eval_config(cfg)
+    ckpt, _, run = check_eval_config(cfg)
     apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
-    run = run_config_from_checkpoint(record, cfg)
     trained_dataset, trained_fold = str(run.dataset.name), int(run.fold)
     eval_spec, protocol = _evaluation_spec(cfg, run)
     tta = tta_options(cfg)
