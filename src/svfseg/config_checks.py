@@ -396,7 +396,7 @@ def check_launcher(trainer: Any) -> None:
         shown = f"trainer.strategy.start_method={method} ({name})"
     else:
         name = str(strategy)
-        child = name.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")) or name.endswith("_spawn")
+        child = name.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook"))  # + _find_unused_parameters_*
         shown = f"trainer.strategy={name}"
     if child:
         raise ConfigError(
