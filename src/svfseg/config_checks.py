@@ -60,6 +60,10 @@ RUN_SUPPLIED_ARGUMENTS = ("split", "batch_size", "eval_batch_size", "seed", "wit
 # total is split as evenly as possible, ceil(total / world) per process. Only the running stage's keys count.
 TRAIN_BATCH_KEYS = {"meta": "dataset.batch_size", "base": "dataset.base_stage.batch_size"}
 EVAL_BATCH_KEYS = {"meta": "dataset.eval_batch_size", "base": "dataset.base_stage.eval_batch_size"}
+# Lightning strategies (and their ``_find_unused_parameters_*`` forms) whose ranks are child processes of
+# this one, and the start methods that make a strategy node one of them (see check_launcher).
+CHILD_PROCESS_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+CHILD_PROCESS_START_METHODS = ("spawn", "fork", "forkserver")
 
 
 class ConfigError(ValueError):
@@ -73,7 +77,9 @@ def world_size(trainer: DictConfig) -> int:
         n = devices
     elif isinstance(devices, str) and devices.isdigit():
         n = int(devices)
-    elif isinstance(devices, (list, tuple)) or hasattr(devices, "__len__"):
+    elif isinstance(devices, str) and "," in devices:  # Lightning's "0,1": a list of device indices
+        n = len([part for part in devices.split(",") if part.strip()])
+    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
         n = len(devices)
     else:  # "auto" / -1: resolved by Lightning at run time; checked again in the DataModule
         n = 1
@@ -81,9 +87,20 @@ def world_size(trainer: DictConfig) -> int:
 
 
 def uses_multiprocess_ddp(trainer: DictConfig) -> bool:
-    """True when Lightning would re-launch this script per rank (ddp with several devices)."""
-    strategy = str(trainer.get("strategy", "auto"))
-    return world_size(trainer) > 1 and "ddp" in strategy and "spawn" not in strategy
+    """True when Lightning would re-launch this script per rank: several processes under any strategy that
+    starts them from the command line. ``auto`` picks DDP with such a launcher for several devices, as do
+    ``ddp`` and ``fsdp``; ``devices: auto`` / ``-1`` count the visible GPUs. (Child-process strategies,
+    ``ddp_spawn`` and kin, are refused by :func:`check_launcher`.)"""
+    strategy = trainer.get("strategy", "auto")
+    if not (OmegaConf.is_config(strategy) or isinstance(strategy, dict)) and str(strategy).startswith(
+        CHILD_PROCESS_STRATEGIES
+    ):
+        return False
+    world = world_size(trainer)
+    on_gpus = str(trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+    if str(trainer.get("devices", 1)) in ("auto", "-1") and on_gpus:
+        world = max(world, torch.cuda.device_count() * int(trainer.get("num_nodes", 1) or 1))
+    return world > 1
 
 
 def report_config_problems(err: ConfigError, program: str) -> NoReturn:
@@ -210,7 +227,9 @@ def check_train_run(cfg: DictConfig, *, multirun: bool = False) -> CheckedRun:
         lambda: _check_method_options(cfg.method),
         lambda: _check_dataset_keys(cfg.dataset),
         lambda: check_accelerator(cfg.trainer),
+        lambda: check_devices(cfg.trainer),
         lambda: check_launcher(cfg.trainer),
+        lambda: check_training_length(cfg, str(stage)),
         lambda: check_loggers(cfg.get("logger")),
         lambda: _check_file(
             cfg.backbone.get("pretrained"),
@@ -381,7 +400,76 @@ def check_accelerator(trainer: Any) -> None:
         )
 
 
-CHILD_PROCESS_START_METHODS = ("spawn", "fork", "forkserver")
+def check_devices(trainer: Any) -> None:
+    """``trainer.devices`` and ``trainer.num_nodes`` ask for at least one process, in a form the accelerator
+    takes (Lightning would stop on ``devices=0``, or on a GPU-style ``-1`` / list for the CPU, only once the
+    model is built and the run folder is claimed)."""
+    devices = trainer.get("devices", 1)
+    text = str(devices).strip()
+    count = (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1) or (
+        isinstance(devices, str) and text.isdigit() and int(text) >= 1
+    )
+    accelerator = str(trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu:
+        valid = count or text == "auto"
+        allowed = "on the CPU a process count >= 1 (e.g. trainer.devices=2 for 2 CPU DDP processes) or auto"
+    else:
+        if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+            valid = len(devices) > 0 and all(isinstance(i, int) and i >= 0 for i in devices)
+        else:  # a count, "auto", -1, or Lightning's comma list of GPU indices "0,1"
+            valid = (
+                count
+                or text in ("auto", "-1")
+                or ("," in text and all(part.strip().isdigit() for part in text.split(",") if part.strip()))
+            )
+        allowed = (
+            "a count >= 1 (trainer.devices=4 for 4 GPUs), -1 or auto (every visible GPU), or a list of GPU "
+            "indices, e.g. trainer.devices=[0,1]"
+        )
+    if not valid:
+        raise ConfigError(
+            f"trainer.devices={devices!r} is invalid for trainer.accelerator={accelerator}: give {allowed}"
+        )
+    nodes = trainer.get("num_nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ConfigError(
+            f"trainer.num_nodes={nodes!r} is invalid: the number of machines is an integer >= 1"
+        )
+
+
+def check_training_length(cfg: DictConfig, stage: str) -> None:
+    """The fit trains at least one step and has an end (the lr schedule is laid out over it).
+
+    ``dataset.epochs=0`` (or ``trainer.max_steps=0``) would fit nothing and still test and report the
+    untrained weights as the run's result; ``max_epochs=-1`` with ``max_steps=-1`` never ends.
+    """
+    trainer = cfg.trainer
+    if stage == "base":
+        epochs_key, epochs = "dataset.base_stage.epochs", OmegaConf.select(cfg, "dataset.base_stage.epochs")
+    elif OmegaConf.is_interpolation(trainer, "max_epochs"):  # conf/trainer: max_epochs: ${dataset.epochs}
+        epochs_key, epochs = "dataset.epochs", trainer.get("max_epochs")
+    else:
+        epochs_key, epochs = "trainer.max_epochs", trainer.get("max_epochs")
+    steps = trainer.get("max_steps", -1)
+    problems: list[str] = []
+    for key, value in ((epochs_key, epochs), ("trainer.max_steps", steps)):
+        if value is None and key != "trainer.max_steps":
+            continue  # Lightning's default: 1000 epochs unless max_steps ends the fit first
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            problems.append(f"{key}={value!r} is invalid: an integer >= 1, or -1 for no limit")
+        elif value == 0:
+            problems.append(
+                f"{key}=0 trains nothing: the run would test and report untrained weights as its result; "
+                "give a length >= 1 (to evaluate a checkpoint without training: python eval.py ckpt_path=...)"
+            )
+    if not problems and epochs == -1 and steps == -1:
+        problems.append(
+            f"{epochs_key}=-1 and trainer.max_steps=-1 never end the fit, and the lr schedule is laid out over "
+            "its length: set one of them"
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def check_launcher(trainer: Any) -> None:
@@ -396,7 +484,7 @@ def check_launcher(trainer: Any) -> None:
         shown = f"trainer.strategy.start_method={method} ({name})"
     else:
         name = str(strategy)
-        child = name.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook"))  # + _find_unused_parameters_*
+        child = name.startswith(CHILD_PROCESS_STRATEGIES)  # + _find_unused_parameters_*
         shown = f"trainer.strategy={name}"
     if child:
         raise ConfigError(

@@ -5,9 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from svfseg.config_checks import ConfigError, check_train_config, sync_batchnorm
+from svfseg.config_checks import (
+    ConfigError,
+    check_devices,
+    check_train_config,
+    check_train_run,
+    sync_batchnorm,
+    world_size,
+)
 from svfseg.finetune import STRATEGIES
 from svfseg.run_spec import RunSpec
 from svfseg.tasks.builders import build_datamodule, trainer_arguments
@@ -162,3 +169,100 @@ def test_strategies_that_run_ranks_in_child_processes_are_refused_at_start(
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_find_unused_parameters_true", "auto"])
 def test_strategies_that_start_one_script_per_rank_pass(tmp_path: Path, strategy: str) -> None:
     check_train_config(_cfg(tmp_path, ["trainer.devices=2", f"trainer.strategy={strategy}"]))
+
+
+@pytest.mark.parametrize("devices", ["0", "'0'", "-2", "[]", "-1", "[0]"])
+def test_cpu_device_requests_lightning_would_refuse_are_refused_at_start(
+    tmp_path: Path, devices: str
+) -> None:
+    """``trainer.devices=0`` used to pass the checks (counted as one process), and ``-1`` or ``[0]`` on the
+    CPU too; Lightning's Trainer then stopped with a traceback, after the run folder was claimed and the
+    model built."""
+    with pytest.raises(
+        ConfigError,
+        match=r"(?m)^trainer\.devices=.* is invalid for trainer\.accelerator=cpu: give on the CPU",
+    ):
+        check_train_config(_cfg(tmp_path, [f"trainer.devices={devices}"]))
+
+
+def test_zero_machines_are_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"(?m)^trainer\.num_nodes=0 is invalid: the number of machines"):
+        check_train_config(_cfg(tmp_path, ["trainer.num_nodes=0"]))
+
+
+@pytest.mark.parametrize(
+    ("devices", "valid"),
+    [
+        *[(4, True), ("auto", True), (-1, True), ([0, 1], True), ("0,1", True), ("2", True)],
+        *[(0, False), ([], False), ([-1], False), (-2, False), ("none", False)],
+    ],
+)
+def test_gpu_device_requests_follow_lightnings_forms(devices: object, valid: bool) -> None:
+    trainer = OmegaConf.create({"accelerator": "gpu", "devices": devices, "num_nodes": 1})
+    if valid:
+        check_devices(trainer)
+    else:
+        with pytest.raises(ConfigError, match=r"is invalid for trainer\.accelerator=gpu: give a count >= 1"):
+            check_devices(trainer)
+
+
+@pytest.mark.parametrize(
+    ("devices", "world"), [(1, 1), (4, 4), ("2", 2), (-1, 1), ("auto", 1), ([0, 1], 2), ("0,1", 2)]
+)
+def test_world_size_counts_processes_not_characters(devices: object, world: int) -> None:
+    """``devices: auto`` counted as 4 processes (the length of the string), so on one GPU the checks split
+    the training batch by 4 (batch 8 trained as 2 per step); ``"0,1"`` counted as 3."""
+    trainer = OmegaConf.create({"accelerator": "gpu", "devices": devices, "num_nodes": 2})
+    assert world_size(trainer) == 2 * world
+
+
+def test_auto_devices_keep_the_whole_training_batch(tmp_path: Path) -> None:
+    run = TrainRun.from_checked(
+        cfg := _cfg(tmp_path, ["trainer.devices=auto", "dataset.batch_size=8"]), check_train_run(cfg)
+    )
+    assert (run.world_size, run.batch_size) == (1, 8)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shown"),
+    [
+        (["dataset.epochs=0"], r"dataset\.epochs=0 trains nothing: the run would test and report untrained"),
+        (["trainer.max_steps=0"], r"trainer\.max_steps=0 trains nothing"),
+        (["trainer.max_epochs=0"], r"trainer\.max_epochs=0 trains nothing"),
+        (
+            ["stage=base", "method=bam", "dataset.base_stage.epochs=0"],
+            r"dataset\.base_stage\.epochs=0 trains nothing",
+        ),
+        (["dataset.epochs=-3"], r"dataset\.epochs=-3 is invalid: an integer >= 1, or -1 for no limit"),
+        (["dataset.epochs=-1"], r"dataset\.epochs=-1 and trainer\.max_steps=-1 never end the fit"),
+    ],
+)
+def test_a_fit_that_trains_nothing_or_never_ends_is_refused_at_start(
+    tmp_path: Path, overrides: list[str], shown: str
+) -> None:
+    """``dataset.epochs=0`` used to fit nothing and still test the untrained weights and write their scores
+    to metrics.json as the run's result."""
+    with pytest.raises(ConfigError, match=rf"(?m)^{shown}"):
+        check_train_config(_cfg(tmp_path, overrides))
+
+
+def test_a_fit_with_one_limit_passes(tmp_path: Path) -> None:
+    check_train_config(_cfg(tmp_path, ["dataset.epochs=-1", "trainer.max_steps=5"]))
+    check_train_config(_cfg(tmp_path, ["trainer.max_steps=3"]))  # with the epochs of the config
+    check_train_config(_cfg(tmp_path, ["stage=base", "method=bam", "dataset.base_stage.epochs=1"]))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["trainer.devices=2"], ["trainer.devices=2", "trainer.strategy=ddp"], ["trainer.devices='2'"]],
+)
+def test_multirun_refuses_every_strategy_that_relaunches_the_script_per_rank(
+    tmp_path: Path, overrides: list[str]
+) -> None:
+    """``strategy: auto`` on several devices is DDP with Lightning's script launcher (measured:
+    ``pl.Trainer(accelerator="cpu", devices=2)`` picks DDPStrategy with _SubprocessScriptLauncher), so a
+    ``-m`` sweep over it would start a sweep per rank like ``strategy=ddp``; before, only a strategy named
+    ``ddp`` was refused."""
+    with pytest.raises(ConfigError, match=r"^hydra multirun \(-m\) cannot drive multi-process DDP"):
+        check_train_config(_cfg(tmp_path, overrides), multirun=True)
+    check_train_config(_cfg(tmp_path, overrides))  # the same run without -m starts

@@ -138,6 +138,15 @@ def test_eval_refuses_a_strategy_that_runs_ranks_in_child_processes(
     assert not (tmp_path / "e").exists()
 
 
+def test_eval_refuses_a_device_request_for_no_process(run: SimpleNamespace, tmp_path: Path) -> None:
+    """eval.py with ``trainer.devices=0`` used to stop in Lightning's Trainer with a traceback."""
+    overrides = ["trainer.accelerator=cpu", "trainer.devices=0"]
+    cfg = compose_config("eval", [f"ckpt_path={run.ckpt}", f"paths.output_dir={tmp_path / 'e'}", *overrides])
+    with pytest.raises(ConfigError, match=r"^trainer\.devices=0 is invalid for trainer\.accelerator=cpu"):
+        check_eval_config(cfg)
+    assert not (tmp_path / "e").exists()
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
