@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import DictConfig, open_dict
+from pytorch_lightning.callbacks import ProgressBar
 
 from svfseg.lightning.module import FewShotSegModule
+from svfseg.tasks.builders import build_callbacks, build_trainer
 from svfseg.tasks.evaluate import evaluate
+from svfseg.tasks.resolve import TrainRun
 from svfseg.tasks.train import train
 from tests.helpers.hydra import compose_config, tiny_train_config
 
@@ -223,9 +226,10 @@ def test_svf_checkpoint_loads_without_svd_and_best_svf_artifact_restores_it(
 
 def test_stage1_runs_without_a_logger_and_records_its_best_score(synthetic_pascal, tmp_path: Path) -> None:
     """``logger=none`` used to stop stage 1 at fit start (its learning-rate monitor needs a logger), and a
-    best score of exactly 0.0 was recorded as NaN."""
+    best score of exactly 0.0 was recorded as NaN. Run as on a cluster: no logger, no progress bar."""
     learner = tmp_path / "pspnet.pt"
     stage1 = ["stage=base", "method=bam", "logger=none", f"method.base_learner={learner}"]
+    stage1 += ["+trainer.enable_progress_bar=false"]
     stage1 += ["dataset.base_stage.epochs=1", "dataset.base_stage.batch_size=2"]
     stage1 += ["dataset.base_stage.train_size=65", "dataset.base_stage.eval_size=65"]
     _, result = _train(synthetic_pascal, tmp_path / "base", stage1)
@@ -238,3 +242,26 @@ def test_stage1_runs_without_a_logger_and_records_its_best_score(synthetic_pasca
     assert result["val_miou"] == meta["val_miou"] == pytest.approx(best, abs=0.0)
     assert 0.0 <= best <= 1.0
     assert not (tmp_path / "base" / "csv").exists()  # no logger wrote anything
+
+
+def test_a_run_without_progress_bars_drops_the_configs_bar(synthetic_pascal, tmp_path: Path) -> None:
+    """``+trainer.enable_progress_bar=false`` (cluster logs) stopped train.py in Lightning's Trainer:
+    "configured with enable_progress_bar=False but found LineProgress in callbacks"."""
+    root, min_pixels = synthetic_pascal
+    out = tmp_path / "run"
+    overrides = [
+        "dataset=synthetic",
+        "debug=tiny",
+        f"dataset.root={root}",
+        f"dataset.min_pixels={min_pixels}",
+    ]
+    overrides += [f"paths.output_dir={out}", f"paths.log_dir={out}", "+trainer.enable_progress_bar=false"]
+    cfg = compose_config("train", overrides)  # with conf/callbacks' progress bar (tiny_train_config drops it)
+    metrics = train(cfg)
+    assert (out / "metrics.json").is_file() and 0.0 <= metrics["miou"] <= 1.0
+    run = TrainRun.from_config(cfg)
+    callbacks = build_callbacks(run)
+    assert any(isinstance(c, ProgressBar) for c in callbacks)  # conf/callbacks' progress_bar ...
+    trainer = build_trainer(run, callbacks, [])
+    assert trainer.progress_bar_callback is None  # ... is dropped by the one Trainer builder
+    assert not any(isinstance(c, ProgressBar) for c in trainer.callbacks)

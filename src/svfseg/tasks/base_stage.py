@@ -74,10 +74,12 @@ def train_base_learner(run: TrainRun) -> dict[str, Any]:
     )
     loggers = build_loggers(run)
     trainer_cfg = base_trainer_arguments(cfg)
-    callbacks: list[pl.Callback] = [checkpoint, LearningRateMonitor(logging_interval="step")]
-    if trainer_cfg.get("enable_progress_bar", True):
-        every = int(trainer_cfg.get("log_every_n_steps", 10))
-        callbacks.append(SparseMetricsProgressBar(metrics_every=every, show=("base/loss", "base/val_miou")))
+    every = int(trainer_cfg.get("log_every_n_steps", 10))
+    callbacks: list[pl.Callback] = [
+        checkpoint,
+        LearningRateMonitor(logging_interval="step"),
+        SparseMetricsProgressBar(metrics_every=every, show=("base/loss", "base/val_miou")),
+    ]
     trainer = build_trainer(run, callbacks, loggers, trainer_cfg)
     status = "failed"
     try:

@@ -8,7 +8,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
 from pytorch_lightning.plugins.io import CheckpointIO
 
 from svfseg.config_checks import DATASET_RUN_KEYS, DEFAULT_DATAMODULE, sync_batchnorm
@@ -119,10 +119,13 @@ def build_trainer(
 
     ``arguments`` are the Trainer's keyword arguments; by default the meta stage's
     (:func:`trainer_arguments`, SyncBN under DDP when the strategy trains BN, ``finetune=bn``). Without a
-    logger (``logger=none``) the learning-rate monitors are dropped: Lightning refuses them at fit start.
+    logger (``logger=none``) the learning-rate monitors are dropped: Lightning refuses them at fit start;
+    with ``trainer.enable_progress_bar=false`` the progress bars are: Lightning refuses them when built.
     """
     if arguments is None:
         arguments = trainer_arguments(run.config, bn_trains=not run.spec.strategy.frozen_bn)
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not arguments.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return pl.Trainer(callbacks=callbacks, logger=loggers or False, **arguments)
