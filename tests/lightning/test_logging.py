@@ -329,9 +329,8 @@ class _RecordingTB(TensorBoardLogger):
 
 
 def _fake_trainer(loggers: list[Any], **kw: Any) -> SimpleNamespace:
-    return SimpleNamespace(
-        loggers=loggers, sanity_checking=False, current_epoch=0, global_step=5, is_global_zero=True, **kw
-    )
+    state = {"sanity_checking": False, "current_epoch": 0, "global_step": 5, "is_global_zero": True}
+    return SimpleNamespace(loggers=loggers, **{**state, "world_size": 1, **kw})
 
 
 def test_sv_change_logger_sends_histograms_and_scalars() -> None:

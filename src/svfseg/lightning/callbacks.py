@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-import warnings
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from svfseg.finetune import FinetuneStrategy
+from svfseg.messages import ignore_warning_once
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,7 @@ class FinetuneCallback(pl.Callback):
         if expected == 0:
             return
         pattern = re.escape(f"Found {expected} module(s) in eval mode at the start of training")
-        # added once: every change of the filters resets Python's "shown once" record of all warnings
-        if not any(
-            f[0] == "ignore" and f[1] is not None and f[1].pattern == pattern for f in warnings.filters
-        ):
-            warnings.filterwarnings("ignore", message=pattern, category=PossibleUserWarning)
+        ignore_warning_once(pattern, PossibleUserWarning)
         if trainer.is_global_zero:
             model = getattr(pl_module, "model", None)
             reasons = ["the backbone's frozen BN"] if getattr(model, "frozen_bn", False) else []

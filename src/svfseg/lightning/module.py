@@ -24,6 +24,7 @@ from svfseg.finetune import FinetuneStrategy
 from svfseg.lightning.checkpoint_record import CheckpointRecord
 from svfseg.lightning.nonfinite import GuardedTraining, NonFiniteGuard
 from svfseg.lightning.optim import OptimConfig, build_optimizer, build_scheduler
+from svfseg.messages import ignore_sync_advice
 from svfseg.methods.base import FewShotModel, FewShotOutput
 from svfseg.methods.factory import build_fewshot_model
 from svfseg.metrics import FewShotIoU
@@ -205,7 +206,9 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
     def _log_metric(self, prefix: str, metric: FewShotIoU, split: str = "val") -> dict[str, Tensor]:
         if int(metric.n_episodes) == 0 and not self.trainer.world_size > 1:
             return {}
-        values = metric.compute()
+        values = metric.compute()  # counts summed over ranks: every rank logs the same values
+        if self.trainer.world_size > 1:
+            ignore_sync_advice(prefix)
         self.log(f"{prefix}/miou", values["miou"], sync_dist=False)
         self.log(f"{prefix}/fbiou", values["fbiou"], sync_dist=False)
         self.log(f"{prefix}/n_episodes", values["n_episodes"].float(), sync_dist=False)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from svfseg.backbones.base import STAGE_NAMES
 from svfseg.lightning.schedule import check_every, due
+from svfseg.messages import ignore_sync_advice
 from svfseg.methods.base import find_backbone
 from svfseg.svf import svf_layers
 from svfseg.svf.spectrum import stage_change_stats
@@ -57,6 +58,8 @@ class SingularValueChangeLogger(pl.Callback):
                 log.info("SingularValueChangeLogger: the model has no SVF layers; nothing to log")
                 self._reported_no_svf = True
             return
+        if trainer.world_size > 1:  # the weights DDP keeps equal give every rank the same values
+            ignore_sync_advice(self.prefix)
         for stage, values in changes.items():
             summary = {
                 "mean_abs": values.abs().mean(),
