@@ -138,11 +138,26 @@ def test_eval_refuses_a_strategy_that_runs_ranks_in_child_processes(
     assert not (tmp_path / "e").exists()
 
 
-def test_eval_refuses_a_device_request_for_no_process(run: SimpleNamespace, tmp_path: Path) -> None:
-    """eval.py with ``trainer.devices=0`` used to stop in Lightning's Trainer with a traceback."""
-    overrides = ["trainer.accelerator=cpu", "trainer.devices=0"]
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.accelerator=cpu", "trainer.devices=0"], r"^trainer\.devices=0 is invalid for trainer\."),
+        pytest.param(
+            ["trainer=gpu"],
+            r"^trainer\.accelerator=gpu but no CUDA device is visible on this machine; run on CPU",
+            marks=pytest.mark.skipif(
+                torch.cuda.is_available(), reason="a GPU is visible: trainer=gpu is valid"
+            ),
+        ),
+    ],
+)
+def test_eval_refuses_a_trainer_that_cannot_start_here(
+    run: SimpleNamespace, tmp_path: Path, overrides: list[str], expected: str
+) -> None:
+    """eval.py with ``trainer.devices=0``, or ``trainer=gpu`` on a machine without CUDA, used to stop in
+    Lightning's Trainer with a traceback (train.py already refused the second)."""
     cfg = compose_config("eval", [f"ckpt_path={run.ckpt}", f"paths.output_dir={tmp_path / 'e'}", *overrides])
-    with pytest.raises(ConfigError, match=r"^trainer\.devices=0 is invalid for trainer\.accelerator=cpu"):
+    with pytest.raises(ConfigError, match=expected):
         check_eval_config(cfg)
     assert not (tmp_path / "e").exists()
 

@@ -20,6 +20,7 @@ from svfseg.config_checks import (
     ConfigError,
     _check_precision,
     _collect,
+    check_accelerator,
     check_devices,
     check_launcher,
     check_writable_dir,
@@ -127,6 +128,7 @@ def check_eval_config(cfg: DictConfig) -> tuple[Path, CheckpointRecord, DictConf
         what = "the evaluation list's pixel threshold (an image counts for a class with >= this many pixels)"
         _collect(problems, lambda: positive_count(cfg.min_pixels, "min_pixels", what))
     _collect(problems, lambda: _check_precision(cfg))
+    _collect(problems, lambda: check_accelerator(cfg.trainer))
     _collect(problems, lambda: check_devices(cfg.trainer))
     _collect(problems, lambda: check_launcher(cfg.trainer))
     _collect(problems, lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"))
