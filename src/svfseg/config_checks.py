@@ -240,6 +240,7 @@ def check_train_run(cfg: DictConfig, *, multirun: bool = False) -> CheckedRun:
         lambda: _check_timm_backbone(cfg.backbone),
         lambda: _check_bam(cfg, spec, stage),
         lambda: _check_ckpt(cfg),
+        lambda: training_seed(cfg.get("seed")),
         lambda: check_episodes(cfg.dataset, "dataset.eval_seeds", "dataset.n_episodes"),
         lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"),
     ]
@@ -275,6 +276,19 @@ def eval_seeds(value: Any, key: str) -> list[int]:
             f"same episodes twice in the mean and std; use {key}=[{','.join(map(str, unique))}]"
         )
     return [int(s) for s in seeds]
+
+
+MAX_SEED = 2**32 - 1  # numpy's range, which Lightning's seed_everything enforces
+
+
+def training_seed(value: Any, key: str = "seed") -> int:
+    """``value`` as a training seed: an integer in numpy's range 0 .. 2**32 - 1 (Lightning refused any
+    other only after the run folder was claimed; null would draw a random seed no record could repeat)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(
+            f"{key}={value!r} is invalid: the training seed is an integer from 0 to {MAX_SEED}, e.g. {key}=321"
+        )
+    return int(value)
 
 
 def positive_count(value: Any, key: str, what: str) -> int:

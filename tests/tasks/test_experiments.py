@@ -371,6 +371,10 @@ def _tiny(tmp_path: Path, extra: list[str]) -> DictConfig:
     [
         (["shot=0"], False, r"^shot=0 is invalid: the number of support images must be an integer >= 1$"),
         (["fold=4"], False, r"^fold=4 is invalid: choose one of \[0, 1, 2, 3\]$"),
+        # Lightning's seed_everything refused these only after the run folder was claimed
+        (["seed=-1"], False, r"^seed=-1 is invalid: the training seed is an integer from 0 to 4294967295"),
+        (["seed=4294967296"], False, r"^seed=4294967296 is invalid: the training seed is an integer"),
+        (["seed=null"], False, r"^seed=None is invalid: the training seed is an integer"),
         (
             ["stage=base"],
             False,
@@ -420,7 +424,8 @@ def test_invalid_settings_raise_config_errors_naming_the_keys(
 
 
 def test_the_same_settings_pass_when_valid(tmp_path: Path) -> None:
-    check_train_config(_tiny(tmp_path, ["shot=5", "fold=3"]))
+    check_train_config(_tiny(tmp_path, ["shot=5", "fold=3", "seed=0"]))
+    check_train_config(_tiny(tmp_path, ["seed=4294967295"]))
     check_train_config(_tiny(tmp_path, ["trainer=ddp", "trainer.devices=4", "dataset.batch_size=8"]))
     # multirun with one device per job is fine
     check_train_config(_tiny(tmp_path, []), multirun=True)
