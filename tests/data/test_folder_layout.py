@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,8 @@ from PIL import Image
 
 from svfseg.data.folder_layout import FolderLayoutError, read_folder
 from svfseg.dataprep import prepare
-from svfseg.dataprep.folder_check import check_folder, make_folds
+from svfseg.dataprep.folder_check import check_folder, make_folds, write_default_split
+from svfseg.dataprep.val_split import stratified_val_ids
 
 SIZE = (24, 24)
 CLASSES = ["cat", "dog", "bird", "fish"]
@@ -339,3 +341,71 @@ def test_make_folds_refuses_a_bad_folder_and_writes_nothing(tmp_path: Path) -> N
     before = snapshot(root)
     assert prepare.main(["folder", str(root), "--make-folds", "2", "--workers", "1"]) == 1
     assert snapshot(root) == before
+
+
+# ------------------------------------------------------------------------------------------ --make-split
+
+
+def _sha_order(ids: list[str], seed: str) -> list[str]:
+    return sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+
+
+def test_stratified_split_rule() -> None:
+    ids = [f"p{k}" for k in range(8)] + ["r1", "r2"]
+    present = np.zeros((10, 2), bool)
+    present[8:, 0] = True  # the rare class: r1, r2
+    present[:8, 1] = True  # the common class: p0..p7
+    val = stratified_val_ids(present, ids, val_fraction=0.2, min_val=2, seed="s")
+    # rare first: both its images; common: max(2, ceil(0.2 x 8)) = 2, the first two in sha256("s:id") order;
+    # then val holds 4 >= round(0.2 x 10) = 2, so nothing is added
+    common = _sha_order(ids[:8], "s")[:2]
+    assert val == sorted(["r1", "r2", *common], key=ids.index)
+    # a class in one image, min_val 1: that image, then the seeded order fills val to round(0.5 x 10) = 5
+    one = np.zeros((10, 1), bool)
+    one[3, 0] = True
+    val = stratified_val_ids(one, ids, val_fraction=0.5, min_val=1, seed="t")
+    fill = [i for i in _sha_order(ids, "t") if i != "p3"][:4]
+    assert val == sorted(["p3", *fill], key=ids.index)
+
+
+def test_make_split_writes_a_stratified_split_then_folds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_root(tmp_path / "ds", folds=None)
+    (root / "train.txt").unlink()
+    (root / "val.txt").unlink()
+    args = ["folder", str(root), "--make-split", "0.3", "--min-val", "1", "--min-pixels", "3"]
+    assert prepare.main([*args, "--make-folds", "2", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    train = (root / "train.txt").read_text().split()
+    val = (root / "val.txt").read_text().split()
+    assert sorted(train + val) == sorted([*TRAIN, *VAL]) and not set(train) & set(val)
+    # every class covering >= 3 pixels somewhere has a val image where it does; fish (value 4) covers 3
+    # pixels in t4 and 4 in v3; round(0.3 x 9) = 3 val images at least
+    for value in (1, 2, 3, 4):
+        assert any({**TRAIN, **VAL}[i].get(value, 0) >= 3 for i in val), value
+    assert len(val) >= 3
+    assert f"wrote {root / 'train.txt'} ({len(train)} ids) and {root / 'val.txt'} ({len(val)} ids)" in out
+    assert "ok: the folder follows the layout" in out and (root / "folds.json").is_file()
+    # the same command again is refused and changes nothing; with --force it writes the same bytes
+    before = snapshot(root)
+    assert prepare.main([*args, "--workers", "1"]) == 1
+    assert "train.txt and val.txt exist(s); --make-split does not replace them" in capsys.readouterr().out
+    assert snapshot(root) == before
+    assert prepare.main([*args, "--force", "--workers", "1"]) == 0
+    assert snapshot(root) == before
+
+
+def test_make_split_refuses_a_split_with_no_training_image(tmp_path: Path) -> None:
+    root = make_root(tmp_path / "ds", folds=None)
+    (root / "train.txt").unlink()
+    (root / "val.txt").unlink()
+    (root / "images" / "t5.jpg").unlink()  # the one image without a class
+    (root / "labels" / "t5.png").unlink()
+    before = snapshot(root)
+    # min_val 6: every class (in 2 to 4 images) takes all its images
+    with pytest.raises(FolderLayoutError, match=r"would put all 8 images in val\.txt .*lower --min-val"):
+        write_default_split(root, 0.2, min_pixels=1, min_val=6, workers=1)
+    assert snapshot(root) == before
+    with pytest.raises(FolderLayoutError, match=r"--make-split 1\.5: the validation fraction is between 0"):
+        write_default_split(root, 1.5, workers=1)

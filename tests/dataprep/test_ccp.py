@@ -23,6 +23,7 @@ import scipy.io
 from svfseg.data.folder_layout import read_folder
 from svfseg.dataprep import prepare
 from svfseg.dataprep.folder_check import check_folder
+from svfseg.dataprep.val_split import stratified_val_ids
 from tests.helpers.data import env_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,6 +118,21 @@ def test_design_follows_its_documented_rules(names: list[str], hists: np.ndarray
         assert stats["kept_with_base_pixel"] == sum(1 for t in keep if hists[t, base].any())
         assert stats["kept_with_base_min_pixels"] == sum(1 for t in keep if (hists[t, base] >= 2048).any())
     assert [s["kept"] for s in DESIGN["filter"]] == [249, 247, 246, 148]
+
+
+def test_the_shared_split_rule_gives_the_committed_ccp_split(names: list[str], hists: np.ndarray) -> None:
+    """The rule moved from the CCP converter to ``dataprep.val_split`` (``prepare folder --make-split``
+    uses it too); the design file, computed by the converter's own copy before, is its golden output."""
+    rule = DESIGN["split"]
+    labels = [c["label"] for c in DESIGN["classes"]]
+    val = stratified_val_ids(
+        hists[:, labels] >= rule["min_pixels"],
+        IDS,
+        val_fraction=rule["val_fraction"],
+        min_val=rule["min_val"],
+        seed=rule["seed"],
+    )
+    assert val == rule["val"] and len(val) == 209
 
 
 def test_manifest_covers_the_files_used(src: Path) -> None:

@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import io
 import json
-import math
 import os
 import random
 import shutil
@@ -54,6 +53,7 @@ from PIL import Image
 from svfseg.data.folder_layout import CLASSES_FILE, FOLDS_FILE, IMAGE_DIR, LABEL_DIR, SPLIT_FILES
 from svfseg.data.lists.label_index import default_workers
 from svfseg.dataprep.folder_check import check_folder
+from svfseg.dataprep.val_split import stratified_val_ids
 from svfseg.files import atomic_write_bytes, atomic_write_text
 from svfseg.labels import IGNORE_INDEX
 
@@ -236,33 +236,6 @@ def _histograms(source: Source, ids: Sequence[str]) -> np.ndarray:
     )
 
 
-def _split(
-    pool: np.ndarray, class_labels: Sequence[int], ids: Sequence[str], rule: Mapping[str, Any]
-) -> list[str]:
-    """The validation ids: for each class, rarest first, photos in seeded order join val until the class has
-    max(min_val, ceil(val_fraction * its photos)) val photos; then seeded order fills val to val_fraction."""
-    order = sorted(
-        range(len(ids)), key=lambda i: hashlib.sha256(f"{rule['seed']}:{ids[i]}".encode()).hexdigest()
-    )
-    val: set[int] = set()
-    for v in sorted(class_labels, key=lambda v: (int(pool[:, v].sum()), v)):
-        photos = [i for i in order if pool[i, v]]
-        need = max(rule["min_val"], math.ceil(rule["val_fraction"] * len(photos)))
-        have = sum(1 for i in photos if i in val)
-        for i in photos:
-            if have >= need:
-                break
-            if i not in val:
-                val.add(i)
-                have += 1
-    target = round(rule["val_fraction"] * len(ids))
-    for i in order:
-        if len(val) >= target:
-            break
-        val.add(i)
-    return [ids[i] for i in sorted(val)]
-
-
 def _fold_score(present: np.ndarray, pool: np.ndarray, folds: Sequence[Sequence[int]]) -> tuple[int, ...]:
     kept = []
     for fold in folds:
@@ -324,7 +297,13 @@ def make_design(source: Source) -> dict[str, Any]:
     ]
     split_rule = {"seed": "ccp-split-0", "val_fraction": 0.2, "min_val": 6, "min_pixels": 2048}
     pool = hist >= split_rule["min_pixels"]
-    val = _split(pool, labels, ids, split_rule)
+    val = stratified_val_ids(
+        pool[:, labels],  # labels ascend, so ties between classes fall as before
+        ids,
+        val_fraction=split_rule["val_fraction"],
+        min_val=split_rule["min_val"],
+        seed=split_rule["seed"],
+    )
     val_set = set(val)
     train_rows = [k for k, i in enumerate(ids) if i not in val_set]
     present = hist[train_rows][:, labels] > 0

@@ -3,7 +3,8 @@
 * :func:`check_folder` is the full check. Beyond :func:`~svfseg.data.folder_layout.read_folder` it decodes
   every label (values, size against its image's header) and counts the classes per split, which gives
   the report that ``python -m svfseg.dataprep.prepare folder ROOT`` prints. It never writes into ROOT.
-* :func:`make_folds` is the documented default fold rule behind ``--make-folds K``.
+* :func:`make_folds` is the documented default fold rule behind ``--make-folds K``;
+  :func:`write_default_split` writes train.txt / val.txt behind ``--make-split FRACTION``.
 
 Sizes are compared at the displayed (EXIF) orientation, the rule of :mod:`svfseg.data.io`.
 """
@@ -39,6 +40,7 @@ from svfseg.data.folder_layout import (
 )
 from svfseg.data.io import exif_orientation, swaps_sides
 from svfseg.data.lists.label_index import default_workers
+from svfseg.dataprep.val_split import stratified_val_ids
 from svfseg.files import atomic_write_text
 from svfseg.labels import IGNORE_INDEX
 
@@ -353,6 +355,80 @@ def write_default_folds(
     return folds, left_out
 
 
+# --------------------------------------------------------------------------------------------- split
+
+SPLIT_SEED = "svfseg-split-0"
+DEFAULT_MIN_VAL = 6  # a 5-shot episode: 5 supports and a query
+DEFAULT_SPLIT_MIN_PIXELS = 2048  # the runtime's default dataset.min_pixels: a class "in" an image
+
+
+@dataclass(frozen=True)
+class WrittenSplit:
+    """What ``--make-split`` wrote, and the classes it could not give ``min_val`` validation images."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    short: tuple[tuple[int, str, int], ...]  # (class, name, images holding it): fewer than min_val
+
+
+def write_default_split(
+    root: str | Path,
+    val_fraction: float,
+    *,
+    min_pixels: int = DEFAULT_SPLIT_MIN_PIXELS,
+    min_val: int = DEFAULT_MIN_VAL,
+    force: bool = False,
+    workers: int | None = None,
+) -> WrittenSplit:
+    """Write ``ROOT/train.txt`` and ``ROOT/val.txt`` for every image with a label (:func:`stratified_val_ids`,
+    seed ``svfseg-split-0``; a class is in an image where it covers >= ``min_pixels`` pixels).
+
+    Refuses (FolderLayoutError, nothing written) when a split file exists and ``force`` is false, or when
+    the images, labels or classes have problems; problems of the split files being replaced do not count.
+    """
+    root = Path(root)
+    problems: list[str] = []
+    if not 0 < val_fraction < 1:
+        problems.append(f"--make-split {val_fraction}: the validation fraction is between 0 and 1, e.g. 0.2")
+    if min_val < 1 or min_pixels < 1:
+        problems.append(f"--min-val {min_val} / --min-pixels {min_pixels}: both are integers >= 1")
+    existing = [name for name in SPLIT_FILES.values() if (root / name).exists()]
+    if existing and not force:
+        problems.append(
+            f"{' and '.join(existing)} exist(s); --make-split does not replace them unless you pass --force"
+        )
+    if problems:
+        raise FolderLayoutError(root, problems)
+    parts = read_parts(root, check_files=True)
+    split_names = (*SPLIT_FILES.values(), FOLDS_FILE)
+    parts.problems = [p for p in parts.problems if not any(name in p for name in split_names)]
+    counts = _scan_labels(parts, workers) if root.is_dir() else {}
+    if parts.problems or parts.class_names is None:
+        raise FolderLayoutError(root, parts.problems)
+    names = parts.class_names
+    ids = sorted(counts)
+    if not ids:
+        raise FolderLayoutError(root, [f"{IMAGE_DIR}/ and {LABEL_DIR}/ hold no image with its label"])
+    present = np.array([[counts[i][c] >= min_pixels for c in range(1, len(names) + 1)] for i in ids], bool)
+    val = stratified_val_ids(present, ids, val_fraction=val_fraction, min_val=min_val, seed=SPLIT_SEED)
+    chosen = set(val)
+    train = [i for i in ids if i not in chosen]
+    if not train:
+        raise FolderLayoutError(
+            root,
+            [
+                f"--make-split would put all {len(ids)} images in val.txt (each class takes --min-val "
+                f"{min_val} val images where it can); lower --min-val (2 is enough for 1-shot episodes) or "
+                "add images"
+            ],
+        )
+    atomic_write_text(root / SPLIT_FILES["train"], "".join(f"{i}\n" for i in train))
+    atomic_write_text(root / SPLIT_FILES["val"], "".join(f"{i}\n" for i in val))
+    images = present.sum(0)
+    short = tuple((c + 1, names[c], int(images[c])) for c in range(len(names)) if images[c] < min_val)
+    return WrittenSplit(tuple(train), tuple(val), short)
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -398,12 +474,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write a default folds.json with K folds first (classes by training images, dealt round-robin)",
     )
     parser.add_argument(
-        "--force", action="store_true", help="let --make-folds replace an existing folds.json"
+        "--make-split",
+        type=float,
+        metavar="FRACTION",
+        help="write train.txt / val.txt first: FRACTION of the images to val, seeded and stratified so "
+        "that each class gets --min-val val images (rarest class first)",
+    )
+    parser.add_argument(
+        "--min-val",
+        type=int,
+        default=DEFAULT_MIN_VAL,
+        help="with --make-split: val images each class gets where it can (default 6: a 5-shot episode)",
+    )
+    parser.add_argument(
+        "--min-pixels",
+        type=int,
+        default=DEFAULT_SPLIT_MIN_PIXELS,
+        help="with --make-split: pixels of a class that make it count in an image (default 2048, as "
+        "dataset.min_pixels)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="let --make-split / --make-folds replace existing train.txt, val.txt / folds.json",
     )
     parser.add_argument("--workers", type=int, help="processes decoding labels (default: CPUs, at most 8)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.make_split is not None:
+        try:
+            split = write_default_split(
+                args.root,
+                args.make_split,
+                min_pixels=args.min_pixels,
+                min_val=args.min_val,
+                force=args.force,
+                workers=args.workers,
+            )
+        except FolderLayoutError as exc:
+            print(exc)
+            return 1
+        root = Path(args.root)
+        print(
+            f"wrote {root / SPLIT_FILES['train']} ({len(split.train)} ids) and {root / SPLIT_FILES['val']} "
+            f"({len(split.val)} ids)"
+        )
+        for c, name, n in split.short:
+            where = (
+                f"in only {n} image(s), fewer than --min-val {args.min_val}: all of them are in val"
+                if n
+                else "in no image: no episode can sample it (lower --min-pixels and dataset.min_pixels)"
+            )
+            print(f"class {c} ({name!r}) covers >= {args.min_pixels} pixels {where}")
     if args.make_folds is not None:
         try:
             folds, left_out = write_default_folds(
