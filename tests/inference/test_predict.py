@@ -254,6 +254,33 @@ def test_bad_inputs_are_refused_naming_the_file_and_nothing_is_written(
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_predict_cli_reports_a_refused_input_without_a_traceback(
+    trained: SimpleNamespace, tmp_path: Path
+) -> None:
+    """A bad query or device ended predict.py in a traceback (the message was clear, but train.py and
+    eval.py print their refusals as one line each and exit 2)."""
+    _, episodes = _episodes(trained)
+    image, label = episodes[0]["supports"][0]
+    good = {"support": f"[{image}]", "support_masks": f"[{label}]", "query": str(episodes[0]["query"])}
+    nope = tmp_path / "nope.jpg"
+    cases = [
+        ({"query": str(nope)}, f"query {nope} is not a file, a folder or a glob"),
+        ({"support_class": "7"}, f"support mask {label} has no pixel of support_class=7"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(({"device": "cuda"}, "device=cuda asked for, but no CUDA device is visible"))
+    for change, problem in cases:
+        out = tmp_path / "out"
+        options = [f"{k}={v}" for k, v in {**good, **change}.items()]
+        proc = run_cli(
+            ["predict.py", f"ckpt_path={trained.ckpt}", *options, f"paths.output_dir={out}"], REPO, ok=False
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "predict.py: 1 problem in the config, nothing was run:" in proc.stderr
+        assert problem in proc.stderr and "Traceback" not in proc.stderr
+        assert not out.exists()
+
+
 # ------------------------------------------------------------------------------------------ export
 def test_export_writes_a_plain_model_with_the_checkpoint_outputs_and_the_svf_artifact(
     trained: SimpleNamespace, tmp_path: Path

@@ -8,10 +8,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from svfseg.config_checks import check_writable_dir
+from svfseg.config_checks import ConfigError, check_writable_dir
 from svfseg.data.job_progress import progress_bar
 from svfseg.inference import PredictionWriter, Predictor, check_queries, expand_queries, read_supports
-from svfseg.inference.inputs import check_support_class
+from svfseg.inference.inputs import PredictInputError, check_support_class
+from svfseg.inference.predictor import pick_device
 from svfseg.precision import apply_matmul_precision
 from svfseg.run_dir import save_hydra_record
 from svfseg.tasks.builders import plain
@@ -27,20 +28,25 @@ def _paths(value: Any) -> list[str]:
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Segment ``cfg.query`` from ``cfg.support``; returns the ``predictions.json`` record.
 
-    Every input (checkpoint, supports, masks, queries, output folder) is checked before anything is
-    written, so a bad one leaves no partial output.
+    Every input (checkpoint, device, supports, masks, queries, output folder) is checked before anything
+    is written, so a bad one leaves no partial output; it raises :class:`ConfigError` naming the file.
     """
     out = Path(str(cfg.paths.output_dir))
-    check_writable_dir(out, "paths.output_dir")
-    apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
-    support_class = check_support_class(cfg.get("support_class"))
-    supports = read_supports(_paths(cfg.support), _paths(cfg.support_masks), support_class)
-    queries = expand_queries(_paths(cfg.query))
-    check_queries(queries)
-    predictor = Predictor.from_checkpoint(
-        str(cfg.ckpt_path), device=str(cfg.get("device", "auto")), merge=bool(cfg.get("merge_svf", True))
-    )
-    note = predictor.check_shot(len(supports))
+    try:  # a refused input is a ConfigError: predict.py prints it and exits 2, as train.py and eval.py do
+        check_writable_dir(out, "paths.output_dir")
+        device = str(cfg.get("device", "auto"))
+        pick_device(device)  # before any image is decoded
+        apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
+        support_class = check_support_class(cfg.get("support_class"))
+        supports = read_supports(_paths(cfg.support), _paths(cfg.support_masks), support_class)
+        queries = expand_queries(_paths(cfg.query))
+        check_queries(queries)
+        predictor = Predictor.from_checkpoint(
+            str(cfg.ckpt_path), device=device, merge=bool(cfg.get("merge_svf", True))
+        )
+        note = predictor.check_shot(len(supports))
+    except (PredictInputError, ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
+        raise ConfigError(str(err)) from err
     save_hydra_record(out, cfg)  # every input passed its check
     writer = PredictionWriter(out, queries, mask_values=str(cfg.get("mask_values", "binary")))
     with progress_bar("predict", len(queries), enabled=bool(cfg.get("progress", True))) as advance:
