@@ -17,13 +17,14 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from svfseg.config_checks import ConfigError, report_config_problems
+    from svfseg.config_checks import report_config_problems
+    from svfseg.inference import PredictInputError
     from svfseg.run_dir import remove_if_empty
     from svfseg.tasks.predict import predict
 
     try:
         predict(cfg)
-    except ConfigError as err:  # a refused input, named with its fix: one line, no traceback, exit 2
+    except PredictInputError as err:  # a refused input, named with its fix: one line, no traceback, exit 2
         remove_if_empty(Path(HydraConfig.get().runtime.output_dir), stop=Path.cwd())
         report_config_problems(err, "predict.py")
     except Exception:  # Hydra made the folder; nothing was written into it

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from svfseg.config_checks import ConfigError, check_writable_dir
+from svfseg.config_checks import check_writable_dir
 from svfseg.data.job_progress import progress_bar
 from svfseg.inference import PredictionWriter, Predictor, check_queries, expand_queries, read_supports
 from svfseg.inference.inputs import PredictInputError, check_support_class
@@ -29,10 +29,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Segment ``cfg.query`` from ``cfg.support``; returns the ``predictions.json`` record.
 
     Every input (checkpoint, device, supports, masks, queries, output folder) is checked before anything
-    is written, so a bad one leaves no partial output; it raises :class:`ConfigError` naming the file.
+    is written, so a bad one leaves no partial output; it raises :class:`PredictInputError` naming the file.
     """
     out = Path(str(cfg.paths.output_dir))
-    try:  # a refused input is a ConfigError: predict.py prints it and exits 2, as train.py and eval.py do
+    try:  # a refused input is a PredictInputError: predict.py prints it and exits 2, as train.py does
         check_writable_dir(out, "paths.output_dir")
         device = str(cfg.get("device", "auto"))
         pick_device(device)  # before any image is decoded
@@ -45,8 +45,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             str(cfg.ckpt_path), device=device, merge=bool(cfg.get("merge_svf", True))
         )
         note = predictor.check_shot(len(supports))
-    except (PredictInputError, ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
-        raise ConfigError(str(err)) from err
+    except PredictInputError:
+        raise
+    except (ValueError, FileNotFoundError) as err:  # the output folder, the checkpoint, the device
+        raise PredictInputError(str(err)) from err
     save_hydra_record(out, cfg)  # every input passed its check
     writer = PredictionWriter(out, queries, mask_values=str(cfg.get("mask_values", "binary")))
     with progress_bar("predict", len(queries), enabled=bool(cfg.get("progress", True))) as advance:
