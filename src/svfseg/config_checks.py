@@ -20,6 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from svfseg.backbones.timm_cnn import check_timm_backbone_config
+from svfseg.data.checks import check_root
+from svfseg.data.layouts import LAYOUTS
 from svfseg.methods.bam import bam_backbone_problem
 from svfseg.methods.pspnet import stage1_command
 from svfseg.methods.registry import method_options
@@ -173,6 +175,17 @@ def _check_timm_backbone(backbone: DictConfig) -> None:
         raise ConfigError(str(err)) from err
 
 
+def check_dataset_root(name: str, root: Any) -> None:
+    """The dataset root is a folder, with the command that makes it (the data is first read at fit start,
+    after the model is built and the run folder claimed). A folder dataset is read at start by its run spec."""
+    if name not in LAYOUTS or name == "folder":
+        return
+    try:
+        check_root(name, str(root))
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
+
+
 def _check_ckpt(cfg: DictConfig) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():
@@ -239,6 +252,7 @@ def check_train_run(cfg: DictConfig, *, multirun: bool = False) -> CheckedRun:
         ),
         lambda: _check_timm_backbone(cfg.backbone),
         lambda: _check_bam(cfg, spec, stage),
+        lambda: check_dataset_root(str(cfg.dataset.get("name")), cfg.dataset.get("root")),
         lambda: _check_ckpt(cfg),
         lambda: training_seed(cfg.get("seed")),
         lambda: check_episodes(cfg.dataset, "dataset.eval_seeds", "dataset.n_episodes"),

@@ -48,10 +48,12 @@ def _compose(name: str, out: Path, extra: list[str] | None = None) -> DictConfig
 
 
 def _for_checks(cfg: DictConfig, stand_in: Path) -> DictConfig:
-    """No ImageNet file; BAM's base learner points to an existing stand-in file."""
+    """No ImageNet file; BAM's base learner points to an existing stand-in file, the dataset root to an
+    existing folder (no Pascal or COCO here; the lists are not built)."""
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.backbone.pretrained = None
+        cfg.dataset.root = str(stand_in.parent)
         if cfg.method.name == "bam":
             cfg.method.base_learner = str(stand_in)
     return cfg
@@ -371,6 +373,12 @@ def _tiny(tmp_path: Path, extra: list[str]) -> DictConfig:
     [
         (["shot=0"], False, r"^shot=0 is invalid: the number of support images must be an integer >= 1$"),
         (["fold=4"], False, r"^fold=4 is invalid: choose one of \[0, 1, 2, 3\]$"),
+        # read at fit start before, after the model was built and the run folder claimed
+        (
+            ["dataset.root=/nowhere/data"],
+            False,
+            r"^dataset root /nowhere/data \(dataset=synthetic\) does not exist; create it with: python -m ",
+        ),
         # Lightning's seed_everything refused these only after the run folder was claimed
         (["seed=-1"], False, r"^seed=-1 is invalid: the training seed is an integer from 0 to 4294967295"),
         (["seed=4294967296"], False, r"^seed=4294967296 is invalid: the training seed is an integer"),

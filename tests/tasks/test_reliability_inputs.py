@@ -138,6 +138,20 @@ def test_eval_refuses_a_strategy_that_runs_ranks_in_child_processes(
     assert not (tmp_path / "e").exists()
 
 
+def test_eval_refuses_a_missing_dataset_root_at_start(run: SimpleNamespace, tmp_path: Path) -> None:
+    """The data is read when the test starts: a missing root ended in a traceback after the model was
+    loaded. Now it is a start-up problem with the command that makes the dataset."""
+    out = tmp_path / "e"
+    cfg = compose_config(
+        "eval", [f"ckpt_path={run.ckpt}", f"paths.output_dir={out}", "dataset_root=/nowhere/x"]
+    )
+    with pytest.raises(
+        ConfigError, match=r"^dataset root /nowhere/x \(dataset=synthetic\) does not exist; create it with: "
+    ):
+        check_eval_config(cfg)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

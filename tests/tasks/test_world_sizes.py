@@ -61,6 +61,7 @@ def _launch_config(
         if path is not None:
             Path(str(path)).parent.mkdir(parents=True, exist_ok=True)
             Path(str(path)).touch()
+    Path(str(cfg.dataset.root)).mkdir(parents=True, exist_ok=True)  # the prepared dataset's folder
     return cfg
 
 

@@ -21,6 +21,7 @@ from svfseg.config_checks import (
     _check_precision,
     _collect,
     check_accelerator,
+    check_dataset_root,
     check_devices,
     check_launcher,
     check_writable_dir,
@@ -139,6 +140,13 @@ def check_eval_config(cfg: DictConfig) -> tuple[Path, CheckpointRecord, DictConf
     run = (
         _collect(problems, lambda: run_config_from_checkpoint(opened[2], cfg)) if opened is not None else None
     )
+    if run is not None:  # the data is first read when the test starts, after the model is built
+        target = cfg.get("eval_dataset")
+        name, root = (
+            (target, cfg.get("dataset_root")) if target is not None else (run.dataset.name, run.dataset.root)
+        )
+        if root is not None:
+            _collect(problems, lambda: check_dataset_root(str(name), root))
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
     ckpt, _, record = opened
