@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
     from svfseg.config_checks import ConfigError, report_config_problems
+    from svfseg.data.episodes import EpisodeDataError
     from svfseg.tasks.evaluate import evaluate
 
     try:
@@ -27,6 +28,8 @@ def main(cfg: DictConfig) -> float:
 
         remove_if_empty(Path(HydraConfig.get().runtime.output_dir), stop=Path.cwd())  # made by Hydra, empty
         report_config_problems(err, "eval.py")
+    except EpisodeDataError as err:  # found when the episodes are built: no traceback either
+        report_config_problems(err, "eval.py", what="in the data, nothing was evaluated")
 
 
 if __name__ == "__main__":

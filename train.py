@@ -23,6 +23,7 @@ register_resolvers()  # ${svfseg_run_hash:} in the run directory (conf/hydra/def
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from svfseg.config_checks import ConfigError, report_config_problems
+    from svfseg.data.episodes import EpisodeDataError
     from svfseg.tasks.train import train
 
     hydra_cfg = HydraConfig.get()
@@ -37,6 +38,8 @@ def main(cfg: DictConfig) -> float | None:
 
         remove_if_empty(Path(hydra_cfg.runtime.output_dir), stop=Path.cwd())  # Hydra made it; nothing in it
         report_config_problems(err, "train.py")
+    except EpisodeDataError as err:  # found when the lists are built, at fit start: no traceback either
+        report_config_problems(err, "train.py", what="in the data, nothing was trained")
     value = metrics.get(str(cfg.optimized_metric).split("/")[-1]) if metrics else None
     return None if value is None else float(value)
 

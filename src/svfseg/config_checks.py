@@ -105,11 +105,13 @@ def uses_multiprocess_ddp(trainer: DictConfig) -> bool:
     return world > 1
 
 
-def report_config_problems(err: ConfigError, program: str) -> NoReturn:
-    """Print a ConfigError's problems to stderr, one line each, and exit with status 2 (no traceback)."""
+def report_config_problems(
+    err: Exception, program: str, *, what: str = "in the config, nothing was run"
+) -> NoReturn:
+    """Print an error's problems to stderr, one line each, and exit with status 2 (no traceback)."""
     lines = [line for line in str(err).splitlines() if line.strip()]
     noun = "problem" if len(lines) == 1 else "problems"
-    print(f"{program}: {len(lines)} {noun} in the config, nothing was run:", file=sys.stderr)
+    print(f"{program}: {len(lines)} {noun} {what}:", file=sys.stderr)
     for line in lines:
         print(f"  - {line}", file=sys.stderr)
     sys.exit(2)

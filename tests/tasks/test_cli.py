@@ -18,6 +18,8 @@ import re
 import statistics
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -282,3 +284,42 @@ def test_bam_on_coco_contiguous_split_trains_both_stages(tmp_path: Path) -> None
     other = run_cli([*common, f"hydra.run.dir={tmp_path / 'other'}"], tmp_path, ok=False)
     assert other.returncode != 0
     assert "coco_split: file has 'contiguous', run needs 'interleaved'" in other.stderr
+
+
+def _folder_with_one_image_of_a_class(root: Path) -> Path:
+    """A folder dataset (as a user writes one: JPEGs, class-id PNGs, text lists) where fold 0's novel
+    class is in one val image: a 1-shot episode needs two."""
+    classes = {"t1": 2, "t2": 2, "t3": 2, "v1": 1, "v2": 2}
+    for name, value in classes.items():
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "images" / f"{name}.jpg"), np.full((48, 48, 3), 90, np.uint8))
+        label = np.zeros((48, 48), np.uint8)
+        label[8:40, 8:40] = value
+        cv2.imwrite(str(root / "labels" / f"{name}.png"), label)
+    (root / "classes.txt").write_text("a\nb\n")
+    (root / "train.txt").write_text("t1\nt2\nt3\n")
+    (root / "val.txt").write_text("v1\nv2\n")
+    (root / "folds.json").write_text('{"0": [1], "1": [2]}')
+    return root
+
+
+def test_data_too_small_for_the_episodes_is_reported_without_a_traceback(tmp_path: Path) -> None:
+    """Found when the lists are built at fit start; it ended in a traceback with the same message."""
+    root = _folder_with_one_image_of_a_class(tmp_path / "mydata")
+    proc = run_cli(
+        [
+            str(REPO / "train.py"),
+            "dataset=folder",
+            f"dataset.root={root}",
+            "dataset.min_pixels=1",
+            "debug=tiny",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ],
+        tmp_path,
+        ok=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "train.py: 1 problem in the data, nothing was trained:" in proc.stderr
+    assert "class pools {1: 1} (class: images) are too small for 1-shot episodes" in proc.stderr
+    assert "Traceback" not in proc.stderr

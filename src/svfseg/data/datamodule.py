@@ -29,7 +29,13 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from svfseg.data.checks import check_int, check_root, check_scale
-from svfseg.data.episodes import EpisodeTable, EvalEpisodes, TrainEpisodes, build_eval_episodes
+from svfseg.data.episodes import (
+    EpisodeDataError,
+    EpisodeTable,
+    EvalEpisodes,
+    TrainEpisodes,
+    build_eval_episodes,
+)
 from svfseg.data.fold import FoldSpec
 from svfseg.data.lists.selection import DEFAULT_MIN_PIXELS, FewShotList, build_list, list_digest
 from svfseg.data.loaders import FoldDataModule, rank_and_world, start_sampler_at
@@ -216,7 +222,7 @@ class FewShotDataModule(FoldDataModule):
             len(ds), shuffle=True, seed=self.seed, rank=rank, world_size=world, drop_last=True
         )
         if len(sampler) < self.batch_size:
-            raise ValueError(
+            raise EpisodeDataError(
                 f"batch_size={self.batch_size} exceeds the {len(sampler)} training queries per process "
                 f"({len(ds)} in the list, world size {world}); with drop_last no batch would be formed"
             )

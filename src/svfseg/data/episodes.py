@@ -47,6 +47,11 @@ Pair = tuple[str, str]
 TABLE_FORMAT = 1
 
 
+class EpisodeDataError(ValueError):
+    """The data cannot make the episodes or batches a run asks for (too few images of a class for the
+    shot, fewer training queries than the batch); train.py and eval.py report it without a traceback."""
+
+
 # ------------------------------------------------------------------------------------------ labels
 
 
@@ -91,7 +96,7 @@ class EpisodePools:
         self.position = {c: {p: i for i, p in enumerate(pool)} for c, pool in self.pools.items()}
         small = {c: len(pool) for c, pool in self.pools.items() if 0 < len(pool) <= shot}
         if small:
-            raise ValueError(
+            raise EpisodeDataError(
                 f"{what}: class pools {small} (class: images) are too small for {shot}-shot episodes, which need "
                 f"{shot} supports besides the query ({shot + 1} images). Lower shot or min_pixels, or use a "
                 "larger dataset."
@@ -320,7 +325,7 @@ def build_eval_episodes(
     pools = EpisodePools(lst, classes, shot, what="evaluation episodes")
     n = len(pools.pairs)
     if n == 0:
-        raise ValueError("evaluation episodes: the list has no images")
+        raise EpisodeDataError("evaluation episodes: the list has no images")
     queries: list[Pair] = []
     for p in range(math.ceil(n_episodes / n)):
         perm = np.random.default_rng(seed_sequence(seed, DOMAIN_EVAL_TABLE, 0, p)).permutation(n)
