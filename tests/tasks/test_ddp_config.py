@@ -23,8 +23,16 @@ from tests.helpers.hydra import compose_config
 
 
 def _cfg(tmp_path: Path, extra: list[str]) -> DictConfig:
+    # checks only: an existing folder stands in for the synthetic data's root (checked at start)
     return compose_config(
-        "train", ["dataset=synthetic", "debug=tiny", f"paths.output_dir={tmp_path}", *extra]
+        "train",
+        [
+            "dataset=synthetic",
+            "debug=tiny",
+            f"paths.output_dir={tmp_path}",
+            f"dataset.root={tmp_path}",
+            *extra,
+        ],
     )
 
 

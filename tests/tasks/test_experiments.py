@@ -361,9 +361,11 @@ def _no_imagenet(cfg: DictConfig) -> DictConfig:
 
 # ----------------------------------------------------------------------------------------- validation errors
 def _tiny(tmp_path: Path, extra: list[str]) -> DictConfig:
+    """Checks only: an existing folder stands in for the synthetic data's root unless ``extra`` sets one."""
+    root = [] if any(o.startswith("dataset.root=") for o in extra) else [f"dataset.root={tmp_path}"]
     cfg = compose_config(
         "train",
-        ["dataset=synthetic", "debug=tiny", f"paths.output_dir={tmp_path}", *extra],
+        ["dataset=synthetic", "debug=tiny", f"paths.output_dir={tmp_path}", *root, *extra],
     )
     return cfg
 
