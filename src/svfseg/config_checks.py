@@ -23,7 +23,7 @@ from svfseg.backbones.timm_cnn import check_timm_backbone_config
 from svfseg.data.checks import check_root
 from svfseg.data.layouts import LAYOUTS
 from svfseg.methods.bam import bam_backbone_problem
-from svfseg.methods.pspnet import stage1_command
+from svfseg.methods.pspnet import BaseLearnerCheckpointError, read_base_learner, stage1_command
 from svfseg.methods.registry import method_options
 from svfseg.precision import check_matmul_precision
 from svfseg.run_spec import RunSpec
@@ -167,6 +167,16 @@ def _check_bam(cfg: DictConfig, spec: RunSpec | None, stage: str) -> None:
             f"{stage1}, then set method.base_learner to the written file."
         )
     _check_file(cfg.method.base_learner, "method.base_learner", stage1, nullable=False)
+    try:  # its record (dataset, fold, backbone) before anything is built; the tensors are only mapped
+        read_base_learner(
+            str(cfg.method.base_learner),
+            backbone_name=str(cfg.backbone.name),
+            fold=spec.fold,
+            width_mult=float(cfg.backbone.get("width_mult", 1.0)),
+            mmap=True,
+        )
+    except BaseLearnerCheckpointError as err:
+        raise ConfigError(f"method.base_learner: {err}") from err
 
 
 def _check_timm_backbone(backbone: DictConfig) -> None:

@@ -20,10 +20,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from svfseg.config_checks import ConfigError, check_train_config
 from svfseg.data.datamodule import FewShotDataModule
+from svfseg.data.fold import FoldSpec
 from svfseg.lightning.callbacks import FinetuneCallback
 from svfseg.lightning.module import FewShotSegModule
+from svfseg.methods.pspnet import PSPNet, backbone_shell, save_base_learner
 from svfseg.tasks.builders import build_callbacks, build_datamodule, build_module, build_trainer, plain
 from svfseg.tasks.resolve import TrainRun
+from tests.helpers.base_learner import write_base_learner_record
 from tests.helpers.hydra import CONF_DIR, compose_config
 
 EXPERIMENT_DIR = CONF_DIR / "experiment"
@@ -48,14 +51,16 @@ def _compose(name: str, out: Path, extra: list[str] | None = None) -> DictConfig
 
 
 def _for_checks(cfg: DictConfig, stand_in: Path) -> DictConfig:
-    """No ImageNet file; BAM's base learner points to an existing stand-in file, the dataset root to an
-    existing folder (no Pascal or COCO here; the lists are not built)."""
+    """No ImageNet file; BAM's base learner points to a stand-in with the record stage 1 writes for the
+    row (the checks read only the record), the dataset root to an existing folder (no Pascal or COCO
+    here; the lists are not built)."""
     cfg = cfg.copy()
+    stand_in.parent.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
         cfg.backbone.pretrained = None
         cfg.dataset.root = str(stand_in.parent)
         if cfg.method.name == "bam":
-            cfg.method.base_learner = str(stand_in)
+            cfg.method.base_learner = str(write_base_learner_record(stand_in, cfg))
     return cfg
 
 
@@ -72,12 +77,10 @@ class Built:
 @pytest.fixture(scope="module")
 def experiments(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Built]:
     tmp = tmp_path_factory.mktemp("experiments")
-    stand_in = tmp / "pspnet.pt"
-    stand_in.write_bytes(b"")
     built: dict[str, Built] = {}
     for name in NAMES:
         cfg = _compose(name, tmp / name, TINY)
-        check_cfg = _for_checks(cfg, stand_in)
+        check_cfg = _for_checks(cfg, tmp / name.replace("/", "_") / "pspnet.pt")
         check_train_config(check_cfg)
         run = TrainRun.from_config(check_cfg)
         datamodule = build_datamodule(run)
@@ -322,9 +325,7 @@ def test_bam_svf_on_coco_fold2_resolves_the_paper_setting(tmp_path: Path) -> Non
     assert "python train.py stage=base method=bam dataset=coco fold=2 backbone=resnet50" in msg
     assert "=null" not in msg  # BAM cannot run without its base learner
 
-    stand_in = tmp_path / "pspnet.pt"
-    stand_in.write_bytes(b"")
-    ok = _for_checks(cfg, stand_in)
+    ok = _for_checks(cfg, tmp_path / "pspnet.pt")
     check_train_config(ok)
     dm = build_datamodule(TrainRun.from_config(ok))
     assert dm.novel_classes == [2 + 1 + 4 * k for k in range(20)]  # interleaved: 3, 7, ..., 79
@@ -480,3 +481,18 @@ def test_paper_rows_use_the_reference_network_layout(experiments: dict[str, Buil
             layer3 = b.module.model.backbone.layer3
             assert layer3[0].conv2.dilation == (1, 1) and layer3[1].conv2.dilation == (2, 2), name
     assert layouts == {"torchvision": 61, "uniform": 20}
+
+
+def test_a_base_learner_of_another_fold_is_refused_at_start(tmp_path: Path) -> None:
+    """The file's record was read only when the model was built, after the run folder was claimed (a
+    traceback); now its dataset / fold / backbone are held to the run with the other start-up checks."""
+    fold0 = FoldSpec("synthetic", 0)
+    net = PSPNet(backbone_shell("resnet50", 0.125), num_classes=fold0.num_base_labels)
+    path = save_base_learner(net, tmp_path / "psp.pt", {"dataset": fold0.split_dataset, "fold": 0})
+    check_train_config(_tiny(tmp_path, ["method=bam", f"method.base_learner={path}"]))  # its own fold
+    with pytest.raises(
+        ConfigError,
+        match=r"^method\.base_learner: base learner .*psp\.pt was trained for other settings "
+        r"\(fold: file has 0, run needs 1\)\. .*python train\.py stage=base method=bam dataset=synthetic fold=1",
+    ):
+        check_train_config(_tiny(tmp_path, ["method=bam", f"method.base_learner={path}", "fold=1"]))

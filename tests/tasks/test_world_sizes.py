@@ -24,6 +24,7 @@ from svfseg.config_checks import ConfigError, check_train_config, stage_batch_si
 from svfseg.run_spec import RunSpec
 from svfseg.tasks.builders import build_datamodule
 from svfseg.tasks.resolve import TrainRun
+from tests.helpers.base_learner import write_base_learner_record
 from tests.helpers.hydra import CONF_DIR, compose_config
 
 EXPERIMENT_DIR = CONF_DIR / "experiment"
@@ -55,12 +56,12 @@ def _launch_config(
             *(extra or []),
         ],
     )
-    for key in ("backbone.pretrained", "method.base_learner"):  # the files a user has fetched or trained
-        node, _, leaf = key.partition(".")
-        path = cfg[node].get(leaf)
-        if path is not None:
-            Path(str(path)).parent.mkdir(parents=True, exist_ok=True)
-            Path(str(path)).touch()
+    pretrained = cfg.backbone.get("pretrained")  # the files a user has fetched or trained
+    if pretrained is not None:
+        Path(str(pretrained)).parent.mkdir(parents=True, exist_ok=True)
+        Path(str(pretrained)).touch()
+    if cfg.method.get("base_learner") is not None:  # the checks read its record
+        write_base_learner_record(Path(str(cfg.method.base_learner)), cfg)
     Path(str(cfg.dataset.root)).mkdir(parents=True, exist_ok=True)  # the prepared dataset's folder
     return cfg
 

@@ -172,19 +172,21 @@ def _check_meta(path: Path, meta: Mapping[str, Any], expected: Mapping[str, Any]
         )
 
 
-def load_base_learner(
+def read_base_learner(
     path: str | Path,
     *,
     backbone_name: str,
     fold: FoldSpec,
     width_mult: float = 1.0,
     map_location: str | torch.device = "cpu",
-) -> PSPNet:
-    """Rebuild the stage-1 PSPNet from ``path``, refusing files made for other settings.
+    mmap: bool = False,
+) -> dict[str, Any]:
+    """The ``{"state_dict", "meta"}`` record of a base-learner file, refused unless made for these settings.
 
     The meta record must match the fold (its class structure's dataset, fold number and base-class
     count; the COCO split for COCO; a folder dataset's class record), ``backbone_name`` and
-    ``width_mult``; the state dict must fill every key of the model and nothing else.
+    ``width_mult``. ``mmap=True`` maps the tensors instead of reading them: train.py's start-up check
+    reads only the record, before anything is built.
     """
     path = Path(path)
     command = stage1_command(fold.dataset, fold.fold, backbone_name, width_mult)
@@ -199,6 +201,7 @@ def load_base_learner(
         what="a base-learner file",
         fix=f"write it again with: {command}",
         map_location=map_location,
+        mmap=mmap,
     )
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "meta" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -206,7 +209,6 @@ def load_base_learner(
             f"{path} is not an svfseg base-learner file: expected a dict with 'state_dict' and 'meta', got "
             f"{keys}. Files are written by save_base_learner at the end of: {command}"
         )
-    meta = ckpt["meta"]
     expected: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "dataset": fold.split_dataset,
@@ -219,10 +221,28 @@ def load_base_learner(
         expected["coco_split"] = fold.coco_split
     if fold.folds is not None:  # a folder dataset: the file must be of the same folds and class count
         expected["classes"] = dict(fold.fold_record())
-    _check_meta(path, meta, expected, command)
+    _check_meta(path, ckpt["meta"], expected, command)
+    return ckpt
+
+
+def load_base_learner(
+    path: str | Path,
+    *,
+    backbone_name: str,
+    fold: FoldSpec,
+    width_mult: float = 1.0,
+    map_location: str | torch.device = "cpu",
+) -> PSPNet:
+    """Rebuild the stage-1 PSPNet from ``path``, refusing files made for other settings
+    (:func:`read_base_learner`); the state dict must fill every key of the model and nothing else."""
+    ckpt = read_base_learner(
+        path, backbone_name=backbone_name, fold=fold, width_mult=width_mult, map_location=map_location
+    )
+    meta = ckpt["meta"]
     backbone = backbone_shell(backbone_name, width_mult)
     model = PSPNet(backbone, num_classes=int(meta["num_classes"]), bins=meta.get("bins", PPM_BINS))
-    load_exact_state(model, ckpt["state_dict"], path, command)
+    command = stage1_command(fold.dataset, fold.fold, backbone_name, width_mult)
+    load_exact_state(model, ckpt["state_dict"], Path(path), command)
     return model
 
 
