@@ -198,10 +198,16 @@ def check_dataset_root(name: str, root: Any) -> None:
         raise ConfigError(str(err)) from err
 
 
-def _check_ckpt(cfg: DictConfig) -> None:
+def _check_ckpt(cfg: DictConfig, stage: str) -> None:
+    """``ckpt_path``: null, ``last``, ``auto`` or a checkpoint file; BAM's stage 1 takes null or ``auto``."""
     ckpt = cfg.get("ckpt_path")
-    if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():
-        raise ConfigError(f"ckpt_path={ckpt} does not exist (use a checkpoint file, 'last' or null)")
+    if stage == "base" and ckpt not in (None, "auto"):
+        raise ConfigError(
+            f"ckpt_path={ckpt}: BAM's stage 1 (stage=base) does not resume from a checkpoint; train it again "
+            "with ckpt_path=null in a new folder, or use ckpt_path=auto (skips a stage 1 that has finished)"
+        )
+    if ckpt not in (None, "last", "auto") and not Path(str(ckpt)).is_file():
+        raise ConfigError(f"ckpt_path={ckpt} does not exist (use a checkpoint file, 'last', 'auto' or null)")
 
 
 @dataclass(frozen=True)
@@ -265,7 +271,7 @@ def check_train_run(cfg: DictConfig, *, multirun: bool = False) -> CheckedRun:
         lambda: _check_timm_backbone(cfg.backbone),
         lambda: _check_bam(cfg, spec, stage),
         lambda: check_dataset_root(str(cfg.dataset.get("name")), cfg.dataset.get("root")),
-        lambda: _check_ckpt(cfg),
+        lambda: _check_ckpt(cfg, str(stage)),
         lambda: training_seed(cfg.get("seed")),
         lambda: check_episodes(cfg.dataset, "dataset.eval_seeds", "dataset.n_episodes"),
         lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"),

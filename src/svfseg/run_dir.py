@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 RECORD_FILE = "svfseg-run.json"
 LOCK_FILE = ".svfseg.lock"
+# What a finished run leaves in its folder, per stage: the test metrics (few-shot training), and for BAM's
+# stage 1 the written base learner's path and score. ``ckpt_path=auto`` skips a run whose file is there.
+RESULT_FILES = {"meta": "metrics.json", "base": "stage1.json"}
 HASH_RESOLVER = "svfseg_run_hash"
 HASH_LENGTH = 8
 # Keys that do not change the trained model: where files live, how the run is watched or labelled,
@@ -168,14 +171,34 @@ def is_global_rank_zero() -> bool:
 def has_results(out: Path) -> bool:
     """Checkpoints, test metrics or logs of a run are in ``out``."""
     ckpts = out / "checkpoints"
-    return (ckpts.is_dir() and any(ckpts.iterdir())) or (out / "metrics.json").exists()
+    return (ckpts.is_dir() and any(ckpts.iterdir())) or any((out / f).exists() for f in RESULT_FILES.values())
 
 
-def check_ownership(out: Path, cfg: DictConfig, *, resuming: bool, allowed: list[str]) -> None:
+def slurm_restart_count() -> int:
+    """How many times SLURM has requeued this job (``SLURM_RESTART_COUNT``): 0 on a first start and outside
+    SLURM. A requeued job (a timeout or a preemption under the submitit launcher) runs the same command
+    again, so train.py resumes it as ``ckpt_path=auto`` would."""
+    value = os.environ.get("SLURM_RESTART_COUNT", "").strip()
+    return int(value) if value.isdigit() else 0
+
+
+def is_recorded_run(out: Path, cfg: DictConfig) -> bool:
+    """``out``'s ownership record holds exactly ``cfg``'s hashed config (the folder belongs to this run)."""
+    try:
+        old = json.loads((out / RECORD_FILE).read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return not differing_keys(old, hashed_config(cfg))
+
+
+def check_ownership(
+    out: Path, cfg: DictConfig, *, resuming: bool, allowed: list[str], resumable: bool = True
+) -> None:
     """Refuse a run aimed at a folder that holds another run's results (before anything is written).
 
     ``resuming``: the command resumes (``ckpt_path=last`` or a checkpoint inside ``out``); ``allowed``:
-    the keys that the command may change on resume (``resume_changes``).
+    the keys that the command may change on resume (``resume_changes``); ``resumable``: the run's stage
+    can resume at all (BAM's stage 1 cannot), which decides the way out the message names.
     """
     record_path = out / RECORD_FILE
     new = hashed_config(cfg)
@@ -206,10 +229,15 @@ def check_ownership(out: Path, cfg: DictConfig, *, resuming: bool, allowed: list
                 )
             )
         if has_results(out) and not resuming:
+            how = (
+                "Resume it with ckpt_path=last (or ckpt_path=auto, which also skips a finished run)"
+                if resumable
+                else "BAM's stage 1 does not resume from its checkpoints: remove the folder to train it again"
+            )
             raise RunDirError(
                 f"{out} already holds this run's results (checkpoints / metrics.json); starting it again "
-                "would overwrite them. Nothing was written. Resume it with ckpt_path=last, or start a "
-                "second copy in a new folder with hydra.run.dir=NEW_DIR (or a different seed)."
+                f"would overwrite them. Nothing was written. {how}, or start a second copy in a new folder "
+                "with hydra.run.dir=NEW_DIR (or a different seed)."
             )
     elif has_results(out) and not resuming:
         raise RunDirError(
@@ -326,7 +354,9 @@ def lock_message(path: Path) -> str:
 
 
 @contextmanager
-def claim_run_dir(out: Path, cfg: DictConfig, *, resuming: bool, allowed: list[str]) -> Iterator[None]:
+def claim_run_dir(
+    out: Path, cfg: DictConfig, *, resuming: bool, allowed: list[str], resumable: bool = True
+) -> Iterator[None]:
     """Hold ``out`` for this run while the body runs (the first process only; the others share it).
 
     The folder is checked to be free for this run (:func:`check_ownership`), locked, and only then are
@@ -335,7 +365,7 @@ def claim_run_dir(out: Path, cfg: DictConfig, *, resuming: bool, allowed: list[s
     if not is_global_rank_zero():
         yield
         return
-    check_ownership(out, cfg, resuming=resuming, allowed=allowed)
+    check_ownership(out, cfg, resuming=resuming, allowed=allowed, resumable=resumable)
     with run_lock(out):
         write_record(out, cfg)
         save_hydra_record(out, cfg)

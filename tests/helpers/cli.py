@@ -11,10 +11,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(
-    args: list[str], cwd: Path, *, timeout: int = 150, ok: bool = True
+    args: list[str],
+    cwd: Path,
+    *,
+    timeout: int = 150,
+    ok: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` in ``cwd``; ``env`` adds variables (a scheduler's, say) to the test environment."""
     env = {
         **os.environ,
+        **(env or {}),
         "OMP_NUM_THREADS": "1",
         "WANDB_MODE": "offline",
         "COLUMNS": "120",

@@ -39,6 +39,9 @@ COMMON = [
     f"trainer.max_epochs={EPOCHS}",
     f"trainer.limit_train_batches={STEPS_PER_EPOCH}",
     f"callbacks.last_checkpoint.every_n_train_steps={EVERY}",
+    # every step's row reaches metrics.csv at once (by default every 100 steps), so a killed run leaves rows
+    "trainer.log_every_n_steps=1",
+    "+logger.csv.flush_logs_every_n_steps=1",
 ]
 
 
@@ -190,12 +193,12 @@ def _as_a_terminal_job() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _popen(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+def _popen(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     # Output goes to files: a pipe nobody reads would block the child once full.
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=cwd,
-        env=_env(),
+        env={**_env(), **(env or {})},
         stdout=log.with_suffix(".out").open("w"),
         stderr=log.with_suffix(".err").open("w"),
         preexec_fn=_as_a_terminal_job,
@@ -285,19 +288,32 @@ def _n_train(cfg: DictConfig) -> int:
     return len(dm.train_dataset())
 
 
+# How the second command resumes: as a user types it, as a re-launched sweep does, as SLURM requeues a job
+# (the same command; the submitit launcher resubmits it, SLURM counts the restart).
+LAST = (["ckpt_path=last"], {})
+AUTO = (["ckpt_path=auto"], {})
+REQUEUED = ([], {"SLURM_RESTART_COUNT": "1", "SLURM_JOB_ID": "4242"})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("kill_at", "resume_step", "position", "sig"),
+    ("kill_at", "resume_step", "position", "sig", "resume"),
     [
         # epoch 0, 5 of 8 steps done, last.ckpt at step 4
-        (5, 4, {"epoch": 0, "consumed": 4 * BATCH}, signal.SIGKILL),
+        (5, 4, {"epoch": 0, "consumed": 4 * BATCH}, signal.SIGKILL, LAST),
         # epoch 1, after epoch 0's best.ckpt
-        (11, 10, {"epoch": 1, "consumed": 2 * BATCH}, signal.SIGKILL),
+        (11, 10, {"epoch": 1, "consumed": 2 * BATCH}, signal.SIGKILL, LAST),
         # epoch 1, last.ckpt from the end of epoch 0 (after validation)
-        (9, 8, {"epoch": 1, "consumed": 0}, signal.SIGKILL),
+        (9, 8, {"epoch": 1, "consumed": 0}, signal.SIGKILL, LAST),
         # Ctrl-C in epoch 1: Lightning shuts down, svfseg releases the run's lock, the resume keeps the curve
-        (11, 10, {"epoch": 1, "consumed": 2 * BATCH}, signal.SIGINT),
+        (11, 10, {"epoch": 1, "consumed": 2 * BATCH}, signal.SIGINT, AUTO),
+        # a job killed at its time limit and requeued by SLURM: the same command resumes
+        (7, 6, {"epoch": 0, "consumed": 6 * BATCH}, signal.SIGKILL, REQUEUED),
+        # killed before its first checkpoint (step 2's comes after the hang): auto starts again, and the
+        # CSV log holds each step once
+        (2, 0, None, signal.SIGKILL, AUTO),
     ],
+    ids=["epoch0-last", "epoch1-last", "epoch-end-last", "sigint-auto", "slurm-requeue", "no-ckpt-auto"],
 )
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(
     synthetic_pascal,
@@ -305,8 +321,9 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(
     reference,
     kill_at: int,
     resume_step: int,
-    position: dict[str, int],
+    position: dict[str, int] | None,
     sig: signal.Signals,
+    resume: tuple[list[str], dict[str, str]],
 ) -> None:
     out = tmp_path / "run"
     rows = tmp_path / "episodes.jsonl"
@@ -338,12 +355,17 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(
             proc.kill()
             proc.wait()
 
-    killed = _load(out / "checkpoints" / "last.ckpt")
-    assert killed["global_step"] == resume_step
-    assert _train_position(killed) == position
+    if position is None:
+        assert not (out / "checkpoints" / "last.ckpt").exists()
+        assert _csv_rows(out)  # the killed run's first rows, which the new start logs again
+    else:
+        killed = _load(out / "checkpoints" / "last.ckpt")
+        assert killed["global_step"] == resume_step
+        assert _train_position(killed) == position
     assert not (out / "metrics.json").exists()
 
-    proc = _popen([*base, "ckpt_path=last"], tmp_path, tmp_path / "b")
+    overrides, env = resume
+    proc = _popen([*base, *overrides], tmp_path, tmp_path / "b", env=env)
     assert proc.wait(timeout=150) == 0, _tail(tmp_path / "b")
     assert "not resumable" not in (tmp_path / "b.err").read_text()  # Lightning's mid-epoch warning
 

@@ -145,7 +145,14 @@ def test_the_slurm_preset_runs_one_task_per_gpu() -> None:
     out = run_cli(["train.py", "hydra/launcher=slurm_4gpu", "trainer=ddp", "--cfg", "hydra"], REPO).stdout
     launcher = out[out.index("launcher:") :]
     assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in launcher
-    for line in ("gpus_per_node: 4", "tasks_per_node: 4", "nodes: 1", "timeout_min: 1440"):
+    # max_num_timeout: a job past its time limit is requeued (submitit's default, 0, ends it), and resumes
+    for line in (
+        "gpus_per_node: 4",
+        "tasks_per_node: 4",
+        "nodes: 1",
+        "timeout_min: 1440",
+        "max_num_timeout: 3",
+    ):
         assert line in launcher, line
 
 

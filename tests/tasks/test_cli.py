@@ -180,6 +180,38 @@ def test_bam_stage2_reads_the_stage1_base_learner_by_path(bam_runs: dict) -> Non
 
 
 @pytest.mark.slow
+def test_bam_stage1_records_its_result_and_auto_skips_it_when_finished(synthetic_pascal, bam_runs) -> None:
+    work, learner = bam_runs["work"], bam_runs["learner"]
+    record = json.loads((work / "base" / "stage1.json").read_text())
+    assert record["base_learner"] == str(learner)
+    assert (
+        record["val_miou"] == torch.load(learner, map_location="cpu", weights_only=True)["meta"]["val_miou"]
+    )
+    stage1 = [
+        str(REPO / "train.py"),
+        "stage=base",
+        "method=bam",
+        *tiny_overrides(synthetic_pascal),
+        "dataset.base_stage.epochs=1",
+        f"method.base_learner={learner}",
+        f"hydra.run.dir={work / 'base'}",
+    ]
+    before = {p: p.stat().st_mtime_ns for p in [learner, *(work / "base").rglob("*")] if p.is_file()}
+    # the same command again, as a sweep re-launched with ckpt_path=auto, or as SLURM requeues it
+    for extra, env in ((["ckpt_path=auto"], None), ([], {"SLURM_RESTART_COUNT": "1"})):
+        proc = run_cli([*stage1, *extra], work, env=env)
+        assert f"already finished: {work / 'base'}" in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    # without auto the folder is refused, with the way out that stage 1 has (it does not resume)
+    proc = run_cli(stage1, work, ok=False)
+    assert proc.returncode == 2 and "BAM's stage 1 does not resume" in proc.stderr
+    proc = run_cli([*stage1, "ckpt_path=last"], work, ok=False)
+    assert (
+        proc.returncode == 2 and "ckpt_path=last: BAM's stage 1 (stage=base) does not resume" in proc.stderr
+    )
+
+
+@pytest.mark.slow
 def test_bam_without_its_base_learner_names_the_stage1_command(synthetic_pascal, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "pspnet.pt"
     proc = run_cli(

@@ -407,7 +407,17 @@ def _tiny(tmp_path: Path, extra: list[str]) -> DictConfig:
             False,
             r"^backbone\.pretrained=/nowhere/r50\.pth does not exist",
         ),
-        (["ckpt_path=/nowhere/last.ckpt"], False, r"^ckpt_path=/nowhere/last\.ckpt does not exist"),
+        (
+            ["ckpt_path=/nowhere/last.ckpt"],
+            False,
+            r"^ckpt_path=/nowhere/last\.ckpt does not exist \(use a checkpoint file, 'last', 'auto' or null\)",
+        ),
+        # BAM's stage 1 used to ignore a ckpt_path, then its folder was refused with "resume it with last"
+        (
+            ["method=bam", "stage=base", "ckpt_path=last"],
+            False,
+            r"^ckpt_path=last: BAM's stage 1 \(stage=base\) does not resume from a checkpoint; .*ckpt_path=auto",
+        ),
         (
             ["method=bam", "method.base_learner=null"],
             False,
@@ -437,6 +447,8 @@ def test_invalid_settings_raise_config_errors_naming_the_keys(
 def test_the_same_settings_pass_when_valid(tmp_path: Path) -> None:
     check_train_config(_tiny(tmp_path, ["shot=5", "fold=3", "seed=0"]))
     check_train_config(_tiny(tmp_path, ["seed=4294967295"]))
+    check_train_config(_tiny(tmp_path, ["ckpt_path=auto"]))  # a fresh folder: the run starts
+    check_train_config(_tiny(tmp_path, ["ckpt_path=last"]))  # resolving looks for the file, not the checks
     check_train_config(_tiny(tmp_path, ["trainer=ddp", "trainer.devices=4", "dataset.batch_size=8"]))
     # multirun with one device per job is fine
     check_train_config(_tiny(tmp_path, []), multirun=True)

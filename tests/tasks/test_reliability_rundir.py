@@ -31,9 +31,21 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 
+from svfseg.config_checks import CheckedRun, ConfigError
 from svfseg.lightning.progress import EpochClock
-from svfseg.run_dir import LOCK_FILE, RECORD_FILE, RunDirError, run_lock
+from svfseg.run_dir import (
+    LOCK_FILE,
+    RECORD_FILE,
+    RunDirError,
+    check_ownership,
+    is_recorded_run,
+    run_lock,
+    slurm_restart_count,
+    write_record,
+)
+from svfseg.tasks.resolve import TrainRun, resolve_train_run
 from tests.helpers.cli import REPO, run_cli, tiny_overrides
+from tests.helpers.hydra import tiny_train_config
 
 RUN_PARENT = ("train", "synthetic", "baseline-resnet50-svf")
 
@@ -54,12 +66,15 @@ class WaitForRelease(pl.Callback):
                 time.sleep(0.1)
 
 
-def _train(synthetic_pascal, log_dir: Path, *extra: str, ok: bool = True) -> subprocess.CompletedProcess:
+def _train(
+    synthetic_pascal, log_dir: Path, *extra: str, ok: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return run_cli(
         [str(REPO / "train.py"), *tiny_overrides(synthetic_pascal), f"paths.log_dir={log_dir}", *extra],
         log_dir,
         timeout=300,
         ok=ok,
+        env=env,
     )
 
 
@@ -115,7 +130,30 @@ def test_the_same_command_again_is_refused_and_changes_nothing(synthetic_pascal,
     proc = _train(synthetic_pascal, two_lrs["log_dir"], ok=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "already holds this run's results" in proc.stderr and "ckpt_path=last" in proc.stderr
+    assert "ckpt_path=auto" in proc.stderr
     assert _snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_auto_and_a_slurm_requeue_skip_the_finished_run_and_change_nothing(synthetic_pascal, two_lrs) -> None:
+    """A sweep re-launched with ``ckpt_path=auto``, or a job SLURM requeued (same command, no ckpt_path),
+    returns the finished run's metrics instead of failing on its folder."""
+    log_dir = two_lrs["log_dir"]
+    run = next(
+        d
+        for d in two_lrs["dirs"]
+        if json.loads((d / RECORD_FILE).read_text())["config"]["optim"]["lr"] == 0.015
+    )
+    before, everything = _snapshot(run), sorted(str(p) for p in log_dir.rglob("*"))
+    for extra, env in ((["ckpt_path=auto"], None), ([], {"SLURM_RESTART_COUNT": "2"})):
+        proc = _train(synthetic_pascal, log_dir, *extra, env=env)
+        assert f"already finished: {run}" in proc.stdout, proc.stdout
+        assert "Traceback" not in proc.stderr
+        assert _snapshot(run) == before
+        assert sorted(str(p) for p in log_dir.rglob("*")) == everything
+    # SLURM_RESTART_COUNT=0 is a first start: the finished folder is refused as before
+    proc = _train(synthetic_pascal, log_dir, env={"SLURM_RESTART_COUNT": "0"}, ok=False)
+    assert proc.returncode == 2 and "already holds this run's results" in proc.stderr
 
 
 @pytest.mark.slow
@@ -257,6 +295,45 @@ def test_a_lock_of_a_requeued_slurm_job_is_removed(tmp_path: Path, monkeypatch: 
     _write_lock(tmp_path, host="node17", pid=99, slurm_job="4242")
     with run_lock(tmp_path):
         pass
+
+
+@pytest.mark.parametrize(("value", "count"), [(None, 0), ("", 0), ("0", 0), ("3", 3), (" 1 ", 1), ("x", 0)])
+def test_slurm_restart_count_reads_the_requeue_counter(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, count: int
+) -> None:
+    if value is None:
+        monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_RESTART_COUNT", value)
+    assert slurm_restart_count() == count
+
+
+def test_auto_resolves_by_what_the_run_folder_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ckpt_path=auto``: a new folder starts, a finished run of this config is returned, a folder of
+    another config is not taken for this run (the claim refuses it, naming the keys)."""
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    out = tmp_path / "run"
+    cfg = tiny_train_config(tmp_path / "data", out, min_pixels=64, extra=["ckpt_path=auto"])
+    monkeypatch.setattr("svfseg.tasks.resolve.check_train_run", lambda c, multirun=False: _checked(c))
+    run = resolve_train_run(cfg)
+    assert run.finished is None and run.ckpt_path is None and not run.resuming
+    out.mkdir()
+    write_record(out, cfg)
+    (out / "metrics.json").write_text(json.dumps({"miou": 0.25, "fbiou": 0.5}))
+    assert resolve_train_run(cfg).finished == {"miou": 0.25, "fbiou": 0.5}
+    other = tiny_train_config(tmp_path / "data", out, min_pixels=64, extra=["ckpt_path=auto", "optim.lr=0.5"])
+    assert resolve_train_run(other).finished is None
+    assert not is_recorded_run(out, other) and is_recorded_run(out, cfg)
+    with pytest.raises(RunDirError, match=r"optim\.lr: 0\.015 -> 0\.5"):
+        check_ownership(out, other, resuming=False, allowed=[])
+    (out / "metrics.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"metrics\.json is unreadable .*ckpt_path=auto cannot tell"):
+        resolve_train_run(cfg)
+
+
+def _checked(cfg: Any) -> CheckedRun:
+    run = TrainRun.from_config(cfg)
+    return CheckedRun(run.spec, run.stage, run.world_size, run.batch_size, run.eval_batch_size)
 
 
 def test_a_lock_held_elsewhere_is_refused_with_the_command_that_clears_it(tmp_path: Path) -> None:

@@ -67,19 +67,24 @@ class ResumableCSVLogger(CSVLogger):
 
 
 class TrimLogsOnResume(pl.Callback):
-    """At the start of a resumed fit, drop the CSV rows of steps at or after the restored global step.
+    """At the start of a fit, drop the CSV rows of steps at or after the step it starts from.
 
     Lightning logs a training step with the number of optimizer steps done before it, and an epoch's
     validation with the steps done at its end; the checkpoint at global step ``g`` therefore holds every
-    row with ``step < g``, plus the validation row at ``g`` when it is an epoch-end checkpoint (kept).
+    row with ``step < g``, plus the validation row at ``g`` when it is an epoch-end checkpoint (kept). A
+    fit that starts from scratch over a run killed before its first checkpoint drops every row: it logs
+    those steps again.
     """
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.ckpt_path is None or not trainer.is_global_zero:
+        if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
             if isinstance(logger, ResumableCSVLogger) and os.path.isfile(logger.experiment.metrics_file_path):
-                step = trainer.global_step + (
-                    1 if trainer.fit_loop.epoch_loop.batch_progress.current.ready == 0 else 0
-                )
+                if trainer.ckpt_path is None:
+                    step = 0
+                else:
+                    step = trainer.global_step + (
+                        1 if trainer.fit_loop.epoch_loop.batch_progress.current.ready == 0 else 0
+                    )
                 logger.experiment.drop_rows_from(step)

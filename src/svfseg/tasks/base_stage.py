@@ -20,10 +20,12 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from svfseg.data.base_seg import BaseSegDataModule
 from svfseg.lightning.base_learner import BaseLearnerModule
+from svfseg.lightning.csv_log import TrimLogsOnResume
 from svfseg.lightning.progress import SparseMetricsProgressBar
 from svfseg.methods.pspnet import save_base_learner
+from svfseg.run_dir import RESULT_FILES
 from svfseg.tasks.builders import build_loggers, build_trainer, plain, trainer_arguments
-from svfseg.tasks.reporting import close_loggers
+from svfseg.tasks.reporting import close_loggers, write_metrics_json
 from svfseg.tasks.resolve import TrainRun
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ def train_base_learner(run: TrainRun) -> dict[str, Any]:
     callbacks: list[pl.Callback] = [
         checkpoint,
         LearningRateMonitor(logging_interval="step"),
+        TrimLogsOnResume(),  # a stage 1 killed before its first checkpoint and started again logs anew
         SparseMetricsProgressBar(metrics_every=every, show=("base/loss", "base/val_miou")),
     ]
     trainer = build_trainer(run, callbacks, loggers, trainer_cfg)
@@ -100,11 +103,14 @@ def train_base_learner(run: TrainRun) -> dict[str, Any]:
             "epochs": int(stage.epochs),
             **({"classes": fold.fold_record()} if fold.folds is not None else {}),
         }
+        results = {"base_learner": str(target), "val_miou": meta["val_miou"]}
         if trainer.is_global_zero:
             save_base_learner(best.model, target, meta)
+            # the run folder's record that stage 1 finished (ckpt_path=auto skips the run when it is there)
+            write_metrics_json(run.out_dir / RESULT_FILES["base"], results)
             log.info("saved the base learner to %s (base-class val mIoU %.4f)", target, meta["val_miou"])
             print(f"base learner written to {target}")
         status = "success"
-        return {"base_learner": str(target), "val_miou": meta["val_miou"]}
+        return results
     finally:
         close_loggers(loggers, status=status)

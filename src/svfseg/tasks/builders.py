@@ -68,9 +68,12 @@ def build_callbacks(run: TrainRun) -> list[pl.Callback]:
     structure only.
     """
     restoring = run.ckpt_path is not None
-    callbacks: list[pl.Callback] = [FinetuneCallback(run.spec.strategy, restoring=restoring)]
-    if restoring:  # the CSV log keeps the interrupted run's rows up to the checkpoint
-        callbacks.append(TrimLogsOnResume())
+    # The CSV log keeps an interrupted run's rows up to the checkpoint a resume starts from (none when
+    # a run killed before its first checkpoint starts again).
+    callbacks: list[pl.Callback] = [
+        FinetuneCallback(run.spec.strategy, restoring=restoring),
+        TrimLogsOnResume(),
+    ]
     for node in (run.config.get("callbacks") or {}).values():
         if node is not None and "_target_" in node:
             callbacks.append(hydra.utils.instantiate(node))

@@ -7,6 +7,8 @@ resume checkpoint) that resolving computed already.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,17 @@ from svfseg.config_checks import CheckedRun, ConfigError, check_train_run, stage
 from svfseg.lightning.checkpoint_record import CheckpointRecord, CheckpointRecordError
 from svfseg.lightning.checkpointing import load_checkpoint_dict
 from svfseg.lightning.warm_start import HeadSource, read_head
-from svfseg.run_dir import describe_changes, differing_keys, hashed_config
+from svfseg.run_dir import (
+    RESULT_FILES,
+    describe_changes,
+    differing_keys,
+    hashed_config,
+    is_recorded_run,
+    slurm_restart_count,
+)
 from svfseg.run_spec import RunMismatchError, RunSpec, check_identity
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,8 @@ class TrainRun:
         resuming: ``ckpt_path`` lies in ``out_dir``: the command continues the run that owns the folder.
         init_head: the checked checkpoint whose head starts this run (``init_head=``), read once; None
             without one, and on a resume (the resumed checkpoint holds the head).
+        finished: the results of this very run, already in ``out_dir`` (``ckpt_path=auto``, or a requeued
+            SLURM job): nothing is trained; None otherwise.
     """
 
     config: DictConfig
@@ -47,6 +60,7 @@ class TrainRun:
     ckpt_path: str | None = None
     resuming: bool = False
     init_head: HeadSource | None = None
+    finished: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig, spec: RunSpec | None = None, *, training: bool = True) -> TrainRun:
@@ -106,7 +120,15 @@ def resolve_train_run(cfg: DictConfig, *, multirun: bool = False) -> TrainRun:
     written (Lightning would only find a mismatch after the setup).
     """
     run = TrainRun.from_checked(cfg, check_train_run(cfg, multirun=multirun))
-    ckpt_path = _resume_checkpoint(run) if run.stage != "base" else None
+    request = _resume_request(run)
+    if request == "auto":
+        finished = _finished_results(run)
+        if finished is not None:  # nothing is logged: the finished run's folder stays byte for byte
+            return replace(run, finished=finished)
+        if run.config.get("ckpt_path") is None:
+            log.info("SLURM requeued this job (restart %d): ckpt_path=auto", slurm_restart_count())
+    # BAM's stage 1 does not resume (the checks refuse a ckpt_path there); auto starts it when unfinished
+    ckpt_path = _resume_checkpoint(run, request) if run.stage != "base" else None
     init_head = _init_head(run)  # checked on a resume too: the command names it
     resuming = ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(run.out_dir.resolve())
     return replace(
@@ -114,9 +136,38 @@ def resolve_train_run(cfg: DictConfig, *, multirun: bool = False) -> TrainRun:
     )
 
 
-def _ckpt_path(run: TrainRun) -> str | None:
-    """``ckpt_path=last`` means this run directory's ``checkpoints/last.ckpt``."""
+def _resume_request(run: TrainRun) -> str | None:
+    """``ckpt_path`` as the command means it. A job that SLURM requeued (a timeout or a preemption: the
+    submitit launcher resubmits the same command) and names no checkpoint resumes as ``auto`` would."""
     ckpt = run.config.get("ckpt_path")
+    if ckpt is None and slurm_restart_count() > 0:
+        return "auto"
+    return None if ckpt is None else str(ckpt)
+
+
+def _finished_results(run: TrainRun) -> dict[str, Any] | None:
+    """The results this run already wrote to its own folder (same hashed config), else None."""
+    path = run.out_dir / RESULT_FILES[run.stage]
+    if not path.is_file() or not is_recorded_run(run.out_dir, run.config):
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{path} is unreadable ({err}); ckpt_path=auto cannot tell whether the run finished: remove the "
+            "file to train the run's last part again (ckpt_path=last resumes it), or use another folder"
+        ) from err
+    if run.stage == "base" and not Path(str(results.get("base_learner"))).is_file():
+        return None  # the written base learner is gone: train it again
+    return dict(results)
+
+
+def _ckpt_path(run: TrainRun, ckpt: str | None) -> str | None:
+    """``last`` is this run directory's ``checkpoints/last.ckpt``; ``auto`` is that file where it exists
+    (else a new start)."""
+    if ckpt == "auto":
+        path = run.out_dir / "checkpoints" / "last.ckpt"
+        return str(path) if path.is_file() else None
     if ckpt == "last":
         path = run.out_dir / "checkpoints" / "last.ckpt"
         if not path.is_file():
@@ -128,10 +179,10 @@ def _ckpt_path(run: TrainRun) -> str | None:
     return None if ckpt is None else str(ckpt)
 
 
-def _resume_checkpoint(run: TrainRun) -> str | None:
+def _resume_checkpoint(run: TrainRun, request: str | None) -> str | None:
     """The checkpoint to resume from; one of another method, backbone, dataset, fold, shot or fine-tune
     strategy, or of other optimisation settings, is refused."""
-    path = _ckpt_path(run)
+    path = _ckpt_path(run, request)
     if path is None:
         return None
     record = _same_run_record(

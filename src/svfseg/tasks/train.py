@@ -43,8 +43,17 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
     then holds the run directory while it trains (svfseg.run_dir).
     """
     run = resolve_train_run(cfg, multirun=multirun)
+    if run.finished is not None:  # ckpt_path=auto (or a requeued SLURM job) on a run that has finished
+        print(f"already finished: {run.out_dir} (ckpt_path=auto skips it; its results are returned)")
+        return run.finished
     try:
-        with claim_run_dir(run.out_dir, run.config, resuming=run.resuming, allowed=run.resume_changes):
+        with claim_run_dir(
+            run.out_dir,
+            run.config,
+            resuming=run.resuming,
+            allowed=run.resume_changes,
+            resumable=run.stage != "base",
+        ):
             return _train(run)
     except RunDirError as err:
         raise ConfigError(str(err)) from err
