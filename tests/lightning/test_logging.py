@@ -543,6 +543,32 @@ def test_wandb_offline_run_logs_histograms_images_and_lr(
 
 
 @pytest.mark.slow
+def test_a_resumed_run_continues_its_wandb_run(synthetic_pascal, tmp_path: Path, wandb_env: Path) -> None:
+    """A resume (here extending a finished run by one epoch) logs into the run's W&B run, not a new one
+    per attempt; a new run folder gets its own."""
+    out = tmp_path / "run"
+    _train(synthetic_pascal, out, ["logger=wandb"])
+    run_id = (out / "wandb" / "svfseg-wandb-id").read_text().strip()
+    assert offline_run(out).name.endswith(f"-{run_id}")
+    extend = [
+        "dataset.epochs=2",
+        "trainer.max_epochs=2",
+        "resume_changes=[dataset.epochs,trainer.max_epochs]",
+    ]
+    _train(synthetic_pascal, out, ["logger=wandb", "ckpt_path=last", *extend])
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs), runs
+    records = read_wandb_records(runs[1])
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert run.run_id == run_id
+    steps = [r["trainer/global_step"] for r in history_rows(records) if "lr-SGD/head" in r]
+    assert steps == [4, 5, 6, 7]  # the second epoch continues the first one's steps
+    other = tmp_path / "other"
+    _train(synthetic_pascal, other, ["logger=wandb"])
+    assert (other / "wandb" / "svfseg-wandb-id").read_text().strip() != run_id
+
+
+@pytest.mark.slow
 def test_csv_run_writes_prediction_pngs_and_sv_change_scalars(synthetic_pascal, tmp_path: Path) -> None:
     out = tmp_path / "run"
     _train(synthetic_pascal, out, [])

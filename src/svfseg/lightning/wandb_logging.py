@@ -10,6 +10,11 @@
 * ``online``: always online; refused up front without credentials (wandb would otherwise prompt on stdin).
 * ``offline`` / ``disabled``: as wandb defines them. ``offline: true`` is the older spelling of ``offline``.
 
+A run keeps one W&B run across resumes: its first start draws a run id and writes it to
+``<run dir>/wandb/svfseg-wandb-id``; a resume of that folder (``ckpt_path=last`` / ``auto``, a requeued
+SLURM job) passes the same id, and Lightning's logger asks wandb to continue it (``resume="allow"``), so
+the curves stay one run instead of one run per attempt. A new start in the folder draws a new id.
+
 The key is read by wandb itself from the environment. svfseg drops credential-like keys from the logger
 options and redacts them (at any depth) from everything it logs as a config.
 """
@@ -19,6 +24,8 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import secrets
+import string
 import threading
 import urllib.error
 import urllib.request
@@ -32,7 +39,9 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
+from svfseg.files import atomic_write_text
 from svfseg.redaction import redact_secrets, scrub_secrets
+from svfseg.run_dir import is_global_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,7 @@ DEFAULT_HOST = "https://api.wandb.ai"  # when wandb does not say its own default
 # Seconds: the reachability probe in auto mode, and wandb.init's own wait for its service.
 PROBE_TIMEOUT_S = 2.0
 DEFAULT_INIT_TIMEOUT_S = 60.0
+RUN_ID_FILE = "svfseg-wandb-id"  # under <save_dir>/wandb: the run folder's W&B run id, kept for resumes
 
 
 def wandb_base_url() -> str:
@@ -178,9 +188,28 @@ class SafeWandbLogger(WandbLogger):
         super().log_hyperparams(redact_secrets(params))
 
 
-def build_wandb_logger(node: DictConfig | dict[str, Any]) -> WandbLogger:
+def folder_run_id(save_dir: Path, *, resuming: bool) -> str:
+    """The W&B run id of the run folder ``save_dir``: the one its first start wrote when the command resumes
+    the folder's run, else a new id, written for later resumes (by the first process only)."""
+    path = save_dir / "wandb" / RUN_ID_FILE
+    if resuming and path.is_file():
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+    # W&B's own form (8 characters of a-z0-9); its generator is not public API
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+def build_wandb_logger(node: DictConfig | dict[str, Any], *, resuming: bool = False) -> WandbLogger:
     """Instantiate the W&B logger in the mode :func:`resolve_mode` picks; nothing here touches the network
-    except the bounded probe of ``auto`` mode (the run itself starts lazily, at the first log call)."""
+    except the bounded probe of ``auto`` mode (the run itself starts lazily, at the first log call).
+
+    ``resuming``: the command continues the run of ``save_dir`` (its checkpoint lies there), so it logs into
+    that run's W&B run (:func:`folder_run_id`) unless ``id`` is set.
+    """
     import wandb
 
     options: dict[str, Any] = (
@@ -211,6 +240,8 @@ def build_wandb_logger(node: DictConfig | dict[str, Any]) -> WandbLogger:
     save_dir = Path(str(options.get("save_dir") or "."))
     save_dir.mkdir(parents=True, exist_ok=True)
     options["save_dir"] = str(save_dir)
+    if options.get("id") is None and mode != "disabled" and is_global_rank_zero():  # only rank 0 logs
+        options["id"] = folder_run_id(save_dir, resuming=resuming)
     # `mode` goes to wandb.init, which prefers it to WANDB_MODE; `offline` keeps Lightning's own flag in step.
     settings = wandb.Settings(init_timeout=init_timeout)
     return SafeWandbLogger(

@@ -86,7 +86,7 @@ def build_loggers(run: TrainRun) -> list[Any]:
         if node is None or "_target_" not in node:
             continue
         if name == "wandb":
-            loggers.append(build_wandb_logger(node))
+            loggers.append(build_wandb_logger(node, resuming=run.resuming))
         else:
             loggers.append(hydra.utils.instantiate(node))
     return loggers
