@@ -141,6 +141,41 @@ def test_a_submitit_local_sweep_runs_each_job_and_writes_its_metrics(
     assert [r["fold"] for _, r in sorted(records.items())] == [0, 1]
 
 
+@pytest.mark.slow
+def test_a_sweep_launched_again_with_auto_skips_finished_jobs_and_completes_the_others(
+    synthetic_pascal: Any, tmp_path: Path
+) -> None:
+    """The second launch of a sweep that stopped in its second job (its test metrics never written)."""
+    root, min_pixels = synthetic_pascal
+    sweep = tmp_path / "sweep"
+    command = [
+        "train.py",
+        "-m",
+        "dataset=synthetic",
+        "debug=tiny",
+        f"dataset.root={root}",
+        f"dataset.min_pixels={min_pixels}",
+        "~callbacks.progress_bar",
+        "fold=0,1",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.log_dir={tmp_path}",
+    ]
+    run_cli(command, REPO, timeout=300)
+    first, second = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    finished = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    record = json.loads((second / "metrics.json").read_text())
+    (second / "metrics.json").unlink()  # the second job stopped after its last checkpoint
+    proc = run_cli([*command, "ckpt_path=auto"], REPO, timeout=300)
+    assert proc.stdout.count("already finished:") == 1 and f"already finished: {first}" in proc.stdout
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == finished
+    again = json.loads((second / "metrics.json").read_text())
+    assert (again["miou"], again["fbiou"], again["class_iou"]) == (
+        record["miou"],
+        record["fbiou"],
+        record["class_iou"],
+    )
+
+
 def test_the_slurm_preset_runs_one_task_per_gpu() -> None:
     out = run_cli(["train.py", "hydra/launcher=slurm_4gpu", "trainer=ddp", "--cfg", "hydra"], REPO).stdout
     launcher = out[out.index("launcher:") :]
