@@ -318,3 +318,48 @@ def _checkpoint_record(train_cfg: Any, saved: dict[str, Any]) -> Any:
     from svfseg.run_spec import RunSpec
 
     return CheckpointRecord(RunSpec.from_config(train_cfg), strategy_applied=True, config=saved)
+
+
+def test_unfinished_run_folders_and_blank_means_are_named_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sweep in progress: two folds finished, one run folder training (record, last.ckpt, no metrics),
+    one started without a checkpoint, and a stage-1 folder that finished (stage1.json)."""
+    sweep = tmp_path / "sweep"
+    for f in (0, 1):
+        _write(sweep, f"{f}-svf", "baseline + SVF", f, 1, 0.5)
+    for name, ckpt in (("2-svf", True), ("3-svf", False)):
+        folder = sweep / name
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "svfseg-run.json").write_text("{}")
+        if ckpt:
+            (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (sweep / "stage1").mkdir()
+    (sweep / "stage1" / "svfseg-run.json").write_text("{}")
+    (sweep / "stage1" / "stage1.json").write_text("{}")
+    assert main([str(sweep)]) == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith(f"unfinished: {sweep / '2-svf'} has no metrics.json (last.ckpt saved 20")
+    assert lines[1].startswith(f"unfinished: {sweep / '3-svf'} has no metrics.json (no checkpoint yet)")
+    assert "ckpt_path=auto finishes it" in lines[0]
+    assert lines[2] == (
+        "incomplete: row 'baseline + SVF' 1-shot has no run for fold(s) [2, 3], so its mean and delta are blank"
+    )
+    assert "| baseline + SVF | 50.00 | 50.00 |  |  |  |  |" in out
+
+
+def test_with_a_layout_only_that_tables_unfinished_runs_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = tmp_path / "sweep"
+    for f in range(4):
+        _write(sweep, f"{f}-svf", "baseline + SVF", f, 1, 0.5, table="table4")
+    for name, table in (("t4", "table4"), ("t1", "table1")):
+        (sweep / name / ".hydra").mkdir(parents=True)
+        (sweep / name / "svfseg-run.json").write_text("{}")
+        (sweep / name / ".hydra" / "config.yaml").write_text(f"table: {table}\nfold: 0\n")
+    assert main([str(sweep), "--layout", "table4"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"unfinished: {sweep / 't4'} has no metrics.json")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as _dt
 import json
 import math
 import statistics
@@ -27,10 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+from omegaconf import OmegaConf
 from scipy import stats
 
 from svfseg.data.splits import NUM_FOLDS
 from svfseg.files import atomic_write, atomic_write_text
+from svfseg.run_dir import RECORD_FILE, RESULT_FILES
 
 FOLDS = tuple(range(NUM_FOLDS))
 
@@ -306,6 +310,50 @@ def build_table(
     )
 
 
+def sweep_gaps(sweep_dir: Path, table: Table, *, layout: str | None = None) -> list[str]:
+    """What the table is still missing, one line each: run folders below ``sweep_dir`` that hold no result
+    yet (still training, or interrupted), and the (row, shot) whose mean is blank because a fold has no run.
+
+    A run folder is one with an ownership record (``svfseg-run.json``); with ``layout``, only the folders
+    whose config (``.hydra/config.yaml``) names that table count.
+    """
+    lines = []
+    for record in sorted(sweep_dir.rglob(RECORD_FILE)):
+        folder = record.parent
+        if any((folder / name).exists() for name in RESULT_FILES.values()):
+            continue
+        if layout and _config_table(folder) != layout:
+            continue
+        last = folder / "checkpoints" / "last.ckpt"
+        saved = (
+            f"last.ckpt saved {_dt.datetime.fromtimestamp(last.stat().st_mtime):%Y-%m-%d %H:%M}"
+            if last.is_file()
+            else "no checkpoint yet"
+        )
+        lines.append(
+            f"unfinished: {folder} has no metrics.json ({saved}): still training, or interrupted; the sweep's "
+            "command with ckpt_path=auto finishes it"
+        )
+    for row in table.rows:
+        for shot in table.shots:
+            missing = [f for f in FOLDS if not table.cells.get((row, shot, f))]
+            if missing:
+                lines.append(
+                    f"incomplete: row {row!r} {shot}-shot has no run for fold(s) {missing}, so its mean and "
+                    "delta are blank"
+                )
+    return lines
+
+
+def _config_table(folder: Path) -> str | None:
+    """The ``table`` label of a run folder's config, or None when the folder has no readable config."""
+    try:
+        value = OmegaConf.load(folder / ".hydra" / "config.yaml").get("table")
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return None if value is None else str(value)
+
+
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
     """The two-sided t-interval of the mean (n - 1 degrees of freedom); None below two values."""
     n = len(values)
@@ -431,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(md)
+    for line in sweep_gaps(args.sweep_dir, table, layout=args.layout):
+        print(line, file=sys.stderr)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out.with_suffix(".md"), md + "\n")
