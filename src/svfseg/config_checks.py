@@ -199,12 +199,13 @@ def check_dataset_root(name: str, root: Any) -> None:
 
 
 def _check_ckpt(cfg: DictConfig, stage: str) -> None:
-    """``ckpt_path``: null, ``last``, ``auto`` or a checkpoint file; BAM's stage 1 takes null or ``auto``."""
+    """``ckpt_path``: null, ``last``, ``auto`` or a checkpoint file; BAM's stage 1 resumes its own folder only
+    (``last`` / ``auto``): its checkpoints hold no run record to check another folder's against."""
     ckpt = cfg.get("ckpt_path")
-    if stage == "base" and ckpt not in (None, "auto"):
+    if stage == "base" and ckpt not in (None, "last", "auto"):
         raise ConfigError(
-            f"ckpt_path={ckpt}: BAM's stage 1 (stage=base) does not resume from a checkpoint; train it again "
-            "with ckpt_path=null in a new folder, or use ckpt_path=auto (skips a stage 1 that has finished)"
+            f"ckpt_path={ckpt}: BAM's stage 1 (stage=base) resumes only its own run folder's last.ckpt; "
+            "use ckpt_path=last (or auto) with the interrupted command, or hydra.run.dir=<its folder>"
         )
     if ckpt not in (None, "last", "auto") and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist (use a checkpoint file, 'last', 'auto' or null)")

@@ -191,14 +191,11 @@ def is_recorded_run(out: Path, cfg: DictConfig) -> bool:
     return not differing_keys(old, hashed_config(cfg))
 
 
-def check_ownership(
-    out: Path, cfg: DictConfig, *, resuming: bool, allowed: list[str], resumable: bool = True
-) -> None:
+def check_ownership(out: Path, cfg: DictConfig, *, resuming: bool, allowed: list[str]) -> None:
     """Refuse a run aimed at a folder that holds another run's results (before anything is written).
 
     ``resuming``: the command resumes (``ckpt_path=last`` or a checkpoint inside ``out``); ``allowed``:
-    the keys that the command may change on resume (``resume_changes``); ``resumable``: the run's stage
-    can resume at all (BAM's stage 1 cannot), which decides the way out the message names.
+    the keys that the command may change on resume (``resume_changes``).
     """
     record_path = out / RECORD_FILE
     new = hashed_config(cfg)
@@ -229,15 +226,11 @@ def check_ownership(
                 )
             )
         if has_results(out) and not resuming:
-            how = (
-                "Resume it with ckpt_path=last (or ckpt_path=auto, which also skips a finished run)"
-                if resumable
-                else "BAM's stage 1 does not resume from its checkpoints: remove the folder to train it again"
-            )
             raise RunDirError(
                 f"{out} already holds this run's results (checkpoints / metrics.json); starting it again "
-                f"would overwrite them. Nothing was written. {how}, or start a second copy in a new folder "
-                "with hydra.run.dir=NEW_DIR (or a different seed)."
+                "would overwrite them. Nothing was written. Resume it with ckpt_path=last (or ckpt_path=auto, "
+                "which also skips a finished run), or start a second copy in a new folder with "
+                "hydra.run.dir=NEW_DIR (or a different seed)."
             )
     elif has_results(out) and not resuming:
         raise RunDirError(
@@ -354,9 +347,7 @@ def lock_message(path: Path) -> str:
 
 
 @contextmanager
-def claim_run_dir(
-    out: Path, cfg: DictConfig, *, resuming: bool, allowed: list[str], resumable: bool = True
-) -> Iterator[None]:
+def claim_run_dir(out: Path, cfg: DictConfig, *, resuming: bool, allowed: list[str]) -> Iterator[None]:
     """Hold ``out`` for this run while the body runs (the first process only; the others share it).
 
     The folder is checked to be free for this run (:func:`check_ownership`), locked, and only then are
@@ -365,7 +356,7 @@ def claim_run_dir(
     if not is_global_rank_zero():
         yield
         return
-    check_ownership(out, cfg, resuming=resuming, allowed=allowed, resumable=resumable)
+    check_ownership(out, cfg, resuming=resuming, allowed=allowed)
     with run_lock(out):
         write_record(out, cfg)
         save_hydra_record(out, cfg)

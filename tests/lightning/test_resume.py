@@ -611,3 +611,64 @@ def test_other_strategies_resume_to_the_uninterrupted_weights(
         json.loads((ref / "metrics.json").read_text())
     )
     assert _csv_rows(out) == _csv_rows(ref)
+
+
+@pytest.mark.slow
+def test_bam_stage1_killed_and_resumed_writes_the_uninterrupted_base_learner(
+    synthetic_pascal, tmp_path: Path
+) -> None:
+    """BAM's stage 1 (it used to ignore ``ckpt_path``, and its folder was then refused): killed as soon as
+    its first ``last.ckpt`` exists (mid-epoch), resumed as a requeued SLURM job is, it ends with the
+    uninterrupted run's training state and writes the same base learner, bit for bit."""
+    root, min_pixels = synthetic_pascal
+
+    def command(out: Path) -> list[str]:
+        return [
+            "stage=base",
+            "method=bam",
+            "dataset=synthetic",
+            "debug=tiny",
+            "logger=csv",
+            f"dataset.root={root}",
+            f"dataset.min_pixels={min_pixels}",
+            f"paths.output_dir={out}",
+            f"paths.log_dir={out}",
+            f"method.base_learner={out / 'pspnet.pt'}",
+            "~callbacks.progress_bar",
+            "trainer.deterministic=true",
+            "trainer.limit_train_batches=6",
+            "dataset.base_stage.epochs=2",
+            "callbacks.last_checkpoint.every_n_train_steps=1",
+            "trainer.log_every_n_steps=1",
+            "+logger.csv.flush_logs_every_n_steps=1",
+        ]
+
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    proc = _popen(command(ref), tmp_path, tmp_path / "r")
+    assert proc.wait(timeout=150) == 0, _tail(tmp_path / "r")
+    proc = _popen(command(out), tmp_path, tmp_path / "a")
+    try:
+        deadline = time.monotonic() + 150
+        while not (out / "checkpoints" / "last.ckpt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, _tail(tmp_path / "a")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    killed = _load(out / "checkpoints" / "last.ckpt")
+    assert killed["global_step"] < 12 and not (out / "stage1.json").exists()
+    proc = _popen(command(out), tmp_path, tmp_path / "b", env={"SLURM_RESTART_COUNT": "1"})
+    assert proc.wait(timeout=150) == 0, _tail(tmp_path / "b")
+    assert "not resumable" not in (tmp_path / "b.err").read_text()  # Lightning's mid-epoch warning
+
+    _assert_same_training_state(
+        _load(ref / "checkpoints" / "last.ckpt"), _load(out / "checkpoints" / "last.ckpt")
+    )
+    learner, uninterrupted = _load(out / "pspnet.pt"), _load(ref / "pspnet.pt")
+    _assert_same_tree(uninterrupted["state_dict"], learner["state_dict"], "base learner")
+    assert learner["meta"]["val_miou"] == uninterrupted["meta"]["val_miou"]
+    assert json.loads((out / "stage1.json").read_text())["val_miou"] == learner["meta"]["val_miou"]
+    assert _csv_rows(out) == _csv_rows(ref)

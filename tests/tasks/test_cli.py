@@ -202,13 +202,15 @@ def test_bam_stage1_records_its_result_and_auto_skips_it_when_finished(synthetic
         proc = run_cli([*stage1, *extra], work, env=env)
         assert f"already finished: {work / 'base'}" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before
-    # without auto the folder is refused, with the way out that stage 1 has (it does not resume)
+    # without auto the folder is refused, naming the resume; a checkpoint of another folder is refused
     proc = run_cli(stage1, work, ok=False)
-    assert proc.returncode == 2 and "BAM's stage 1 does not resume" in proc.stderr
-    proc = run_cli([*stage1, "ckpt_path=last"], work, ok=False)
-    assert (
-        proc.returncode == 2 and "ckpt_path=last: BAM's stage 1 (stage=base) does not resume" in proc.stderr
-    )
+    assert proc.returncode == 2 and "already holds this run's results" in proc.stderr
+    assert "ckpt_path=last" in proc.stderr
+    other = work / "elsewhere.ckpt"
+    other.write_bytes(b"")
+    proc = run_cli([*stage1, f"ckpt_path={other}"], work, ok=False)
+    assert proc.returncode == 2
+    assert f"ckpt_path={other}: BAM's stage 1 (stage=base) resumes only its own run folder's" in proc.stderr
 
 
 @pytest.mark.slow

@@ -412,11 +412,12 @@ def _tiny(tmp_path: Path, extra: list[str]) -> DictConfig:
             False,
             r"^ckpt_path=/nowhere/last\.ckpt does not exist \(use a checkpoint file, 'last', 'auto' or null\)",
         ),
-        # BAM's stage 1 used to ignore a ckpt_path, then its folder was refused with "resume it with last"
+        # BAM's stage 1 used to ignore a ckpt_path; it resumes its own folder's last.ckpt (last / auto) only
         (
-            ["method=bam", "stage=base", "ckpt_path=last"],
+            ["method=bam", "stage=base", "ckpt_path=/nowhere/x.ckpt"],
             False,
-            r"^ckpt_path=last: BAM's stage 1 \(stage=base\) does not resume from a checkpoint; .*ckpt_path=auto",
+            r"^ckpt_path=/nowhere/x\.ckpt: BAM's stage 1 \(stage=base\) resumes only its own run folder's "
+            r"last\.ckpt; use ckpt_path=last \(or auto\)",
         ),
         (
             ["method=bam", "method.base_learner=null"],

@@ -194,7 +194,7 @@ class BaseSegDataModule(FoldDataModule):
         )
         rank, world = rank_and_world(self)
         sampler = EpisodeSampler(len(ds), shuffle=True, seed=self.seed, rank=rank, world_size=world)
-        return self.loader(ds, sampler, train=True)
+        return self.train_loader(ds, sampler)  # resumable mid-epoch, like the few-shot stage
 
     def val_dataloader(self) -> DataLoader:
         ds = BaseClassSegValDataset(

@@ -20,12 +20,10 @@ Lightning's loop state.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from svfseg.data.checks import check_int, check_root, check_scale
@@ -38,7 +36,7 @@ from svfseg.data.episodes import (
 )
 from svfseg.data.fold import FoldSpec
 from svfseg.data.lists.selection import DEFAULT_MIN_PIXELS, FewShotList, build_list, list_digest
-from svfseg.data.loaders import FoldDataModule, rank_and_world, start_sampler_at
+from svfseg.data.loaders import FoldDataModule, rank_and_world
 from svfseg.data.samplers import EpisodeSampler
 from svfseg.data.transforms import SCALE_RANGES, EvalTransform, TrainTransform
 
@@ -123,7 +121,6 @@ class FewShotDataModule(FoldDataModule):
         self.train_curve_table: EpisodeTable | None = None
         self.table_digests: dict[str, str] = {}
         self._train_set: TrainEpisodes | None = None
-        self._restored: dict[str, Any] | None = None
 
     # -------------------------------------------------------------- setup
     @property
@@ -226,10 +223,7 @@ class FewShotDataModule(FoldDataModule):
                 f"batch_size={self.batch_size} exceeds the {len(sampler)} training queries per process "
                 f"({len(ds)} in the list, world size {world}); with drop_last no batch would be formed"
             )
-        start = (self._restored or {}).get("train_position")
-        if start is not None:
-            start_sampler_at(sampler, start)
-        return self.loader(ds, sampler, train=True, position=self.train_position)
+        return self.train_loader(ds, sampler)
 
     def eval_dataloader(self, seed: int | None = None) -> DataLoader:
         """Novel-class episodes of one eval seed (default: the first), for scripts that loop over seeds."""
@@ -254,47 +248,14 @@ class FewShotDataModule(FoldDataModule):
 
     # -------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run must agree with (seed, list/table digests) and where training stands."""
-        state: dict[str, Any] = {"seed": self.seed, "table_digests": dict(self.table_digests)}
-        position = self.train_position()
-        if position is not None:
-            state["train_position"] = position
-        return state
-
-    def train_position(self) -> dict[str, int] | None:
-        """``{"epoch", "consumed"}``: the next training sample is at all-rank position ``consumed`` of ``epoch``.
-
-        Read from the fitting trainer's batch progress at checkpoint time (batches done in the current
-        epoch); a finished epoch points at the start of the next one. None outside ``fit``.
-        """
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
-            return None
-        per_epoch = trainer.num_training_batches
-        if not per_epoch or not math.isfinite(per_epoch):
-            return None
-        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-        epoch = int(trainer.current_epoch)
-        if done >= per_epoch:
-            epoch, done = epoch + 1, 0
-        _, world = rank_and_world(self)
-        # Training batches are full (drop_last), so this many all-rank positions were consumed.
-        return {"epoch": epoch, "consumed": done * self.batch_size * world}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = dict(state_dict)
-        self._check_restored()
+        """The shared resume state, plus the digests of the training list and episode tables."""
+        return {**super().state_dict(), "table_digests": dict(self.table_digests)}
 
     def _check_restored(self) -> None:
         """Refuse a resume whose training data order would differ; warn when evaluation episodes differ."""
+        super()._check_restored()
         if self._restored is None:
             return
-        old_seed = self._restored.get("seed")
-        if old_seed is not None and old_seed != self.seed:
-            raise ValueError(
-                f"the checkpoint was trained with data seed={old_seed}, this run has seed={self.seed}: "
-                "resuming would change the episode order; resume with the same seed"
-            )
         old = self._restored.get("table_digests", {})
         for name, digest in self.table_digests.items():
             if name in old and old[name] != digest:

@@ -8,11 +8,13 @@ add a DistributedSampler (:func:`rank_and_world` refuses that under DDP).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from svfseg.data.checks import MAX_IMAGE_SIZE, check_int, check_source_lists
@@ -156,6 +158,58 @@ class FoldDataModule(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.layout = get_layout(self.dataset)
         self.base_classes = list(split.base_classes)
+        self._restored: dict[str, Any] | None = None  # a resumed fit's state, read before any loader
+
+    # -------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run must agree with (the data seed) and where training stands."""
+        state: dict[str, Any] = {"seed": self.seed}
+        position = self.train_position()
+        if position is not None:
+            state["train_position"] = position
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)
+        self._check_restored()
+
+    def _check_restored(self) -> None:
+        """Refuse a resume whose training data order would differ (another data seed)."""
+        if self._restored is None:
+            return
+        old_seed = self._restored.get("seed")
+        if old_seed is not None and old_seed != self.seed:
+            raise ValueError(
+                f"the checkpoint was trained with data seed={old_seed}, this run has seed={self.seed}: "
+                "resuming would change the episode order; resume with the same seed"
+            )
+
+    def train_position(self) -> dict[str, int] | None:
+        """``{"epoch", "consumed"}``: the next training sample is at all-rank position ``consumed`` of ``epoch``.
+
+        Read from the fitting trainer's batch progress at checkpoint time (batches done in the current
+        epoch); a finished epoch points at the start of the next one. None outside ``fit``.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return None
+        per_epoch = trainer.num_training_batches
+        if not per_epoch or not math.isfinite(per_epoch):
+            return None
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        epoch = int(trainer.current_epoch)
+        if done >= per_epoch:
+            epoch, done = epoch + 1, 0
+        _, world = rank_and_world(self)
+        # Training batches are full (drop_last), so this many all-rank positions were consumed.
+        return {"epoch": epoch, "consumed": done * self.batch_size * world}
+
+    def train_loader(self, dataset: Dataset, sampler: EpisodeSampler) -> DataLoader:
+        """The training loader over ``sampler``, started where a resumed fit stopped (mid-epoch too)."""
+        start = (self._restored or {}).get("train_position")
+        if start is not None:
+            start_sampler_at(sampler, start)
+        return self.loader(dataset, sampler, train=True, position=self.train_position)
 
     def loader(
         self,

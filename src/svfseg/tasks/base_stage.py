@@ -5,7 +5,9 @@
 Data: the full training list without the leakage filter (:class:`~svfseg.data.base_seg.BaseSegDataModule`);
 model and recipe: :class:`~svfseg.lightning.base_learner.BaseLearnerModule` (Pascal runs the encoder at 1/10
 of the head lr, COCO at the same lr). The best epoch (base-class mIoU on the val list) is written to
-``method.base_learner`` with its dataset/fold/backbone meta, which stage 2 checks before using it.
+``method.base_learner`` with its dataset/fold/backbone meta, which stage 2 checks before using it, and
+``stage1.json`` (that path and the score) to the run folder. ``last.ckpt`` is saved as in the few-shot
+stage, so ``ckpt_path=last`` / ``auto`` (or a requeued SLURM job) resumes a stage 1 exactly, mid-epoch too.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from svfseg.data.base_seg import BaseSegDataModule
 from svfseg.lightning.base_learner import BaseLearnerModule
+from svfseg.lightning.checkpointing import LastCheckpoint, StepSeed
 from svfseg.lightning.csv_log import TrimLogsOnResume
 from svfseg.lightning.progress import SparseMetricsProgressBar
 from svfseg.methods.pspnet import save_base_learner
@@ -72,22 +75,29 @@ def train_base_learner(run: TrainRun) -> dict[str, Any]:
         filename="base_best",
         monitor="base/val_miou",
         mode="max",
-        save_last=True,
+        save_last=False,  # last.ckpt is LastCheckpoint's (since Lightning 2.6 this saver would write it
+        # only in epochs where the best improved)
     )
+    # last.ckpt every N steps and every epoch, as in the few-shot stage: a killed or requeued stage 1
+    # resumes exactly (the loader's position, per-batch dropout seeds)
+    every = OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps", default=500)
+    last = LastCheckpoint(run.out_dir / "checkpoints", every_n_train_steps=every)
     loggers = build_loggers(run)
     trainer_cfg = base_trainer_arguments(cfg)
     every = int(trainer_cfg.get("log_every_n_steps", 10))
     callbacks: list[pl.Callback] = [
         checkpoint,
+        last,
+        StepSeed(run.seed),
         LearningRateMonitor(logging_interval="step"),
-        TrimLogsOnResume(),  # a stage 1 killed before its first checkpoint and started again logs anew
+        TrimLogsOnResume(),  # the CSV log keeps an interrupted stage 1's rows up to its checkpoint
         SparseMetricsProgressBar(metrics_every=every, show=("base/loss", "base/val_miou")),
     ]
     trainer = build_trainer(run, callbacks, loggers, trainer_cfg)
     status = "failed"
     try:
-        trainer.fit(module, datamodule=datamodule)
-        best_path = checkpoint.best_model_path or checkpoint.last_model_path
+        trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path, weights_only=True)
+        best_path = checkpoint.best_model_path or last.last_model_path
         best = BaseLearnerModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=True)
         target = Path(str(cfg.method.base_learner))
         meta = {

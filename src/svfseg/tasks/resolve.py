@@ -43,7 +43,8 @@ class TrainRun:
         stage: ``meta`` (few-shot training) or ``base`` (BAM's stage 1).
         world_size: processes (devices x nodes) the trainer asks for.
         batch_size, eval_batch_size: the running stage's batches per process.
-        ckpt_path: the checkpoint a resume continues from (checked against ``spec``), else None.
+        ckpt_path: the checkpoint a resume continues from (checked against ``spec``; BAM's stage 1: its own
+            folder's ``last.ckpt``, whose ownership record the claim checks), else None.
         resuming: ``ckpt_path`` lies in ``out_dir``: the command continues the run that owns the folder.
         init_head: the checked checkpoint whose head starts this run (``init_head=``), read once; None
             without one, and on a resume (the resumed checkpoint holds the head).
@@ -127,8 +128,8 @@ def resolve_train_run(cfg: DictConfig, *, multirun: bool = False) -> TrainRun:
             return replace(run, finished=finished)
         if run.config.get("ckpt_path") is None:
             log.info("SLURM requeued this job (restart %d): ckpt_path=auto", slurm_restart_count())
-    # BAM's stage 1 does not resume (the checks refuse a ckpt_path there); auto starts it when unfinished
-    ckpt_path = _resume_checkpoint(run, request) if run.stage != "base" else None
+    # BAM's stage 1 resumes its own folder's last.ckpt only (the checks): the folder's record is its identity
+    ckpt_path = _ckpt_path(run, request) if run.stage == "base" else _resume_checkpoint(run, request)
     init_head = _init_head(run)  # checked on a resume too: the command names it
     resuming = ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(run.out_dir.resolve())
     return replace(

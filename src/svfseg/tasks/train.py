@@ -47,13 +47,7 @@ def train(cfg: DictConfig, *, multirun: bool = False) -> dict[str, Any]:
         print(f"already finished: {run.out_dir} (ckpt_path=auto skips it; its results are returned)")
         return run.finished
     try:
-        with claim_run_dir(
-            run.out_dir,
-            run.config,
-            resuming=run.resuming,
-            allowed=run.resume_changes,
-            resumable=run.stage != "base",
-        ):
+        with claim_run_dir(run.out_dir, run.config, resuming=run.resuming, allowed=run.resume_changes):
             return _train(run)
     except RunDirError as err:
         raise ConfigError(str(err)) from err
