@@ -672,3 +672,53 @@ def test_bam_stage1_killed_and_resumed_writes_the_uninterrupted_base_learner(
     assert learner["meta"]["val_miou"] == uninterrupted["meta"]["val_miou"]
     assert json.loads((out / "stage1.json").read_text())["val_miou"] == learner["meta"]["val_miou"]
     assert _csv_rows(out) == _csv_rows(ref)
+
+
+@pytest.mark.slow
+def test_a_two_process_ddp_run_killed_and_requeued_resumes_to_the_uninterrupted_weights(
+    synthetic_pascal, tmp_path: Path
+) -> None:
+    """The SLURM case with several ranks: both DDP processes killed mid-epoch (SIGKILL to the job's process
+    group), the same command started again under a requeued job's ``SLURM_RESTART_COUNT``: every rank
+    resumes its shard of the epoch, and the run ends with the uninterrupted 2-process run's weights."""
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "dataset.batch_size=4"]
+    ref, out, marker = tmp_path / "ref", tmp_path / "run", tmp_path / "hanging"
+
+    def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *args],
+            cwd=tmp_path,
+            env={**_env(), **(env or {})},
+            stdout=log.with_suffix(".out").open("w"),
+            stderr=log.with_suffix(".err").open("w"),
+            start_new_session=True,  # its own process group: rank 1 is rank 0's child
+        )
+
+    proc = start([*_cli_overrides(synthetic_pascal, ref), *ddp], tmp_path / "r")
+    assert proc.wait(timeout=300) == 0, _tail(tmp_path / "r")
+    base = [*_cli_overrides(synthetic_pascal, out), *ddp]
+    proc = start([*base, *_callback("hang", HangAfterStep, step=7, marker=marker)], tmp_path / "a")
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, _tail(tmp_path / "a")
+            time.sleep(0.05)
+        time.sleep(1.0)  # the other rank reaches the same step (the step's all-reduce keeps them together)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    killed = _load(out / "checkpoints" / "last.ckpt")
+    assert killed["global_step"] == 6 and _train_position(killed) == {"epoch": 0, "consumed": 6 * 4}
+    proc = start(base, tmp_path / "b", env={"SLURM_RESTART_COUNT": "1", "SLURM_JOB_ID": "4242"})
+    assert proc.wait(timeout=300) == 0, _tail(tmp_path / "b")
+    assert "not resumable" not in (tmp_path / "b.err").read_text()  # Lightning's mid-epoch warning
+    _assert_same_training_state(
+        _load(ref / "checkpoints" / "last.ckpt"), _load(out / "checkpoints" / "last.ckpt")
+    )
+    assert _metric_numbers(json.loads((out / "metrics.json").read_text())) == _metric_numbers(
+        json.loads((ref / "metrics.json").read_text())
+    )
+    assert _csv_rows(out) == _csv_rows(ref)
