@@ -19,10 +19,11 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> float:
     from svfseg.config_checks import ConfigError, report_config_problems
     from svfseg.data.episodes import EpisodeDataError
+    from svfseg.run_dir import is_global_rank_zero, remove_rank_folder
     from svfseg.tasks.evaluate import evaluate
 
     try:
-        return float(evaluate(cfg)["miou"])
+        miou = float(evaluate(cfg)["miou"])
     except ConfigError as err:  # every start-up problem, one line each, no traceback; exit status 2
         from svfseg.run_dir import remove_if_empty
 
@@ -30,6 +31,10 @@ def main(cfg: DictConfig) -> float:
         report_config_problems(err, "eval.py")
     except EpisodeDataError as err:  # found when the episodes are built: no traceback either
         report_config_problems(err, "eval.py", what="in the data, nothing was evaluated")
+    if not is_global_rank_zero():  # rank 0 wrote the results; a folder of this rank's own holds its log only
+        hydra_cfg = HydraConfig.get()
+        remove_rank_folder(Path(hydra_cfg.runtime.output_dir), f"{hydra_cfg.job.name}.log", stop=Path.cwd())
+    return miou
 
 
 if __name__ == "__main__":

@@ -405,3 +405,22 @@ def remove_if_empty(out: Path, stop: Path | None = None) -> None:
             current = current.parent
     except OSError:
         return
+
+
+def remove_rank_folder(out: Path, log_name: str, stop: Path | None = None) -> None:
+    """On a rank other than 0, after its work: remove ``out`` when it holds nothing but this rank's log.
+
+    Under torchrun each rank composes its run folder itself; eval.py's default one carries a timestamp,
+    so a rank that starts a second later names another folder, which then holds only its log while rank
+    0's folder holds the results. A folder that rank 0 also uses holds its ``.hydra`` record, written
+    before the first collective step, so it is never taken for such a leftover.
+    """
+    try:
+        names = {p.name for p in out.iterdir()}
+    except OSError:
+        return
+    if not names <= {log_name}:
+        return
+    if names:
+        (out / log_name).unlink(missing_ok=True)
+    remove_if_empty(out, stop=stop)

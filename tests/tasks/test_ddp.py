@@ -133,3 +133,34 @@ def test_two_process_svf_training_keeps_the_singular_values_identical_across_ran
     assert "val/miou" in (run / "csv" / "metrics.csv").read_text().splitlines()[0]
     for prefix in ("val", "train_episodes", "sv_change"):
         assert f"It is recommended to use `self.log('{prefix}/" not in output, prefix
+
+
+@pytest.mark.slow
+def test_eval_under_torchrun_leaves_one_run_folder(svf_checkpoint: Path, tmp_path: Path) -> None:
+    """Under torchrun every rank composes its own run folder; eval.py's default one has a timestamp, so
+    ranks that start in different seconds name different folders (simulated here with the rank in the
+    name). Rank 0 writes the results; another rank's folder, empty, is removed instead of left behind."""
+    folders = tmp_path / "eval"
+    proc = run_cli(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(REPO / "eval.py"),
+            f"ckpt_path={svf_checkpoint}",
+            f"n_episodes={N_EPISODES}",
+            "eval_batch_size=4",
+            "num_workers=0",
+            "+trainer.enable_progress_bar=false",
+            *DDP,
+            f"hydra.run.dir={folders}/rank${{oc.env:RANK}}",
+        ],
+        tmp_path,
+        timeout=300,
+    )
+    assert sorted(p.name for p in folders.iterdir()) == ["rank0"], proc.stderr[-2000:]
+    assert (folders / "rank0" / "metrics.json").is_file()
+    one = _eval(svf_checkpoint, tmp_path / "one", ["trainer.accelerator=cpu", "trainer.devices=1"])
+    two = json.loads((folders / "rank0" / "metrics.json").read_text())
+    assert (two["miou"], two["fbiou"], two["class_iou"]) == (one["miou"], one["fbiou"], one["class_iou"])

@@ -39,6 +39,7 @@ from svfseg.run_dir import (
     RunDirError,
     check_ownership,
     is_recorded_run,
+    remove_rank_folder,
     run_lock,
     slurm_restart_count,
     write_record,
@@ -329,6 +330,22 @@ def test_auto_resolves_by_what_the_run_folder_holds(tmp_path: Path, monkeypatch:
     (out / "metrics.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"metrics\.json is unreadable .*ckpt_path=auto cannot tell"):
         resolve_train_run(cfg)
+
+
+def test_a_rank_removes_its_own_folder_only_when_it_holds_nothing_but_its_log(tmp_path: Path) -> None:
+    own = tmp_path / "eval" / "2026-12-07_14-58-46"
+    own.mkdir(parents=True)
+    (own / "eval.log").write_text("rank 1\n")
+    shared = tmp_path / "eval" / "2026-12-07_14-58-45"
+    (shared / ".hydra").mkdir(parents=True)  # rank 0's record: rank 0 uses this folder
+    (shared / "eval.log").write_text("rank 0\n")
+    other = tmp_path / "eval" / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("a user's file\n")
+    for folder in (own, shared, other):
+        remove_rank_folder(folder, "eval.log", stop=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["2026-12-07_14-58-45", "other"]
+    assert (shared / "eval.log").read_text() == "rank 0\n"
 
 
 def _checked(cfg: Any) -> CheckedRun:
