@@ -239,6 +239,21 @@ def test_prepare_coco_cli(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "c" / "annotations" / "val2014" / "COCO_train2014_000000000007.png").is_file()
 
 
+def test_prepare_cli_reports_a_missing_release_in_one_line(tmp_path: Path, capsys) -> None:
+    """The first command a new user types: a wrong --voc / --coco used to end in a traceback."""
+    out = tmp_path / "o"
+    rc = prepare.main(
+        ["pascal", "--voc", str(tmp_path / "nowhere"), "--sbd", str(tmp_path), "--out", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith(
+        f"error: VOC image folder {tmp_path / 'nowhere' / 'JPEGImages'} does not exist; pass"
+    )
+    assert prepare.main(["coco", "--coco", str(tmp_path), "--out", str(out), "--splits", "train"]) == 2
+    assert "error: " in capsys.readouterr().err and not out.exists()
+
+
 def test_prepare_coco_errors(tmp_path: Path) -> None:
     (tmp_path / "train2014").mkdir()
     with pytest.raises(FileNotFoundError, match=r"instances_train2014.json does not exist; download"):

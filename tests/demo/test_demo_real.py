@@ -244,3 +244,43 @@ def test_study_pairs_every_strategy_with_svf_and_refuses_other_settings(tmp_path
     with pytest.raises(ValueError, match=r"lr: 0.5 -> 0.1"):
         check_same_settings(tmp_path, RealDemoSettings())
     check_same_settings(tmp_path / "empty", RealDemoSettings())  # no study yet: nothing to check
+
+
+@pytest.mark.parametrize("synthetic", [False, True])
+def test_a_wrong_strategy_is_refused_before_any_work(
+    synthetic: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--strategies nosuch`` used to fail after the data, the weights, the baselines and a head were made
+    (a minute and more); every run's config is now composed first, and the demo stops with one line each."""
+    from svfseg.demo.__main__ import main as demo_main
+
+    folders = [
+        "--out",
+        str(tmp_path / "out"),
+        "--data",
+        str(tmp_path / "data"),
+        "--weights",
+        str(tmp_path / "w"),
+    ]
+    args = [*(["--synthetic"] if synthetic else []), "--strategies", "nosuch", "svf", "peft/nosuch", *folders]
+    assert demo_main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: --strategies nosuch: In 'train': Could not find 'finetune/nosuch'"
+    group = "finetune" if synthetic else "experiment"  # the real demo also takes experiment rows
+    assert err[1] == f"error: --strategies peft/nosuch: In 'train': Could not find '{group}/peft/nosuch'"
+    assert err[2].startswith(
+        "error: a strategy is a conf/finetune name (bitfit, bn, dora, freeze, full, lora"
+    )
+    assert err[2].endswith("svf_top)" if synthetic else "such as peft/lora_match")
+    assert list(tmp_path.iterdir()) == []  # no data, weights or run folder was made
+
+
+def test_a_missing_ccp_source_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from svfseg.demo.__main__ import main as demo_main
+
+    args = ["--src", str(tmp_path / "nowhere"), "--data", str(tmp_path / "ccp"), "--out", str(tmp_path / "o")]
+    assert demo_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: the CCP source {tmp_path / 'nowhere'} is neither a folder nor a zip archive"
+    )

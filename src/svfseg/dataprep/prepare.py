@@ -389,6 +389,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ccp.run(args)
     if args.dataset == "resize":
         return folder_resize.run(args)
+    try:
+        return _convert(args)
+    except (FileNotFoundError, ValueError) as err:  # a missing release folder, an unreadable file
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """``prepare pascal`` / ``prepare coco``: convert a public release, then report what it gave."""
     common = {
         "link": args.link,
         "workers": args.workers,

@@ -8,12 +8,27 @@ import logging
 import sys
 from pathlib import Path
 
+from svfseg.dataprep.ccp import CCPError
 from svfseg.demo import real, synthetic
+from svfseg.demo.common import DemoInputError
 from svfseg.demo.study import STUDY, run_study
+from svfseg.weights.efficientnet_lite import LiteConversionError
+from svfseg.weights.fetch import WeightsFetchError
+
+# What a wrong option or a missing input raises before any training: one line, exit status 2.
+INPUT_ERRORS = (DemoInputError, CCPError, LiteConversionError, WeightsFetchError, FileExistsError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except INPUT_ERRORS as err:
+        for line in str(err).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+
+
+def _main(args: list[str]) -> int:
     if "--synthetic" in args:
         args.remove("--synthetic")
         return synthetic.main(args)

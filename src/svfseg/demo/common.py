@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
@@ -16,11 +18,36 @@ from svfseg.analysis import overlay_cues, plot_before_after, prepare_image, sing
 from svfseg.analysis.cues import cue_maps
 from svfseg.analysis.curves import TRAIN_KEY, VAL_KEY, find_metrics_csv, read_metric_curves
 from svfseg.analysis.png import save_png
-from svfseg.compose import compose_train_config
+from svfseg.compose import CONF_DIR, compose_train_config
 from svfseg.labels import IGNORE_INDEX
 from svfseg.run_dir import RECORD_FILE
 from svfseg.tasks.reporting import percent_with_spread
 from svfseg.tasks.train import train
+
+
+class DemoInputError(ValueError):
+    """A demo option that would otherwise fail only after minutes of data preparation and training."""
+
+
+def check_run_configs(runs: dict[str, list[str]], *, experiment_rows: bool = False) -> None:
+    """Compose the config of every run the demo will start (``label -> overrides``) before any work.
+
+    A strategy that names no config (``--strategies nosuch``) failed only when its first run started, after
+    the data, the weights, the baselines and a head had been made; every such problem is reported at once.
+    ``experiment_rows``: the demo also takes experiment rows (``peft/lora_match``) as strategies.
+    """
+    problems = []
+    for label, overrides in runs.items():
+        try:
+            compose_train_config(overrides)
+        except (HydraException, OmegaConfBaseException) as err:
+            first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            problems.append(f"{label}: {first}")
+    if problems:
+        names = sorted(p.stem for p in (CONF_DIR / "finetune").glob("*.yaml"))
+        rows = " or an experiment row such as peft/lora_match" if experiment_rows else ""
+        problems.append(f"a strategy is a conf/finetune name ({', '.join(names)}){rows}")
+        raise DemoInputError("\n".join(problems))
 
 
 def replace_previous_demo_run(run_dir: Path, console: Console) -> None:

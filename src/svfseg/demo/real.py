@@ -43,6 +43,7 @@ from svfseg.dataprep.ccp import SOURCE_ENV, convert
 from svfseg.dataprep.folder_resize import resize_folder, scaled_min_pixels
 from svfseg.demo.baselines import BASELINES, evaluate_baselines
 from svfseg.demo.common import (
+    check_run_configs,
     print_table,
     run_result,
     strategy_cells,
@@ -194,6 +195,16 @@ def prepare_data(data_root: Path, src: str | None, long_side: int, console: Cons
     working = resize_folder(data_root, data_root.with_name(f"{data_root.name}-{long_side}"), long_side)
     console.print(f"    working copy (long side {long_side} px): {working}")
     return working
+
+
+def check_demo_runs(settings: RealDemoSettings, data_root: Path, weights_dir: Path, out: Path) -> None:
+    """Compose the head's and every strategy's config before the data is prepared (a wrong
+    ``--strategies`` name used to fail after the baselines and a head had been made)."""
+    seed, weights, head = settings.seeds[0], weights_dir / f"{BACKBONE}.pth", out / "head.ckpt"
+    runs = {"head": settings.head_overrides(data_root, weights, out / HEAD_RUN, seed)}
+    for strategy in settings.strategies:
+        runs[f"--strategies {strategy}"] = settings.overrides(data_root, weights, out, strategy, seed, head)
+    check_run_configs(runs, experiment_rows=True)
 
 
 def prepare_weights(weights_dir: Path, console: Console) -> Path:
@@ -378,6 +389,7 @@ def run_demo(
     """Prepare, score the baselines, train head + strategies per seed, compare and plot."""
     console = Console()
     start = time.perf_counter()
+    check_demo_runs(settings, data_root, weights_dir, out)
     console.print("[bold]1/4[/] data and weights")
     data_root = prepare_data(data_root, src, settings.size, console)
     weights = prepare_weights(weights_dir, console)

@@ -24,6 +24,7 @@ from svfseg.analysis.png import save_png
 from svfseg.demo.common import epoch_curves
 from svfseg.demo.real import (
     RealDemoSettings,
+    check_demo_runs,
     is_svf,
     prepare_data,
     prepare_weights,
@@ -261,6 +262,7 @@ def run_study(
     console = Console()
     start = time.perf_counter()
     check_same_settings(out, settings)
+    check_demo_runs(settings, data_root, weights_dir, out)
     data_root = prepare_data(data_root, src, settings.size, console)
     weights = prepare_weights(weights_dir, console)
     runs: dict[int, dict[str, dict[int, dict[str, Any]]]] = {

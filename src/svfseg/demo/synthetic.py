@@ -35,6 +35,7 @@ from svfseg.analysis.png import save_png
 from svfseg.data.io import read_label
 from svfseg.dataprep.synthetic import LAYOUT_CLASSES, make_synthetic
 from svfseg.demo.common import (
+    check_run_configs,
     print_table,
     run_result,
     strategy_cells,
@@ -118,6 +119,16 @@ def run_demo(
     """The four demo steps; ``synthetic`` (make_synthetic options) and ``extra_overrides`` shrink it for tests."""
     console = Console()
     start = time.perf_counter()
+    seed, weights = settings.seeds[0], weights_dir / "proxy.pth"  # composed only: no file is read
+    check_run_configs(
+        {
+            f"--strategies {finetune}": [
+                *settings.overrides(data_root, weights, out / finetune, finetune, seed),
+                *extra_overrides,
+            ]
+            for finetune in settings.strategies
+        }
+    )
     console.print(f"[bold]1/4[/] proxy-pretrained backbone under {weights_dir}")
     proxy = build_proxy_weights(settings.proxy, weights_dir, log=console.print)
     held_out = proxy.record["held_out"]

@@ -464,3 +464,17 @@ def test_summary_compares_with_reference_counts(root: Path, capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "1 ok" in out and "445 DIFFERS" in out
     assert lists_cli.REFERENCE_PASCAL[(2, "train", True)] == 2752
+
+
+def test_lists_cli_reports_a_missing_root_or_import_folder_in_one_line(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "lists"
+    rc = lists_cli.main(["--dataset", "pascal", "--root", str(tmp_path / "nowhere"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: dataset root {tmp_path / 'nowhere'} does not exist; create it")
+    rc = lists_cli.main(
+        ["--dataset", "pascal", "--root", str(tmp_path), "--out", str(out), "--import", str(tmp_path / "x")]
+    )
+    assert (
+        rc == 2 and "data_list_0.txt does not exist; expected the BAM/SVF layout" in capsys.readouterr().err
+    )
+    assert not out.exists()

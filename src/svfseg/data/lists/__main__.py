@@ -101,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError) as err:  # a missing root or import folder, a malformed list
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Build (or import) every requested fold and split, write them, and print the summary."""
     rows: list[tuple[int, str, FewShotList]] = []
     sources = {"train": args.train_source, "val": args.val_source}
     for fold in args.folds:
