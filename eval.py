@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 
@@ -22,17 +23,18 @@ def main(cfg: DictConfig) -> float:
     from svfseg.run_dir import is_global_rank_zero, remove_rank_folder
     from svfseg.tasks.evaluate import evaluate
 
+    hydra_cfg = HydraConfig.get()
+    sweep_job = hydra_cfg.mode == RunMode.MULTIRUN  # a refused job must not end the sweep
     try:
         miou = float(evaluate(cfg)["miou"])
     except ConfigError as err:  # every start-up problem, one line each, no traceback; exit status 2
         from svfseg.run_dir import remove_if_empty
 
-        remove_if_empty(Path(HydraConfig.get().runtime.output_dir), stop=Path.cwd())  # made by Hydra, empty
-        report_config_problems(err, "eval.py")
+        remove_if_empty(Path(hydra_cfg.runtime.output_dir), stop=Path.cwd())  # made by Hydra, empty
+        report_config_problems(err, "eval.py", sweep_job=sweep_job)
     except EpisodeDataError as err:  # found when the episodes are built: no traceback either
-        report_config_problems(err, "eval.py", what="in the data, nothing was evaluated")
+        report_config_problems(err, "eval.py", what="in the data, nothing was evaluated", sweep_job=sweep_job)
     if not is_global_rank_zero():  # rank 0 wrote the results; a folder of this rank's own holds its log only
-        hydra_cfg = HydraConfig.get()
         remove_rank_folder(Path(hydra_cfg.runtime.output_dir), f"{hydra_cfg.job.name}.log", stop=Path.cwd())
     return miou
 

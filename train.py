@@ -30,16 +30,17 @@ def main(cfg: DictConfig) -> float | None:
     # A SLURM launcher runs each sweep job as its own job, whose tasks Lightning joins as DDP ranks; any
     # other multirun would have every DDP rank start the sweep again.
     slurm = "SlurmLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN and not slurm
+    sweep_job = hydra_cfg.mode == RunMode.MULTIRUN  # a refused job must not end the sweep
+    multirun = sweep_job and not slurm
     try:
         metrics = train(cfg, multirun=multirun)
     except ConfigError as err:  # every problem of the config, one line each, no traceback; exit status 2
         from svfseg.run_dir import remove_if_empty
 
         remove_if_empty(Path(hydra_cfg.runtime.output_dir), stop=Path.cwd())  # Hydra made it; nothing in it
-        report_config_problems(err, "train.py")
+        report_config_problems(err, "train.py", sweep_job=sweep_job)
     except EpisodeDataError as err:  # found when the lists are built, at fit start: no traceback either
-        report_config_problems(err, "train.py", what="in the data, nothing was trained")
+        report_config_problems(err, "train.py", what="in the data, nothing was trained", sweep_job=sweep_job)
     value = metrics.get(str(cfg.optimized_metric).split("/")[-1]) if metrics else None
     return None if value is None else float(value)
 

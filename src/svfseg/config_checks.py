@@ -105,15 +105,33 @@ def uses_multiprocess_ddp(trainer: DictConfig) -> bool:
     return world > 1
 
 
+class SweepJobRefused(Exception):
+    """One job of a Hydra multirun was refused at start; its problems are printed, the sweep goes on."""
+
+
 def report_config_problems(
-    err: Exception, program: str, *, what: str = "in the config, nothing was run"
+    err: Exception,
+    program: str,
+    *,
+    what: str = "in the config, nothing was run",
+    sweep_job: bool = False,
 ) -> NoReturn:
-    """Print an error's problems to stderr, one line each, and exit with status 2 (no traceback)."""
+    """Print an error's problems to stderr, one line each, and exit with status 2 (no traceback).
+
+    ``sweep_job``: the command is one job of a Hydra multirun. Exiting there would end the whole sweep
+    (Hydra runs jobs one after another and does not catch ``SystemExit``), so the jobs after a refused
+    one never ran; raising :class:`SweepJobRefused` instead lets Hydra go on with the next job and report
+    the refused ones when the sweep ends (exit status 1).
+    """
     lines = [line for line in str(err).splitlines() if line.strip()]
     noun = "problem" if len(lines) == 1 else "problems"
     print(f"{program}: {len(lines)} {noun} {what}:", file=sys.stderr)
     for line in lines:
         print(f"  - {line}", file=sys.stderr)
+    if sweep_job:
+        raise SweepJobRefused(
+            f"{program}: this job was refused at start ({len(lines)} {noun} above)"
+        ) from None
     sys.exit(2)
 
 

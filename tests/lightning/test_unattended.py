@@ -176,6 +176,36 @@ def test_a_sweep_launched_again_with_auto_skips_finished_jobs_and_completes_the_
     )
 
 
+@pytest.mark.slow
+def test_a_job_refused_at_start_does_not_end_the_sweep(synthetic_pascal: Any, tmp_path: Path) -> None:
+    """train.py's one-line refusal exited the process, which ended a Hydra multirun at that job: the jobs
+    after it never ran. Now the sweep goes on, and Hydra names the refused job when it ends (status 1)."""
+    root, min_pixels = synthetic_pascal
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        [
+            "train.py",
+            "-m",
+            "dataset=synthetic",
+            "debug=tiny",
+            f"dataset.root={root}",
+            f"dataset.min_pixels={min_pixels}",
+            "~callbacks.progress_bar",
+            "fold=4,0",
+            f"hydra.sweep.dir={sweep}",
+            f"paths.log_dir={tmp_path}",
+        ],
+        REPO,
+        timeout=300,
+        ok=False,
+    )
+    assert proc.returncode == 1
+    assert "train.py: 1 problem in the config, nothing was run:\n  - fold=4 is invalid" in proc.stderr
+    assert "Error executing job with overrides:" in proc.stderr and "'fold=4'" in proc.stderr
+    (record,) = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert record["fold"] == 0  # the job after the refused one ran
+
+
 def test_the_slurm_preset_runs_one_task_per_gpu() -> None:
     out = run_cli(["train.py", "hydra/launcher=slurm_4gpu", "trainer=ddp", "--cfg", "hydra"], REPO).stdout
     launcher = out[out.index("launcher:") :]
