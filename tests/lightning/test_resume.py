@@ -193,7 +193,11 @@ def _as_a_terminal_job() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _popen(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _popen(
+    args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None, *, own_group: bool = False
+) -> subprocess.Popen:
+    """``train.py ARGS`` as a terminal job; ``own_group``: in a process group of its own (with the DDP ranks
+    it starts), so that the test can kill the whole job at once as a scheduler does."""
     # Output goes to files: a pipe nobody reads would block the child once full.
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args],
@@ -202,6 +206,7 @@ def _popen(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = N
         stdout=log.with_suffix(".out").open("w"),
         stderr=log.with_suffix(".err").open("w"),
         preexec_fn=_as_a_terminal_job,
+        start_new_session=own_group,
     )
 
 
@@ -620,27 +625,15 @@ def test_bam_stage1_killed_and_resumed_writes_the_uninterrupted_base_learner(
     """BAM's stage 1 (it used to ignore ``ckpt_path``, and its folder was then refused): killed as soon as
     its first ``last.ckpt`` exists (mid-epoch), resumed as a requeued SLURM job is, it ends with the
     uninterrupted run's training state and writes the same base learner, bit for bit."""
-    root, min_pixels = synthetic_pascal
 
     def command(out: Path) -> list[str]:
         return [
+            *_cli_overrides(synthetic_pascal, out),  # deterministic, every step logged and flushed
             "stage=base",
             "method=bam",
-            "dataset=synthetic",
-            "debug=tiny",
-            "logger=csv",
-            f"dataset.root={root}",
-            f"dataset.min_pixels={min_pixels}",
-            f"paths.output_dir={out}",
-            f"paths.log_dir={out}",
             f"method.base_learner={out / 'pspnet.pt'}",
-            "~callbacks.progress_bar",
-            "trainer.deterministic=true",
-            "trainer.limit_train_batches=6",
             "dataset.base_stage.epochs=2",
             "callbacks.last_checkpoint.every_n_train_steps=1",
-            "trainer.log_every_n_steps=1",
-            "+logger.csv.flush_logs_every_n_steps=1",
         ]
 
     ref, out = tmp_path / "ref", tmp_path / "run"
@@ -659,7 +652,7 @@ def test_bam_stage1_killed_and_resumed_writes_the_uninterrupted_base_learner(
             proc.kill()
             proc.wait()
     killed = _load(out / "checkpoints" / "last.ckpt")
-    assert killed["global_step"] < 12 and not (out / "stage1.json").exists()
+    assert killed["global_step"] < 2 * STEPS_PER_EPOCH and not (out / "stage1.json").exists()
     proc = _popen(command(out), tmp_path, tmp_path / "b", env={"SLURM_RESTART_COUNT": "1"})
     assert proc.wait(timeout=150) == 0, _tail(tmp_path / "b")
     assert "not resumable" not in (tmp_path / "b.err").read_text()  # Lightning's mid-epoch warning
@@ -685,14 +678,7 @@ def test_a_two_process_ddp_run_killed_and_requeued_resumes_to_the_uninterrupted_
     ref, out, marker = tmp_path / "ref", tmp_path / "run", tmp_path / "hanging"
 
     def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, str(REPO / "train.py"), *args],
-            cwd=tmp_path,
-            env={**_env(), **(env or {})},
-            stdout=log.with_suffix(".out").open("w"),
-            stderr=log.with_suffix(".err").open("w"),
-            start_new_session=True,  # its own process group: rank 1 is rank 0's child
-        )
+        return _popen(args, tmp_path, log, env, own_group=True)  # rank 1 is rank 0's child
 
     proc = start([*_cli_overrides(synthetic_pascal, ref), *ddp], tmp_path / "r")
     assert proc.wait(timeout=300) == 0, _tail(tmp_path / "r")

@@ -141,14 +141,10 @@ def test_a_submitit_local_sweep_runs_each_job_and_writes_its_metrics(
     assert [r["fold"] for _, r in sorted(records.items())] == [0, 1]
 
 
-@pytest.mark.slow
-def test_a_sweep_launched_again_with_auto_skips_finished_jobs_and_completes_the_others(
-    synthetic_pascal: Any, tmp_path: Path
-) -> None:
-    """The second launch of a sweep that stopped in its second job (its test metrics never written)."""
+def _tiny_sweep(synthetic_pascal: Any, tmp_path: Path, sweep: str) -> list[str]:
+    """``train.py -m SWEEP`` on the tiny synthetic profile, its jobs under ``tmp_path/sweep``."""
     root, min_pixels = synthetic_pascal
-    sweep = tmp_path / "sweep"
-    command = [
+    return [
         "train.py",
         "-m",
         "dataset=synthetic",
@@ -156,10 +152,19 @@ def test_a_sweep_launched_again_with_auto_skips_finished_jobs_and_completes_the_
         f"dataset.root={root}",
         f"dataset.min_pixels={min_pixels}",
         "~callbacks.progress_bar",
-        "fold=0,1",
-        f"hydra.sweep.dir={sweep}",
+        sweep,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
         f"paths.log_dir={tmp_path}",
     ]
+
+
+@pytest.mark.slow
+def test_a_sweep_launched_again_with_auto_skips_finished_jobs_and_completes_the_others(
+    synthetic_pascal: Any, tmp_path: Path
+) -> None:
+    """The second launch of a sweep that stopped in its second job (its test metrics never written)."""
+    sweep = tmp_path / "sweep"
+    command = _tiny_sweep(synthetic_pascal, tmp_path, "fold=0,1")
     run_cli(command, REPO, timeout=300)
     first, second = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     finished = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
@@ -180,25 +185,8 @@ def test_a_sweep_launched_again_with_auto_skips_finished_jobs_and_completes_the_
 def test_a_job_refused_at_start_does_not_end_the_sweep(synthetic_pascal: Any, tmp_path: Path) -> None:
     """train.py's one-line refusal exited the process, which ended a Hydra multirun at that job: the jobs
     after it never ran. Now the sweep goes on, and Hydra names the refused job when it ends (status 1)."""
-    root, min_pixels = synthetic_pascal
     sweep = tmp_path / "sweep"
-    proc = run_cli(
-        [
-            "train.py",
-            "-m",
-            "dataset=synthetic",
-            "debug=tiny",
-            f"dataset.root={root}",
-            f"dataset.min_pixels={min_pixels}",
-            "~callbacks.progress_bar",
-            "fold=4,0",
-            f"hydra.sweep.dir={sweep}",
-            f"paths.log_dir={tmp_path}",
-        ],
-        REPO,
-        timeout=300,
-        ok=False,
-    )
+    proc = run_cli(_tiny_sweep(synthetic_pascal, tmp_path, "fold=4,0"), REPO, timeout=300, ok=False)
     assert proc.returncode == 1
     assert "train.py: 1 problem in the config, nothing was run:\n  - fold=4 is invalid" in proc.stderr
     assert "Error executing job with overrides:" in proc.stderr and "'fold=4'" in proc.stderr

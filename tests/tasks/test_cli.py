@@ -136,18 +136,16 @@ def test_multirun_sweep_gathers_into_the_paper_table(sweep: Path) -> None:
 def bam_runs(synthetic_pascal, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     work = tmp_path_factory.mktemp("bam")
     learner = work / "weights" / "pspnet.pt"
-    stage1 = run_cli(
-        [
-            str(REPO / "train.py"),
-            "stage=base",
-            "method=bam",
-            *tiny_overrides(synthetic_pascal),
-            "dataset.base_stage.epochs=1",
-            f"method.base_learner={learner}",
-            f"hydra.run.dir={work / 'base'}",
-        ],
-        work,
-    )
+    command = [
+        str(REPO / "train.py"),
+        "stage=base",
+        "method=bam",
+        *tiny_overrides(synthetic_pascal),
+        "dataset.base_stage.epochs=1",
+        f"method.base_learner={learner}",
+        f"hydra.run.dir={work / 'base'}",
+    ]
+    stage1 = run_cli(command, work)
     stage2 = run_cli(
         [
             str(REPO / "train.py"),
@@ -158,7 +156,7 @@ def bam_runs(synthetic_pascal, tmp_path_factory: pytest.TempPathFactory) -> dict
         ],
         work,
     )
-    return {"work": work, "learner": learner, "stage1": stage1, "stage2": stage2}
+    return {"work": work, "learner": learner, "stage1": stage1, "stage2": stage2, "command": command}
 
 
 @pytest.mark.slow
@@ -180,22 +178,14 @@ def test_bam_stage2_reads_the_stage1_base_learner_by_path(bam_runs: dict) -> Non
 
 
 @pytest.mark.slow
-def test_bam_stage1_records_its_result_and_auto_skips_it_when_finished(synthetic_pascal, bam_runs) -> None:
+def test_bam_stage1_records_its_result_and_auto_skips_it_when_finished(bam_runs: dict) -> None:
     work, learner = bam_runs["work"], bam_runs["learner"]
     record = json.loads((work / "base" / "stage1.json").read_text())
     assert record["base_learner"] == str(learner)
     assert (
         record["val_miou"] == torch.load(learner, map_location="cpu", weights_only=True)["meta"]["val_miou"]
     )
-    stage1 = [
-        str(REPO / "train.py"),
-        "stage=base",
-        "method=bam",
-        *tiny_overrides(synthetic_pascal),
-        "dataset.base_stage.epochs=1",
-        f"method.base_learner={learner}",
-        f"hydra.run.dir={work / 'base'}",
-    ]
+    stage1 = bam_runs["command"]  # the fixture's stage-1 command, again
     before = {p: p.stat().st_mtime_ns for p in [learner, *(work / "base").rglob("*")] if p.is_file()}
     # the same command again, as a sweep re-launched with ckpt_path=auto, or as SLURM requeues it
     for extra, env in ((["ckpt_path=auto"], None), ([], {"SLURM_RESTART_COUNT": "1"})):
