@@ -80,8 +80,8 @@ def train_base_learner(run: TrainRun) -> dict[str, Any]:
     )
     # last.ckpt every N steps and every epoch, as in the few-shot stage: a killed or requeued stage 1
     # resumes exactly (the loader's position, per-batch dropout seeds)
-    every = OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps", default=500)
-    last = LastCheckpoint(run.out_dir / "checkpoints", every_n_train_steps=every)
+    save_every = OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps", default=500)
+    last = LastCheckpoint(run.out_dir / "checkpoints", every_n_train_steps=save_every)
     loggers = build_loggers(run)
     trainer_cfg = base_trainer_arguments(cfg)
     every = int(trainer_cfg.get("log_every_n_steps", 10))
