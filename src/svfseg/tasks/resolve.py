@@ -166,11 +166,10 @@ def _finished_results(run: TrainRun) -> dict[str, Any] | None:
 def _ckpt_path(run: TrainRun, ckpt: str | None) -> str | None:
     """``last`` is this run directory's ``checkpoints/last.ckpt``; ``auto`` is that file where it exists
     (else a new start)."""
+    path = run.out_dir / "checkpoints" / "last.ckpt"
     if ckpt == "auto":
-        path = run.out_dir / "checkpoints" / "last.ckpt"
         return str(path) if path.is_file() else None
     if ckpt == "last":
-        path = run.out_dir / "checkpoints" / "last.ckpt"
         if not path.is_file():
             raise ConfigError(
                 f"ckpt_path=last but {path} does not exist: resume needs the same run directory "

@@ -14,7 +14,7 @@ from svfseg.config_checks import ConfigError
 from svfseg.lightning.warm_start import apply_head
 from svfseg.precision import apply_matmul_precision
 from svfseg.redaction import redact_secrets
-from svfseg.run_dir import RunDirError, claim_run_dir
+from svfseg.run_dir import RESULT_FILES, RunDirError, claim_run_dir
 from svfseg.tasks.base_stage import train_base_learner
 from svfseg.tasks.builders import (
     build_callbacks,
@@ -87,7 +87,7 @@ def _train(run: TrainRun) -> dict[str, Any]:
                 trainable=trainable_counts(module.param_groups),
             )
             if trainer.is_global_zero:
-                path = run.out_dir / "metrics.json"
+                path = run.out_dir / RESULT_FILES["meta"]  # what ckpt_path=auto looks for
                 write_metrics_json(path, results)
                 print_metrics(
                     results, title=f"test episodes of {Path(best).name if best else 'final weights'}"
