@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,12 @@ from typing import Any, NoReturn
 
 import hydra
 import torch
+from lightning_fabric.plugins.environments import (
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
 from omegaconf import DictConfig, OmegaConf
 
 from svfseg.backbones.timm_cnn import check_timm_backbone_config
@@ -72,20 +79,26 @@ class ConfigError(ValueError):
     """An invalid combination of config values; the message names the keys."""
 
 
-def world_size(trainer: DictConfig) -> int:
-    """Processes a trainer config asks for (devices x nodes); ``auto`` counts as 1 until Lightning resolves it."""
-    devices = trainer.get("devices", 1)
+def process_count(devices: Any) -> int | None:
+    """Processes per machine that ``trainer.devices`` names, or None where Lightning counts them when it
+    starts (``auto``, ``-1``)."""
+    if isinstance(devices, bool):
+        return None
     if isinstance(devices, int):
-        n = devices
-    elif isinstance(devices, str) and devices.isdigit():
-        n = int(devices)
-    elif isinstance(devices, str) and "," in devices:  # Lightning's "0,1": a list of device indices
-        n = len([part for part in devices.split(",") if part.strip()])
-    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        n = len(devices)
-    else:  # "auto" / -1: resolved by Lightning at run time; checked again in the DataModule
-        n = 1
-    return max(n, 1) * int(trainer.get("num_nodes", 1) or 1)
+        return devices if devices >= 1 else None
+    if isinstance(devices, str) and devices.isdigit():
+        return int(devices)
+    if isinstance(devices, str) and "," in devices:  # Lightning's "0,1": a list of device indices
+        return len([part for part in devices.split(",") if part.strip()])
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    return None
+
+
+def world_size(trainer: DictConfig) -> int:
+    """Processes a trainer config asks for (devices x nodes); ``auto`` counts as 1 until Lightning resolves it
+    (checked again in the DataModule)."""
+    return max(process_count(trainer.get("devices", 1)) or 1, 1) * int(trainer.get("num_nodes", 1) or 1)
 
 
 def uses_multiprocess_ddp(trainer: DictConfig) -> bool:
@@ -279,6 +292,7 @@ def check_train_run(cfg: DictConfig, *, multirun: bool = False) -> CheckedRun:
         lambda: check_accelerator(cfg.trainer),
         lambda: check_devices(cfg.trainer),
         lambda: check_launcher(cfg.trainer),
+        lambda: check_cluster_launch(cfg.trainer),
         lambda: check_training_length(cfg, str(stage)),
         lambda: check_loggers(cfg.get("logger")),
         lambda: _check_file(
@@ -501,6 +515,55 @@ def check_devices(trainer: Any) -> None:
         raise ConfigError(
             f"trainer.num_nodes={nodes!r} is invalid: the number of machines is an integer >= 1"
         )
+
+
+# The cluster environments Lightning detects, in its order (TorchElastic first: it can run inside SLURM).
+# Without one, Lightning's own environment reads the machine's rank from NODE_RANK (or GROUP_RANK).
+LAUNCHED_ENVIRONMENTS = (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)
+NODE_RANK_VARIABLES = ("NODE_RANK", "GROUP_RANK")
+
+
+def check_cluster_launch(trainer: Any) -> None:
+    """The process layout the trainer asks for is the one this job was started with.
+
+    ``trainer.num_nodes`` > 1 on a process that no multi-machine launcher started (no SLURM job step,
+    torchrun, LSF or MPI, and no ``NODE_RANK``) made every rank wait for the missing machines until the
+    process group's 30-minute timeout. Under SLURM or torchrun, devices and nodes that differ from the
+    job's tasks stopped Lightning's Trainer only after the model was built and the run folder claimed;
+    Lightning's own comparison runs here, at start. A cluster environment passed in ``trainer.plugins``
+    is the user's own and is left to Lightning.
+    """
+    if trainer.get("plugins"):
+        return
+    nodes = trainer.get("num_nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        return  # check_devices names it
+    with warnings.catch_warnings():  # SLURM's detection warns about srun; Lightning warns again itself
+        warnings.simplefilter("ignore")
+        launched = next((env for env in LAUNCHED_ENVIRONMENTS if env.detect()), None)
+    if launched is None:
+        if nodes > 1 and not any(var in os.environ for var in NODE_RANK_VARIABLES):
+            raise ConfigError(
+                f"trainer.num_nodes={nodes} asks for {nodes} machines, but no launcher started this process "
+                "on several (no SLURM job step, torchrun, LSF or MPI environment, and NODE_RANK is not set): "
+                "every rank would wait for the other machines until the 30-minute timeout. Launch it on a "
+                f"cluster (e.g. -m hydra/launcher=slurm_4gpu hydra.launcher.nodes={nodes}), with torchrun "
+                f"--nnodes={nodes}, or on each machine with MASTER_ADDR, MASTER_PORT and NODE_RANK set; "
+                "on one machine, leave trainer.num_nodes=1"
+            )
+        return
+    devices = process_count(trainer.get("devices", 1))
+    if devices is None:  # "auto" / -1: Lightning counts the GPUs and compares when it starts
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            launched().validate_settings(num_devices=devices, num_nodes=nodes)
+    except (ValueError, RuntimeError) as err:  # RuntimeError: SLURM's --ntasks without --ntasks-per-node
+        raise ConfigError(
+            f"trainer.devices={trainer.get('devices')!r} and trainer.num_nodes={nodes} do not match the "
+            f"processes this job was started with ({launched.__name__}): {err}"
+        ) from None
 
 
 def check_training_length(cfg: DictConfig, stage: str) -> None:

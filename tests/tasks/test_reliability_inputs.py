@@ -157,6 +157,14 @@ def test_eval_refuses_a_missing_dataset_root_at_start(run: SimpleNamespace, tmp_
     [
         (["trainer.accelerator=cpu", "trainer.devices=0"], r"^trainer\.devices=0 is invalid for trainer\."),
         pytest.param(
+            ["trainer.num_nodes=2"],
+            r"^trainer\.num_nodes=2 asks for 2 machines, but no launcher started this process on several",
+            marks=pytest.mark.skipif(
+                any(v in os.environ for v in ("NODE_RANK", "GROUP_RANK", "SLURM_NTASKS", "WORLD_SIZE")),
+                reason="this process runs under a multi-machine launcher",
+            ),
+        ),
+        pytest.param(
             ["trainer=gpu"],
             r"^trainer\.accelerator=gpu but no CUDA device is visible on this machine; run on CPU",
             marks=pytest.mark.skipif(

@@ -21,6 +21,7 @@ from svfseg.config_checks import (
     _check_precision,
     _collect,
     check_accelerator,
+    check_cluster_launch,
     check_dataset_root,
     check_devices,
     check_launcher,
@@ -132,6 +133,7 @@ def check_eval_config(cfg: DictConfig) -> tuple[Path, CheckpointRecord, DictConf
     _collect(problems, lambda: check_accelerator(cfg.trainer))
     _collect(problems, lambda: check_devices(cfg.trainer))
     _collect(problems, lambda: check_launcher(cfg.trainer))
+    _collect(problems, lambda: check_cluster_launch(cfg.trainer))
     _collect(problems, lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"))
     tta = _collect(problems, lambda: tta_options(cfg))
     if tta is not None and opened is not None:
