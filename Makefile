@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Everything ruff checks: the package, tests, benchmarks, tools and every script at the repository root.
 LINT_PATHS := src tests benchmarks tools $(wildcard *.py)
 
-.PHONY: help install test test-fast demo demo-synthetic study proxy lint format bench bench-pipeline bench-load learning-spread clean
+.PHONY: help install test test-fast test-durations demo demo-synthetic study proxy lint format bench bench-pipeline bench-load learning-spread clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,11 +20,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install svfseg with dev extras (idempotent)
 
+# Whole files per worker, the longest first (tests/durations.json; xdist's own order is by test count).
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP)  ## run the test suite (what CI runs)
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest $(XDIST)
 
 test-fast: $(STAMP)  ## the suite without the slow end-to-end tests (the edit loop; CI runs make test)
-	$(PY) -m pytest -n 2 --dist loadfile -m "not slow"
+	$(PY) -m pytest $(XDIST) -m "not slow"
+
+test-durations: $(STAMP)  ## run the suite and write each test file's seconds to tests/durations.json (its order)
+	$(PY) -m pytest $(XDIST) -q --junitxml=.pytest-durations.xml
+	$(PY) -m tests.helpers.durations .pytest-durations.xml && rm -f .pytest-durations.xml
 
 demo: $(STAMP)  ## real photos: CCP + ImageNet EfficientNet-Lite0 -> freeze/full/SVF x 3 seeds -> outputs/demo (CPU; CCP from SVFSEG_CCP_SRC or a download)
 	$(PY) -m svfseg.demo

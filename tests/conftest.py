@@ -65,3 +65,11 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     httpd.shutdown()
     httpd.server_close()
     thread.join(timeout=10)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest test files first (tests/durations.json), so the xdist workers of ``make test`` end
+    together (tests/helpers/durations.py says why)."""
+    from tests.helpers.durations import load_durations, longest_files_first
+
+    items[:] = longest_files_first(items, load_durations())
