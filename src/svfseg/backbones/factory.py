@@ -88,8 +88,11 @@ def build_backbone(
     if pretrained is None and warn_if_random:
         log.warning(
             "backbone %s has no pretrained weights (pretrained=None): it is randomly initialised, so "
-            "few-shot results are meaningless without ImageNet weights. Fine for smoke tests only; set "
-            "backbone.pretrained to the weight file for real runs (README, 'Getting the weights': python -m svfseg.weights list).",
+            "few-shot results are meaningless without ImageNet weights. Fine for smoke tests only (its "
+            "BatchNorm statistics are untrained, so every strategy but finetune=bn passes its features on "
+            "unnormalised: a random ResNet-101's layer4 is hundreds of times larger than ResNet-50's and its "
+            "loss turns NaN within a few steps); set backbone.pretrained to the weight file for real runs "
+            "(README, 'Getting the weights': python -m svfseg.weights list).",
             name,
         )
     elif pretrained is not None:
