@@ -9,6 +9,32 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Every variable a launcher (SLURM, torchrun, LSF, MPI, a manual multi-machine start) sets that Lightning's
+# environment detection reads: a test deletes them to run as a plain command line does.
+LAUNCH_VARIABLES = (
+    "SLURM_NTASKS",
+    "SLURM_NTASKS_PER_NODE",
+    "SLURM_NNODES",
+    "SLURM_JOB_NAME",
+    "SLURM_JOB_ID",
+    "TORCHELASTIC_RUN_ID",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "GROUP_RANK",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LSB_JOBID",
+    "LSB_DJOB_RANKFILE",
+    "LSB_HOSTS",
+    "LSB_MCPU_HOSTS",
+    "JSM_NAMESPACE_LOCAL_RANK",
+    "JSM_NAMESPACE_SIZE",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+)
+
 
 def run_cli(
     args: list[str],

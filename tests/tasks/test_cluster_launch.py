@@ -14,33 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from svfseg.config_checks import ConfigError, check_cluster_launch, check_train_config
-from tests.helpers.cli import REPO, run_cli
+from tests.helpers.cli import LAUNCH_VARIABLES, REPO, run_cli
 from tests.helpers.hydra import compose_config
-
-# Every variable a launcher sets that Lightning's environment detection reads.
-LAUNCH_VARIABLES = (
-    "SLURM_NTASKS",
-    "SLURM_NTASKS_PER_NODE",
-    "SLURM_NNODES",
-    "SLURM_JOB_NAME",
-    "SLURM_JOB_ID",
-    "TORCHELASTIC_RUN_ID",
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
-    "GROUP_RANK",
-    "NODE_RANK",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "LSB_JOBID",
-    "LSB_DJOB_RANKFILE",
-    "LSB_HOSTS",
-    "LSB_MCPU_HOSTS",
-    "JSM_NAMESPACE_LOCAL_RANK",
-    "JSM_NAMESPACE_SIZE",
-    "OMPI_COMM_WORLD_SIZE",
-    "PMI_SIZE",
-)
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ from svfseg.tasks.evaluate import check_eval_config
 from svfseg.tasks.predict import predict
 from svfseg.tasks.resolve import TrainRun
 from svfseg.tasks.train import train
-from tests.helpers.cli import REPO, run_cli
+from tests.helpers.cli import LAUNCH_VARIABLES, REPO, run_cli
 from tests.helpers.hydra import compose_config, tiny_train_config
 
 N_EPISODES = 4
@@ -156,13 +156,9 @@ def test_eval_refuses_a_missing_dataset_root_at_start(run: SimpleNamespace, tmp_
     ("overrides", "expected"),
     [
         (["trainer.accelerator=cpu", "trainer.devices=0"], r"^trainer\.devices=0 is invalid for trainer\."),
-        pytest.param(
+        (
             ["trainer.num_nodes=2"],
             r"^trainer\.num_nodes=2 asks for 2 machines, but no launcher started this process on several",
-            marks=pytest.mark.skipif(
-                any(v in os.environ for v in ("NODE_RANK", "GROUP_RANK", "SLURM_NTASKS", "WORLD_SIZE")),
-                reason="this process runs under a multi-machine launcher",
-            ),
         ),
         pytest.param(
             ["trainer=gpu"],
@@ -174,10 +170,17 @@ def test_eval_refuses_a_missing_dataset_root_at_start(run: SimpleNamespace, tmp_
     ],
 )
 def test_eval_refuses_a_trainer_that_cannot_start_here(
-    run: SimpleNamespace, tmp_path: Path, overrides: list[str], expected: str
+    run: SimpleNamespace,
+    tmp_path: Path,
+    overrides: list[str],
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """eval.py with ``trainer.devices=0``, or ``trainer=gpu`` on a machine without CUDA, used to stop in
-    Lightning's Trainer with a traceback (train.py already refused the second)."""
+    Lightning's Trainer with a traceback (train.py already refused the second); ``trainer.num_nodes=2``
+    on a process no multi-machine launcher started waited 30 minutes for the other machine."""
+    for var in LAUNCH_VARIABLES:  # this process as a plain command line starts it
+        monkeypatch.delenv(var, raising=False)
     cfg = compose_config("eval", [f"ckpt_path={run.ckpt}", f"paths.output_dir={tmp_path / 'e'}", *overrides])
     with pytest.raises(ConfigError, match=expected):
         check_eval_config(cfg)
