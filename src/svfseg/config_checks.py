@@ -98,7 +98,7 @@ def process_count(devices: Any) -> int | None:
 def world_size(trainer: DictConfig) -> int:
     """Processes a trainer config asks for (devices x nodes); ``auto`` counts as 1 until Lightning resolves it
     (checked again in the DataModule)."""
-    return max(process_count(trainer.get("devices", 1)) or 1, 1) * int(trainer.get("num_nodes", 1) or 1)
+    return (process_count(trainer.get("devices", 1)) or 1) * int(trainer.get("num_nodes", 1) or 1)
 
 
 def uses_multiprocess_ddp(trainer: DictConfig) -> bool:
