@@ -12,8 +12,8 @@ re-run alone replaces only its figures:
   step of the strategy's param groups. All variants live in one process and run interleaved in a fresh
   seeded order each round, so machine noise hits them alike; medians are reported.
 * ``step`` also measures the peak memory of one such step (5-shot; 1-shot too with ``--memory-shots 1 5``), each
-  variant in a fresh subprocess (``benchlib``: VmHWM above the resident model, glibc mmap threshold at
-  64 KiB so RSS tracks live tensors).
+  variant in a process of its own, forked from one memory server (``benchlib.measure_in_forks``: VmHWM
+  above the resident model, glibc mmap threshold at 64 KiB so RSS tracks live tensors).
 * ``eval``: evaluation episodes per second of the SVF model (merged cached weights, batch 1, no_grad).
 * ``loader``: training episodes per second out of the real ``FewShotDataModule`` loader (JPEG/PNG
   decoding, the reference augmentation, crop to ``--size``) with 0, 1 and 2 workers, 1- and 5-shot, on a
@@ -28,13 +28,11 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import logging
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +43,15 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from benchlib import WORKER_ENV, interleaved_times, measure_peak, retain_freed_memory, write_section
+from benchlib import (
+    SERVER_FLAG,
+    interleaved_times,
+    measure_in_forks,
+    measure_peak,
+    retain_freed_memory,
+    serve_forked,
+    write_section,
+)
 from torch import nn
 
 from svfseg.backbones import build_backbone
@@ -71,12 +77,12 @@ PARTS = ("step", "eval", "loader", "index")  # "step" also measures the peak mem
 # ------------------------------------------------------------------------------------------ models
 def build_variant(variant: str, shot: int, base: nn.Module | None = None) -> tuple[nn.Module, Any]:
     """The baseline with the variant's strategy applied, and its SGD optimizer."""
+    spec = dict(STEP_VARIANTS[variant])
     logging.getLogger("svfseg.backbones.factory").setLevel(logging.ERROR)
     if base is None:
         torch.manual_seed(0)
         base = build_model("baseline", build_backbone("resnet50", pretrained=None), shot=shot)
     model = copy.deepcopy(base)
-    spec = dict(STEP_VARIANTS[variant])
     groups = build_strategy(spec.pop("name"), **spec).apply(model)
     model.train()
     return model, build_optimizer(groups, OptimConfig())
@@ -115,28 +121,23 @@ def time_steps(size: int, shots: tuple[int, ...], repeats: int, warmup: int) -> 
     return interleaved_times(units, repeats, warmup, digits=1)
 
 
-def memory_worker(variant: str, shot: int, size: int) -> dict[str, float]:
-    """In a fresh subprocess: peak memory of one training step above the resident model (MiB)."""
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]:
-        raise RuntimeError("run without --memory-worker: the benchmark starts its memory workers itself")
-    model, opt = build_variant(variant, shot)
-    step = train_step(model, opt, episode(shot, size))
+def memory_worker(request: str, size: int) -> dict[str, float]:
+    """In a process of its own: peak memory (MiB) of one training step of ``VARIANT@SHOT`` above the resident
+    model."""
+    variant, shot = request.split("@")
+    model, opt = build_variant(variant, int(shot))
+    step = train_step(model, opt, episode(int(shot), size))
     step()  # warm-up: optimizer state (momentum buffers), lazy allocations
     peaks = [measure_peak(step, lambda: None) for _ in range(2)]
     return {"peak_mib": max(peaks)}
 
 
 def measure_memory(size: int, shots: tuple[int, ...]) -> dict[str, float]:
-    env = {**os.environ, **WORKER_ENV}
-    out = {}
-    for shot in shots:
-        for v in STEP_VARIANTS:
-            cmd = [sys.executable, __file__, "--memory-worker", v, "--shot", str(shot), "--size", str(size)]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"memory worker {v}@{shot} failed:\n{proc.stderr[-3000:]}")
-            out[f"{v}@{shot}"] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
-            print(f"  memory {v}@{shot}: {out[f'{v}@{shot}']:.0f} MiB", flush=True)
+    requests = [f"{v}@{shot}" for shot in shots for v in STEP_VARIANTS]
+    results = measure_in_forks(Path(__file__), requests, ["--size", str(size)])
+    out = {request: result["peak_mib"] for request, result in results.items()}
+    for request, peak in out.items():
+        print(f"  memory {request}: {peak:.0f} MiB", flush=True)
     return out
 
 
@@ -403,8 +404,8 @@ STEP_NOTES = [
     "* Activation checkpointing recomputes layer2-4 in backward (about one more forward of those stages) "
     "instead of keeping their activations: the memory ratio is the number to read, the time ratio its "
     "price.",
-    "* Peak step memory is measured in a fresh process per variant (`benchmarks/benchlib.py`); the freeze "
-    "row keeps no activations for backward.",
+    "* Peak step memory is measured in a process of its own per variant, forked from one memory server "
+    "(`benchmarks/benchlib.py`); the freeze row keeps no activations for backward.",
 ]
 
 
@@ -422,11 +423,10 @@ def main() -> None:
     parser.add_argument("--index-label-size", type=int, default=64)
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--write", type=Path, default=None, help="update this Markdown file's section")
-    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--shot", type=int, default=5, help=argparse.SUPPRESS)
+    parser.add_argument(SERVER_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_worker:
-        print(json.dumps(memory_worker(args.memory_worker, args.shot, args.size)))
+    if args.memory_server:
+        serve_forked(lambda request: memory_worker(request, args.size))
         return
     res: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp(prefix="svfseg-bench-"))
@@ -439,7 +439,7 @@ def main() -> None:
             res["loader"] = loader_rate(args.size, tuple(args.shots), tuple(args.workers),
                                         args.loader_episodes, tmp)  # fmt: skip
         if "step" in args.only:
-            print("peak memory (one subprocess per variant) ...", flush=True)
+            print("peak memory (one forked process per variant) ...", flush=True)
             res["memory"] = measure_memory(args.size, tuple(args.memory_shots))
         if "eval" in args.only:
             print("evaluation ...", flush=True)

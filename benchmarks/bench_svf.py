@@ -28,8 +28,9 @@ keeps freed heap memory (glibc ``mallopt``: fixed 32 MiB mmap threshold, no trim
 allocator would: with glibc's defaults, on this VM, re-faulting freshly mapped pages every step made
 the measured step times depend on what else lived in the process (``--allocator default`` to see it).
 
-Peak memory: each variant runs in a fresh subprocess with glibc's mmap threshold fixed at 64 KiB
-(``MALLOC_MMAP_THRESHOLD_``), so every tensor buffer is its own mapping and freeing it returns the pages
+Peak memory: each variant runs in a process of its own, forked from one memory server that was started
+with glibc's mmap threshold fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``) and imported torch once (a fresh
+interpreter per variant spent about 6 s on imports each), so every tensor buffer is its own mapping and freeing it returns the pages
 at once: resident memory then tracks live tensor bytes. Right before a measured step the kernel's peak
 counter is reset (``echo 5 > /proc/self/clear_refs``); the step's peak is ``VmHWM - VmRSS(before)``:
 activations kept for backward, gradients and temporaries, excluding the model itself. A calibration run
@@ -54,7 +55,7 @@ not depend on the weights' values; BN in eval mode), timed with ``benchlib.inter
   model after ``merge_svf`` (plain convs again).
 
 Each training unit drops its gradients (``grad = None``) at its end, inside the timed call. Peak step
-memory of each Lite0 training variant: a fresh worker process per variant, measured as for ResNet-50.
+memory of each Lite0 training variant: a forked worker process per variant, measured as for ResNet-50.
 """
 
 from __future__ import annotations
@@ -63,15 +64,12 @@ import argparse
 import copy
 import datetime as dt
 import gc
-import json
 import logging
 import os
 import platform
 import random
 import re
 import statistics
-import subprocess
-import sys
 import time
 import types
 from collections.abc import Callable
@@ -79,11 +77,13 @@ from pathlib import Path
 
 import torch
 from benchlib import (
-    WORKER_ENV,
+    SERVER_FLAG,
     interleaved_times,
+    measure_in_forks,
     measure_peak,
     retain_freed_memory,
     saved_for_backward,
+    serve_forked,
     write_section,
 )
 from torch import Tensor, nn
@@ -117,7 +117,7 @@ LITE_TRAIN = (
     "bitfit",
 )
 LITE_EVAL = ("original", "svf_eval", "svf_merged")
-LITE_WORKER = "lite0:"  # --memory-worker prefix of the Lite0 variants
+LITE_WORKER = "lite0:"  # memory-server request prefix of the Lite0 variants
 # finetune= name and options of the variants built by the strategies (svfseg.finetune, stages layer2-4 by
 # default): those of the conf/experiment/peft rows (a test checks them against the composed configs)
 LITE_STRATEGY: dict[str, tuple[str, dict[str, object]]] = {
@@ -323,17 +323,9 @@ def cache_overhead(repeats: int = 30) -> float:
 
 
 # ------------------------------------------------------------------------------------------ memory
-def _check_worker_env() -> None:
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]:
-        raise RuntimeError(
-            "the memory worker needs MALLOC_MMAP_THRESHOLD_=65536 in its environment (RSS must track live "
-            "tensors); run the benchmark without --memory-worker, it starts the workers itself"
-        )
-
-
 def memory_worker(variant: str, size: int, batch: int) -> dict[str, float]:
-    """Runs in a fresh subprocess: peak step memory (MiB) of one variant, max of two measured steps."""
-    _check_worker_env()
+    """In a process of its own (``benchlib.measure_in_forks``): peak step memory (MiB) of one variant, max of
+    two measured steps."""
     if variant == "calibration":
         size_mib = 256
 
@@ -341,6 +333,7 @@ def memory_worker(variant: str, size: int, batch: int) -> dict[str, float]:
             t = torch.empty(size_mib * 2**20 // 4)
             t.fill_(1.0)
 
+        alloc()  # warm-up, as every variant has: a forked child's first op maps ~5 MiB of torch's own state
         return {
             "peak_mib": max(measure_peak(alloc, lambda: None) for _ in range(2)),
             "expected_mib": size_mib,
@@ -366,19 +359,20 @@ def memory_worker(variant: str, size: int, batch: int) -> dict[str, float]:
 
 
 def measure_memory(variants: tuple[str, ...], size: int, batch: int) -> dict[str, dict[str, float]]:
-    """Each variant in a fresh interpreter (see the module docstring for the method)."""
-    env = {**os.environ, **WORKER_ENV}
-    results = {}
-    for v in ("calibration", *variants):
-        cmd = [sys.executable, __file__, "--memory-worker", v, "--size", str(size), "--batch", str(batch)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"memory worker for {v!r} failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}"
-            )
-        results[v] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"  memory {v}: {results[v]}", flush=True)
+    """Each variant in a process of its own, forked from one memory server (see the module docstring)."""
+    results = measure_in_forks(
+        Path(__file__), ("calibration", *variants), ["--size", str(size), "--batch", str(batch)]
+    )
+    for variant, result in results.items():
+        print(f"  memory {variant}: {result}", flush=True)
     return results
+
+
+def measure_request(request: str, size: int, batch: int) -> dict[str, float]:
+    """The memory server's answer to one request: a ResNet-50 variant, or a Lite0 one after ``LITE_WORKER``."""
+    if request.startswith(LITE_WORKER):
+        return lite_memory_worker(request.removeprefix(LITE_WORKER), size, batch)
+    return memory_worker(request, size, batch)
 
 
 # ------------------------------------------------------------------------------------------ EfficientNet-Lite0
@@ -472,7 +466,7 @@ def lite_units(
 
 
 def lite_memory_worker(variant: str, size: int, batch: int) -> dict[str, float]:
-    """In a fresh subprocess (as ``memory_worker``): peak step memory (MiB) of one Lite0 variant above the
+    """In a process of its own (as ``memory_worker``): peak step memory (MiB) of one Lite0 variant above the
     resident model, max of two measured steps, and what autograd saves for backward."""
     model, _, _ = lite_model(variant)
     fn = lite_unit(variant, model, _input(size, batch))
@@ -532,7 +526,7 @@ def render_lite(
         f"{len(LITE_TRAIN) + len(LITE_EVAL)} variants in one process; ratios as median/median and min/min. "
         "Training step = forward + backward of `sum(layer4)` (freeze: the `no_grad` forward its backbone runs "
         "in training). Peak memory = the step's peak resident memory above the resident model, each training "
-        "variant in a fresh process, measured as for ResNet-50 above (see the script docstring); 'saved for "
+        "variant in a process of its own (forked from one memory server), measured as for ResNet-50 above (see the script docstring); 'saved for "
         "backward' is the RSS-free cross-check.",
         "",
         "| variant | trainable | time, median (min) s | ratio, median (min) | peak step memory (MiB) | x full FT "
@@ -646,7 +640,7 @@ def render(
         "",
         "Training step = forward + backward of `sum(layer4)`; median (and minimum) of "
         f"{args.repeats} interleaved repeats (after {args.warmup} warm-up round); ratios use medians. Peak memory = the step's peak "
-        "resident memory above the resident model (fresh process per variant; see the script docstring).",
+        "resident memory above the resident model (a process of its own per variant, forked from one memory server; see the script docstring).",
         "",
         "| variant | step time, median (min) s | x full FT | expected x full FT (MACs) | peak step memory (MiB) | x full FT "
         "| x reference SVF | saved for backward (MiB) |",
@@ -714,18 +708,13 @@ def main() -> None:
         help="timing process: keep freed heap memory (default) or glibc's defaults",
     )
     parser.add_argument("--write", type=Path, default=None, help="update this Markdown file's SVF section")
-    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(SERVER_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_worker:
-        _check_worker_env()
-        if args.memory_worker.startswith(LITE_WORKER):
-            variant = args.memory_worker.removeprefix(LITE_WORKER)
-            print(json.dumps(lite_memory_worker(variant, args.size, args.batch)))
-        else:
-            print(json.dumps(memory_worker(args.memory_worker, args.size, args.batch)))
+    if args.memory_server:
+        serve_forked(lambda request: measure_request(request, args.size, args.batch))
         return
     if args.allocator == "retain":
-        retain_freed_memory()  # the timing process only: the memory workers keep WORKER_ENV's settings
+        retain_freed_memory()  # the timing process only: the memory server keeps WORKER_ENV's settings
     resnet_text = lite_text = None
     if "resnet50" in args.backbones:
         print(
@@ -735,7 +724,7 @@ def main() -> None:
         times = time_variants(args.size, args.batch, args.repeats, args.warmup)
         merge_s = merge_cost(args.size, args.batch, max(3, args.repeats // 2))
         overhead_ms = cache_overhead()
-        print("measuring peak memory (one subprocess per variant) ...", flush=True)
+        print("measuring peak memory (one forked process per variant) ...", flush=True)
         memory = measure_memory((*TRAIN_VARIANTS, *EVAL_VARIANTS), args.size, args.batch)
         resnet_text = render(args, times, memory, merge_s, overhead_ms)
         print()
@@ -749,7 +738,7 @@ def main() -> None:
         units, svf_model, info = lite_units(args.size, args.batch)
         lite_times = interleaved_times(units, args.repeats, args.warmup, digits=3)
         del units  # the timing models: the memory workers run in their own processes
-        print("measuring peak memory (one subprocess per training variant) ...", flush=True)
+        print("measuring peak memory (one forked process per training variant) ...", flush=True)
         workers = measure_memory(tuple(f"{LITE_WORKER}{v}" for v in LITE_TRAIN), args.size, args.batch)
         memory = {k.removeprefix(LITE_WORKER): m for k, m in workers.items()}
         lite_text = render_lite(args, lite_times, svf_model, check_lite_merged(), info, memory)
