@@ -104,6 +104,10 @@ def test_good_folder_check_has_exact_counts(root: Path) -> None:
             pixels = sum(c.get(cls.id, 0) for c in spec.values())
             assert getattr(cls, f"{split}_images") == images
             assert getattr(cls, f"{split}_pixels") == pixels
+        shares = [c[cls.id] / (SIZE[0] * SIZE[1]) for c in TRAIN.values() if cls.id in c]
+        assert cls.train_median_area == pytest.approx(float(np.median(shares)), abs=1e-12)
+    # cat: 10, 6, 2 px of 576 -> 6/576; bird: 5, 7 -> 6/576; fish: 3 -> 3/576; dog: 20 -> 20/576
+    assert [round(c.train_median_area * 576, 6) for c in rep.classes] == [6, 20, 6, 3]
     assert [(c.name, c.train_images, c.val_images) for c in rep.classes] == [
         ("cat", 3, 1),
         ("dog", 1, 1),
@@ -135,6 +139,11 @@ def test_cli_summary(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert prepare.main(["folder", str(root), "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "4 classes, 6 train / 3 val images, 2 fold(s)" in out
+    lines = out.splitlines()
+    assert lines[1].split() == ["id", "class", "train", "img", "val", "img", "train", "px", "median", "area"]
+    assert lines[2].split() == ["1", "cat", "3", "1", "18", "1.0%"]  # 10 + 2 + 6 px; median 6 of 576
+    assert lines[3].split() == ["2", "dog", "1", "1", "20", "3.5%"]
+    assert "3 of 4 classes cover a median of under 2% of their training images" in out  # not dog
     assert (
         "fold 0: novel [1 cat, 2 dog]; the leakage filter keeps 2 training images (1 with a base class)"
         in out

@@ -184,6 +184,8 @@ def test_convert_subset_matches_the_mat_files(
         for split, split_ids in (("train", ds.train_ids), ("val", ds.val_ids)):
             assert getattr(cls, f"{split}_images") == sum(hists[rows[i], v] > 0 for i in split_ids)
             assert getattr(cls, f"{split}_pixels") == sum(int(hists[rows[i], v]) for i in split_ids)
+        shares = [hists[rows[i], v] / hists[rows[i]].sum() for i in ds.train_ids if hists[rows[i], v] > 0]
+        assert cls.train_median_area == pytest.approx(float(np.median(shares)) if shares else 0.0, abs=1e-12)
 
 
 def _copy_subset(src: Path, dst: Path, ids: list[str]) -> None:

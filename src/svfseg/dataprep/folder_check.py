@@ -45,6 +45,7 @@ from svfseg.files import atomic_write_text
 from svfseg.labels import IGNORE_INDEX
 
 _SERIAL_BELOW = 64
+SMALL_AREA = 0.02  # the report names the classes whose median share of their images is below this
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_GREY, _PNG_PALETTE = 0, 3
 _PNG_COLOUR_TYPES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey + alpha", 6: "RGBA"}
@@ -158,7 +159,12 @@ def _map(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int | None) ->
 
 @dataclass(frozen=True)
 class ClassCount:
-    """How often class ``id`` occurs: images holding >= 1 pixel of it, and its pixels, per split."""
+    """How often class ``id`` occurs: images holding >= 1 pixel of it, and its pixels, per split.
+
+    ``train_median_area``: the median share of its image that the class covers, over the training images
+    holding it (0.0 when none does). Small objects are what makes a few-shot head predict background everywhere
+    at a CPU working size, so the report shows it.
+    """
 
     id: int
     name: str
@@ -166,6 +172,7 @@ class ClassCount:
     val_images: int
     train_pixels: int
     val_pixels: int
+    train_median_area: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,7 @@ def _class_counts(
 ) -> tuple[ClassCount, ...]:
     num = len(names)
     stats = {s: (np.zeros(num + 1, np.int64), np.zeros(num + 1, np.int64)) for s in SPLIT_FILES}
+    areas: list[list[float]] = [[] for _ in range(num + 1)]  # per class: its share of each train image
     for split, ids in splits.items():
         images, pixels = stats[split]
         for i in ids:
@@ -229,6 +237,10 @@ def _class_counts(
                 c = np.asarray(counts[i][: num + 1], np.int64)
                 images += c > 0
                 pixels += c
+                if split == "train":
+                    size = sum(counts[i])  # every pixel of the label, ignore (255) included
+                    for k in np.flatnonzero(c[1:]) + 1:
+                        areas[k].append(int(c[k]) / size)
     return tuple(
         ClassCount(
             c,
@@ -237,6 +249,7 @@ def _class_counts(
             int(stats["val"][0][c]),
             int(stats["train"][1][c]),
             int(stats["val"][1][c]),
+            float(np.median(areas[c])) if areas[c] else 0.0,
         )
         for c in range(1, num + 1)
     )
@@ -443,10 +456,21 @@ def format_report(report: FolderReport) -> str:
         )
     if report.classes:
         width = max(len(c.name) for c in report.classes)
-        lines.append(f"{'id':>4}  {'class':<{width}}  {'train img':>9}  {'val img':>7}  {'train px':>10}")
+        lines.append(
+            f"{'id':>4}  {'class':<{width}}  {'train img':>9}  {'val img':>7}  {'train px':>10}  "
+            f"{'median area':>11}"
+        )
         for c in report.classes:
             lines.append(
-                f"{c.id:>4}  {c.name:<{width}}  {c.train_images:>9}  {c.val_images:>7}  {c.train_pixels:>10}"
+                f"{c.id:>4}  {c.name:<{width}}  {c.train_images:>9}  {c.val_images:>7}  {c.train_pixels:>10}  "
+                f"{100 * c.train_median_area:>10.1f}%"
+            )
+        small = [c for c in report.classes if c.train_images and c.train_median_area < SMALL_AREA]
+        if small:
+            lines.append(
+                f"{len(small)} of {len(report.classes)} classes cover a median of under {100 * SMALL_AREA:.0f}% "
+                "of their training images: at a small working size a head may learn to predict background "
+                "for them (docs/own-dataset.md, 'Small objects')"
             )
     names = {c.id: c.name for c in report.classes}
     for f in report.folds:
