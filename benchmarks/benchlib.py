@@ -29,9 +29,8 @@ from torch import Tensor, nn
 
 WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONUNBUFFERED": "1"}
 SERVER_FLAG = "--memory-server"  # a benchmark script started with it runs serve_forked
-RESULT_MARK = (
-    "svfseg-memory-result "  # prefixes the server's answer lines (anything else printed is passed on)
-)
+# prefixes the server's answer lines (anything else the measured code prints is passed on)
+RESULT_MARK = "svfseg-memory-result "
 
 
 def retain_freed_memory() -> None:
