@@ -162,8 +162,8 @@ class ClassCount:
     """How often class ``id`` occurs: images holding >= 1 pixel of it, and its pixels, per split.
 
     ``train_median_area``: the median share of its image that the class covers, over the training images
-    holding it (0.0 when none does). Small objects are what makes a few-shot head predict background everywhere
-    at a CPU working size, so the report shows it.
+    holding it (0.0 when none does): how many feature cells an object spans at a working size, which the
+    report shows because heads on small objects (CCP's) stayed at "all background" in short runs.
     """
 
     id: int
