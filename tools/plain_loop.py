@@ -30,13 +30,14 @@ from svfseg.config_checks import check_train_config
 from svfseg.data.samplers import step_seed
 from svfseg.lightning.module import FewShotSegModule
 from svfseg.lightning.optim import build_optimizer, build_scheduler
+from svfseg.metrics import FewShotIoU
 from svfseg.tasks.builders import build_datamodule, build_module
 from svfseg.tasks.resolve import TrainRun
 
 
 def evaluate(module: FewShotSegModule, loader: Any, num_classes: int) -> dict[str, float]:
     """mIoU (%) of the episodes of ``loader`` and the share of their pixels predicted as foreground."""
-    metric = FewShotSegModule._metric(num_classes)
+    metric = FewShotIoU(num_classes, validate_args=False)  # as the module's own evaluation metrics
     foreground, pixels = 0, 0
     module.eval()
     with torch.no_grad():
