@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import struct
 import time
 from pathlib import Path
@@ -557,7 +558,10 @@ def test_a_resumed_run_continues_its_wandb_run(synthetic_pascal, tmp_path: Path,
     ]
     _train(synthetic_pascal, out, ["logger=wandb", "ckpt_path=last", *extend])
     runs = sorted((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs), runs
+    # offline-run-<time>-<id>; wandb appends -1 to the second when both attempts start within one second
+    assert len(runs) == 2 and all(
+        re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", r.name) for r in runs
+    ), runs
     records = read_wandb_records(runs[1])
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.run_id == run_id
