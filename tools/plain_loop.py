@@ -71,8 +71,7 @@ def training_batches(datamodule: Any, limit: int | float | None) -> Iterator[tup
 def plain_loop(overrides: Sequence[str], steps: int, eval_at: Sequence[int]) -> Iterator[dict[str, Any]]:
     """Train ``steps`` steps of the run ``overrides`` describe; yields one record per step and evaluation."""
     cfg = compose_train_config(list(overrides))
-    check_train_config(cfg)
-    run = TrainRun.from_config(cfg)
+    run = TrainRun.from_config(cfg, check_train_config(cfg))  # the checks' spec, not a second one
     pl.seed_everything(run.seed, workers=True)  # then the datamodule and the model, in train.py's order
     datamodule = build_datamodule(run)
     module = build_module(run)
