@@ -363,3 +363,44 @@ def test_with_a_layout_only_that_tables_unfinished_runs_are_named(
     assert main([str(sweep), "--layout", "table4"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"unfinished: {sweep / 't4'} has no metrics.json")
+
+
+def _chosen(root: Path, name: str, row: str, *, seed: int, miou: float, selection: str | None) -> None:
+    """A train.py record of fold 0, 1-shot whose checkpoint ``selection`` chose (None: a record before the key)."""
+    d = root / name
+    d.mkdir(parents=True)
+    record: dict[str, Any] = {
+        "miou": miou,
+        "fbiou": miou,
+        "fold": 0,
+        "shot": 1,
+        "checkpoint": f"/runs/{name}/best.ckpt",
+        "run": {"row": row, "table": "t", "seed": seed},
+    }
+    if selection is not None:
+        record["selection"] = selection
+    (d / "metrics.json").write_text(json.dumps(record))
+
+
+def test_a_cell_mixing_checkpoint_selections_is_refused_naming_both_files(tmp_path: Path) -> None:
+    _chosen(tmp_path, "a", "SVF", seed=0, miou=0.5, selection=None)  # before the key: the paper's protocol
+    _chosen(tmp_path, "b", "SVF", seed=1, miou=0.6, selection="test_episodes")
+    assert build_table(load_runs(tmp_path)).records()[0][1] == "55.00 ± 5.00"
+    _chosen(tmp_path, "c", "SVF", seed=2, miou=0.4, selection="held_out")
+    with pytest.raises(
+        ValueError, match=r"row 'SVF' fold 0 1-shot mixes checkpoint selections: .*a/metrics.json"
+    ):
+        build_table(load_runs(tmp_path))
+
+
+def test_rows_of_different_selections_tabulate_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _chosen(tmp_path, "a", "SVF", seed=0, miou=0.5, selection="test_episodes")
+    _chosen(tmp_path, "b", "SVF held-out", seed=0, miou=0.4, selection="held_out")
+    table = build_table(load_runs(tmp_path))
+    assert [r[1] for r in table.records()] == ["50.00", "40.00"]
+    assert (
+        "note: the rows chose their checkpoints differently (dataset.selection): SVF: test_episodes, SVF held-out: held_out"
+        in capsys.readouterr().err
+    )

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from svfseg.backbones.timm_cnn import check_timm_backbone_config
 from svfseg.data.checks import check_root
 from svfseg.data.layouts import LAYOUTS
+from svfseg.data.lists.held_out import DEFAULT_SELECTION, check_selection
 from svfseg.methods.bam import bam_backbone_problem
 from svfseg.methods.pspnet import BaseLearnerCheckpointError, read_base_learner, stage1_command
 from svfseg.methods.registry import method_options
@@ -307,6 +308,7 @@ def check_train_run(cfg: DictConfig, *, multirun: bool = False) -> CheckedRun:
         lambda: _check_ckpt(cfg, str(stage)),
         lambda: training_seed(cfg.get("seed")),
         lambda: check_episodes(cfg.dataset, "dataset.eval_seeds", "dataset.n_episodes"),
+        lambda: check_selection(cfg.dataset.get("selection", DEFAULT_SELECTION)),
         lambda: check_writable_dir(cfg.paths.output_dir, "paths.output_dir"),
     ]
     for check in checks:

@@ -79,8 +79,20 @@ HASH_EXCLUDED = (
 )
 
 
+# Keys added after runs were recorded: at these values they are left out of the hash, so a run recorded
+# before the key existed keeps its folder and its resume (a run that sets another value is another run).
+HASH_DEFAULTS = {"dataset.selection": "test_episodes"}
+
+
 class RunDirError(ValueError):
     """The run directory belongs to another run or process; the message gives the ways out."""
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
 
 
 def _drop(tree: dict[str, Any], dotted: str) -> None:
@@ -110,6 +122,9 @@ def hashed_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     folder = dataset.get("name") == "folder" and dataset.get("root")
     for key in HASH_EXCLUDED:
         _drop(resolved, key)
+    for key, default in HASH_DEFAULTS.items():
+        if _get(resolved, key) == default:
+            _drop(resolved, key)
     if folder:  # a folder dataset is its folder: its name (not the machine's path to it) is hashed
         resolved["dataset"]["folder"] = Path(str(folder)).name
     return resolved

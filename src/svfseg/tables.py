@@ -57,6 +57,9 @@ class RunResult:
     n_episodes: int = 0
     mtime: float = 0.0
     trainable: int | None = None  # trainable backbone parameters, when the record holds them
+    selection: str = (
+        "test_episodes"  # which episodes chose the checkpoint (records before the key: the paper's)
+    )
 
 
 def default_row_label(meta: dict[str, Any]) -> str:
@@ -89,6 +92,7 @@ def load_runs(sweep_dir: Path) -> list[RunResult]:
                     n_episodes=int(data.get("n_episodes") or 0),
                     mtime=path.stat().st_mtime,
                     trainable=_trainable(data.get("trainable")),
+                    selection=str(data.get("selection") or "test_episodes"),
                 )
             )
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as err:
@@ -292,11 +296,25 @@ def build_table(
                 f"{run.train_seed}: {clash.path} and {run.path} (different checkpoints); move one out of the "
                 "sweep folder or give them different rows"
             )
+        other = next((o for o in seen if o.selection != run.selection), None)
+        if other is not None:
+            raise ValueError(
+                f"row {run.row!r} fold {run.fold} {run.shot}-shot mixes checkpoint selections: {other.path} "
+                f"(dataset.selection={other.selection}) and {run.path} (dataset.selection={run.selection}); "
+                "a mean over both protocols means neither: move one out of the sweep folder or give it its own row"
+            )
         seen.append(run)
         cells.setdefault(key, []).append(100.0 * run.metrics[metric])
         shots.add(run.shot)
         if run.row not in rows:
             rows.append(run.row)
+    chosen_by = {run.row: run.selection for run in runs}
+    if len(set(chosen_by.values())) > 1:
+        print(
+            "note: the rows chose their checkpoints differently (dataset.selection): "
+            + ", ".join(f"{row}: {chosen_by[row]}" for row in rows),
+            file=sys.stderr,
+        )
     base = baseline or rows[0]
     if base not in rows:
         raise ValueError(f"baseline row {base!r} not among {rows}")

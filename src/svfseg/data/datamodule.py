@@ -9,6 +9,8 @@ Loaders: ``val_dataloader`` returns ``[novel-class episodes of the first eval se
 episodes"]`` (the second one feeds the train-episodes mIoU curve of the paper's Figs 2, 3, 7, and is left
 out when ``train_episodes_for_curve=0``). Validation uses only the first eval seed, as the SVF repo
 selects its checkpoint on one fixed 1000-episode draw; ``test_dataloader`` gives one loader per eval seed.
+With ``selection=held_out`` the validation episodes come from one half of the novel-class images and the
+test episodes from the other (:mod:`svfseg.data.lists.held_out`).
 
 Resume: ``state_dict`` records the training position (epoch, all-rank positions consumed) read from the
 trainer's batch progress when a checkpoint is written; a resumed run's sampler starts that epoch after
@@ -35,6 +37,7 @@ from svfseg.data.episodes import (
     build_eval_episodes,
 )
 from svfseg.data.fold import FoldSpec
+from svfseg.data.lists.held_out import DEFAULT_SELECTION, check_selection, split_held_out
 from svfseg.data.lists.selection import DEFAULT_MIN_PIXELS, FewShotList, build_list, list_digest
 from svfseg.data.loaders import FoldDataModule, rank_and_world
 from svfseg.data.samplers import EpisodeSampler
@@ -61,6 +64,10 @@ class FewShotDataModule(FoldDataModule):
         with_base_label: add BAM's ``query_base_label`` to training batches.
         scale: training scale range; default per dataset (Pascal [0.9, 1.1], COCO [0.8, 1.25]).
         table_dir: if set, every episode table is also written there as ``<name>.json``.
+        selection: which episodes choose the best checkpoint (:mod:`svfseg.data.lists.held_out`):
+            ``test_episodes`` (the paper's protocol: validation = the first eval seed's test episodes),
+            ``held_out`` (validation on one half of the novel-class images, testing on the other) or
+            ``last`` (the validation episodes are the test episodes; train.py tests the last weights).
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class FewShotDataModule(FoldDataModule):
         persistent_workers: bool = False,
         pin_memory: bool = False,
         table_dir: str | Path | None = None,
+        selection: str = DEFAULT_SELECTION,
     ) -> None:
         super().__init__(
             split,
@@ -114,10 +122,12 @@ class FewShotDataModule(FoldDataModule):
         default_scale = SCALE_RANGES.get(self.dataset, SCALE_RANGES["pascal"])
         self.scale = check_scale("scale", scale) if scale is not None else default_scale
         self.table_dir = Path(table_dir) if table_dir is not None else None
+        self.selection = check_selection(selection)
         self.novel_classes = list(split.novel_classes)
         self.train_list: FewShotList | None = None
-        self.val_list: FewShotList | None = None
-        self.val_tables: dict[int, EpisodeTable] = {}
+        self.val_list: FewShotList | None = None  # the test episodes' list (held_out: its test half)
+        self.val_tables: dict[int, EpisodeTable] = {}  # the test episodes per eval seed
+        self.selection_table: EpisodeTable | None = None  # held_out only: the episodes that choose best.ckpt
         self.train_curve_table: EpisodeTable | None = None
         self.table_digests: dict[str, str] = {}
         self._train_set: TrainEpisodes | None = None
@@ -152,10 +162,20 @@ class FewShotDataModule(FoldDataModule):
         """Build the lists and the evaluation episode tables (cached lists make this cheap after the first run)."""
         check_root(self.dataset, self.root)
         if self.val_list is None:
-            self.val_list = self._build_list("val")
+            val_list = self._build_list("val")
+            prefix = "val"
+            if self.selection == "held_out":
+                names = self.split.class_names()
+                selection_list, val_list = split_held_out(val_list, self.novel_classes, self.shot, names)
+                table = build_eval_episodes(
+                    selection_list, self.novel_classes, self.shot, self.n_episodes, self.eval_seeds[0]
+                )
+                self.selection_table = self._add_table(f"selection/seed{self.eval_seeds[0]}", table)
+                prefix = "test"
+            self.val_list = val_list
             for s in self.eval_seeds:
                 table = build_eval_episodes(self.val_list, self.novel_classes, self.shot, self.n_episodes, s)
-                self.val_tables[s] = self._add_table(f"val/seed{s}", table)
+                self.val_tables[s] = self._add_table(f"{prefix}/seed{s}", table)
         # Testing needs only novel-class episodes; every other stage also trains or draws the train curve.
         if stage != "test" and self.train_list is None:
             self.train_list = self._build_list("train")
@@ -208,7 +228,8 @@ class FewShotDataModule(FoldDataModule):
         seed = self.eval_seeds[0] if seed is None else check_int("seed", seed, low=0)
         if seed not in self.val_tables:
             table = build_eval_episodes(self.val_list, self.novel_classes, self.shot, self.n_episodes, seed)
-            self.val_tables[seed] = self._add_table(f"val/seed{seed}", table)
+            prefix = "test" if self.selection == "held_out" else "val"
+            self.val_tables[seed] = self._add_table(f"{prefix}/seed{seed}", table)
         return self.val_tables[seed]
 
     # -------------------------------------------------------------- loaders
@@ -226,8 +247,17 @@ class FewShotDataModule(FoldDataModule):
         return self.train_loader(ds, sampler)
 
     def eval_dataloader(self, seed: int | None = None) -> DataLoader:
-        """Novel-class episodes of one eval seed (default: the first), for scripts that loop over seeds."""
+        """Novel-class test episodes of one eval seed (default: the first), for scripts that loop over seeds."""
         return self.eval_loader(self.eval_dataset(self.val_table(seed)))
+
+    def selection_dataloader(self) -> DataLoader:
+        """The novel-class episodes that choose the best checkpoint (validation during fit).
+
+        ``held_out``: episodes of the selection half, never tested; otherwise the first eval seed's test episodes.
+        """
+        if self.selection_table is None:
+            return self.eval_dataloader()
+        return self.eval_loader(self.eval_dataset(self.selection_table))
 
     def train_eval_dataloader(self) -> DataLoader:
         """Fixed base-class episodes on the training list (eval transforms), for the train-episodes curve."""
@@ -237,7 +267,7 @@ class FewShotDataModule(FoldDataModule):
         return self.eval_loader(self.eval_dataset(self.train_curve_table))
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        val = self.eval_dataloader()
+        val = self.selection_dataloader()
         if self.train_curve_table is None:
             return val
         return [val, self.train_eval_dataloader()]

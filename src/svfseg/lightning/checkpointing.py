@@ -147,6 +147,11 @@ class LastCheckpoint(Checkpoint):
         self.last_model_path = str(self.path)
         self._last_saved_step = trainer.global_step
 
+    @property
+    def saved_step(self) -> int:
+        """The global step of the last write in this process (-1: none yet)."""
+        return self._last_saved_step
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:

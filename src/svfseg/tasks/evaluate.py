@@ -30,6 +30,7 @@ from svfseg.config_checks import (
     positive_count,
 )
 from svfseg.data.cross_dataset import evaluation_fold
+from svfseg.data.lists.held_out import DEFAULT_SELECTION
 from svfseg.lightning.checkpoint_record import CheckpointRecord
 from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
 from svfseg.lightning.module import FewShotSegModule
@@ -182,6 +183,7 @@ def _evaluation_spec(cfg: DictConfig, run: DictConfig) -> tuple[RunSpec, str | N
         run.dataset.name = str(target)
         run.dataset.source_lists = None
         run.dataset.cache_dir = None
+        run.dataset.selection = "test_episodes"  # no image of the target chose the checkpoint: test them all
         run.fold = fold.fold
     return RunSpec(
         fold=fold, method=trained.method, backbone=trained.backbone, finetune=trained.finetune
@@ -196,6 +198,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt, _, run = check_eval_config(cfg)
     apply_matmul_precision(str(cfg.get("matmul_precision", "highest")))
     trained_dataset, trained_fold = str(run.dataset.name), int(run.fold)
+    selection = str(run.dataset.get("selection", DEFAULT_SELECTION))  # how the checkpoint was chosen
     eval_spec, protocol = _evaluation_spec(cfg, run)
     tta = tta_options(cfg)
     module = FewShotSegModule.load_from_checkpoint(
@@ -233,6 +236,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         fold=eval_spec.fold,
         trainable=trainable_counts(module.param_groups),  # the strategy re-applied from the checkpoint
     )
+    record["selection"] = selection
     if protocol is not None:
         record["evaluation"] = {
             "protocol": protocol,

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from svfseg.data.fold import FoldSpec
+from svfseg.data.lists.held_out import DEFAULT_SELECTION
 from svfseg.files import atomic_write_text
 from svfseg.run_spec import RunSpec
 
@@ -120,6 +121,8 @@ def metrics_record(
         "fold": int(cfg.fold),
         "shot": int(cfg.shot),
         "checkpoint": checkpoint,
+        # which episodes chose that checkpoint (held_out: the tested images never chose it)
+        "selection": str(cfg.dataset.get("selection", DEFAULT_SELECTION)),
         "run": run_meta(cfg),
         "config": config,
     }

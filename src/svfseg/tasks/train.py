@@ -11,6 +11,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from svfseg.config_checks import ConfigError
+from svfseg.data.lists.held_out import DEFAULT_SELECTION
+from svfseg.lightning.checkpointing import LastCheckpoint
 from svfseg.lightning.warm_start import apply_head
 from svfseg.precision import apply_matmul_precision
 from svfseg.redaction import redact_secrets
@@ -73,7 +75,7 @@ def _train(run: TrainRun) -> dict[str, Any]:
         results: dict[str, Any] = {}
         dataset = run.config.dataset
         if run.config.get("test_after_fit", True) and not trainer.fast_dev_run:
-            best = _best_checkpoint(trainer)
+            best = _tested_checkpoint(trainer, str(dataset.get("selection", DEFAULT_SELECTION)))
             # The first eval seed's fixed episodes (eval.py reports every seed).
             loader = datamodule.eval_dataloader(int(dataset.eval_seeds[0]))
             test = trainer.test(module, dataloaders=loader, ckpt_path=best, weights_only=True)
@@ -106,6 +108,19 @@ def _train(run: TrainRun) -> dict[str, Any]:
         return results
     finally:
         close_loggers(loggers, status=status)
+
+
+def _tested_checkpoint(trainer: pl.Trainer, selection: str) -> str | None:
+    """The checkpoint train.py tests: the best one, or with ``dataset.selection=last`` the last weights."""
+    if selection != "last":
+        return _best_checkpoint(trainer)
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, LastCheckpoint) and cb.last_model_path and cb.saved_step == trainer.global_step:
+            return cb.last_model_path
+    log.warning(
+        "dataset.selection=last: no last.ckpt of the final step was written; testing the final weights"
+    )
+    return None
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
