@@ -91,8 +91,12 @@ def test_eval_on_two_ddp_processes_equals_one_process(svf_checkpoint: Path, tmp_
     assert two["fbiou"] == one["fbiou"]
     assert two["class_iou"] == one["class_iou"]
     assert 0.0 <= one["miou"] <= 1.0
-    # only rank 0 writes: one metrics.json per run directory
-    assert sorted(p.name for p in (tmp_path / "two").glob("*.json")) == ["metrics.json"]
+    # every episode's counts, gathered from both ranks in episode order: the same file
+    assert (tmp_path / "two" / "episodes.json").read_text() == (
+        tmp_path / "one" / "episodes.json"
+    ).read_text()
+    # only rank 0 writes: one metrics.json (and its episodes.json) per run directory
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.json")) == ["episodes.json", "metrics.json"]
 
 
 @pytest.mark.slow

@@ -58,6 +58,27 @@ def test_train_writes_metrics_and_eval_reproduces_them(synthetic_pascal, tmp_pat
         "table11",
         f"baseline + SVF ({cfg.dataset.n_episodes} episodes)",
     )
+    _check_episode_files(tmp_path, record, cfg.dataset.n_episodes)
+
+
+def _check_episode_files(tmp_path: Path, record: dict, n_episodes: int) -> None:
+    """episodes.json of train.py and eval.py: the episodes' class sums are metrics.json's numbers, the same
+    checkpoint on the same episodes gives the same file, and svfseg-compare pairs them (difference 0)."""
+    trained = json.loads((tmp_path / "run" / "episodes.json").read_text())
+    evaluated = json.loads((tmp_path / "eval" / "episodes.json").read_text())
+    assert trained == evaluated and list(trained["seeds"]) == ["321"]
+    seed = trained["seeds"]["321"]
+    assert seed["index"] == list(range(n_episodes)) and len(seed["table"]) > 0
+    for k, c in enumerate(trained["classes"]):
+        inter = sum(i for i, ci in zip(seed["fg_inter"], seed["class_idx"], strict=True) if ci == k)
+        union = sum(u for u, ci in zip(seed["fg_union"], seed["class_idx"], strict=True) if ci == k)
+        want = record["per_seed"]["321"]["class_iou"][str(c)]
+        assert (inter / union if union else 0.0) == pytest.approx(want, rel=1e-6, abs=1e-7)
+    lo, hi = record["miou_ci95"]
+    assert lo <= record["miou"] <= hi and record["per_seed"]["321"]["miou_ci95"] == [lo, hi]
+    from svfseg.compare import main as compare
+
+    assert compare([str(tmp_path / "run"), str(tmp_path / "eval"), "--resamples", "200"]) == 0
 
 
 @pytest.mark.slow

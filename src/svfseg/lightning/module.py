@@ -76,7 +76,7 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
         }
         self.val_iou = self._metric(self.num_eval_classes)
         self.train_episode_iou = self._metric(len(self.spec.fold.base_classes))
-        self.test_ious = nn.ModuleList([self._metric(self.num_eval_classes)])
+        self.test_ious = nn.ModuleList([self._metric(self.num_eval_classes, keep_episodes=True)])
         self.test_results_per_loader: list[dict[str, Tensor]] = []
         self.finetune_spec: dict[str, Any] | None = None
         self.param_groups: list[dict[str, Any]] | None = None
@@ -107,13 +107,14 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
         self.num_eval_classes = len(fold.novel_classes)
         names = fold.class_names()
         self.class_keys["val"] = [names[c].replace(" ", "_") for c in fold.novel_classes]
-        self.test_ious = nn.ModuleList([self._metric(self.num_eval_classes)])
+        self.test_ious = nn.ModuleList([self._metric(self.num_eval_classes, keep_episodes=True)])
 
     @staticmethod
-    def _metric(num_classes: int) -> FewShotIoU:
+    def _metric(num_classes: int, *, keep_episodes: bool = False) -> FewShotIoU:
         # No per-batch value checks: they would read a flag back from the GPU every batch, and the
-        # episodes come from lists whose labels were validated when they were read.
-        return FewShotIoU(num_classes, validate_args=False)
+        # episodes come from lists whose labels were validated when they were read. Test metrics keep
+        # each episode's counts (episodes.json, the bootstrap intervals).
+        return FewShotIoU(num_classes, validate_args=False, keep_episodes=keep_episodes)
 
     # ------------------------------------------------------------------ fine-tuning
     def apply_finetune(
@@ -173,7 +174,13 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
 
     def _eval_update(self, metric: FewShotIoU, batch: EpisodeBatch) -> None:
         logits = self(batch, with_target=False).logits
-        metric.update_from_logits(logits, batch["label_ori"], batch["ori_hw"], batch["class_idx"])
+        metric.update_from_logits(
+            logits, batch["label_ori"], batch["ori_hw"], batch["class_idx"], self._episode_idx(metric, batch)
+        )
+
+    @staticmethod
+    def _episode_idx(metric: FewShotIoU, batch: EpisodeBatch) -> Any:
+        return batch["episode_idx"] if metric.keep_episodes else None
 
     def validation_step(self, batch: EpisodeBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         metric = self.val_iou if dataloader_idx == VAL_LOADER else self.train_episode_iou
@@ -183,9 +190,9 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
         # One metric per test loader: the DataModule gives one loader per evaluation seed.
         loaders = self.trainer.test_dataloaders
         n = len(loaders) if isinstance(loaders, (list, tuple)) else 1
-        self.test_ious = nn.ModuleList([self._metric(self.num_eval_classes) for _ in range(n)]).to(
-            self.device
-        )
+        self.test_ious = nn.ModuleList(
+            [self._metric(self.num_eval_classes, keep_episodes=True) for _ in range(n)]
+        ).to(self.device)
         if self.tta.enabled:  # a copy of the model as it is now, on its device
             self._tta_adapter = SupportAdapter(self.model, self.tta)
 
@@ -199,8 +206,9 @@ class FewShotSegModule(GuardedTraining, pl.LightningModule):
         if self._tta_adapter is None:
             self._tta_adapter = SupportAdapter(self.model, self.tta)
         logits = self._tta_adapter.predict(batch)
-        self.test_ious[dataloader_idx].update_from_logits(
-            logits, batch["label_ori"], batch["ori_hw"], batch["class_idx"]
+        metric = self.test_ious[dataloader_idx]
+        metric.update_from_logits(
+            logits, batch["label_ori"], batch["ori_hw"], batch["class_idx"], self._episode_idx(metric, batch)
         )
 
     def _log_metric(self, prefix: str, metric: FewShotIoU, split: str = "val") -> dict[str, Tensor]:

@@ -2,7 +2,9 @@
 
 Every state is an int64 pixel or episode count reduced by ``sum``: the result is exact and independent
 of episode order, batch size and how episodes are sharded over processes (DDP), which a running mean
-of per-episode IoUs would not be.
+of per-episode IoUs would not be. With ``keep_episodes`` it also keeps each episode's counts (gathered
+over processes and put in episode order by ``compute``), which the bootstrap intervals and the paired
+comparison of two checkpoints on the same episodes need (:mod:`svfseg.metrics.bootstrap`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from svfseg.labels import IGNORE_INDEX
 from svfseg.metrics.counts import episode_counts
@@ -34,6 +37,8 @@ class FewShotIoU(Metric):
         validate_args: check label values and class indices in every ``update`` (as torchmetrics
             metrics do). Each check reads a flag back from the device, i.e. one host sync per batch;
             the LightningModule turns them off because its batches come from validated data.
+        keep_episodes: also keep every episode's index, class index and (bg, fg) intersection and union;
+            ``update`` then needs ``episode_idx`` and ``compute`` adds ``episodes`` (sorted by index).
     """
 
     full_state_update = False
@@ -48,10 +53,16 @@ class FewShotIoU(Metric):
     n_episodes: Tensor
 
     def __init__(
-        self, num_classes: int, ignore_index: int = IGNORE_INDEX, validate_args: bool = True, **kwargs
+        self,
+        num_classes: int,
+        ignore_index: int = IGNORE_INDEX,
+        validate_args: bool = True,
+        keep_episodes: bool = False,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.validate_args = bool(validate_args)
+        self.keep_episodes = bool(keep_episodes)
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if ignore_index in (0, 1):
@@ -66,14 +77,20 @@ class FewShotIoU(Metric):
         self.add_state("fb_inter", default=torch.zeros(2, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("fb_union", default=torch.zeros(2, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("n_episodes", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        if self.keep_episodes:  # lists of per-batch tensors, concatenated over batches and processes
+            for name in ("ep_index", "ep_class", "ep_inter", "ep_union"):
+                self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, pred: Tensor, target: Tensor, class_idx: Tensor) -> None:
+    def update(
+        self, pred: Tensor, target: Tensor, class_idx: Tensor, episode_idx: Tensor | None = None
+    ) -> None:
         """Add a batch of episodes.
 
         Args:
             pred: (B, H, W) predicted labels in {0, 1}.
             target: (B, H, W) labels in {0, 1, ignore_index}.
             class_idx: (B,) index of each episode's class among the fold's evaluation classes.
+            episode_idx: (B,) each episode's index in its table (needed with ``keep_episodes``).
         """
         class_idx = torch.as_tensor(class_idx, device=self.fg_inter.device)
         if class_idx.ndim != 1 or class_idx.shape[0] != pred.shape[0]:
@@ -98,6 +115,20 @@ class FewShotIoU(Metric):
         self.fb_inter += inter.sum(dim=0)
         self.fb_union += union.sum(dim=0)
         self.n_episodes += class_idx.shape[0]
+        if self.keep_episodes:
+            if episode_idx is None:
+                raise ValueError("FewShotIoU(keep_episodes=True).update needs episode_idx (B,)")
+            episode_idx = (
+                torch.as_tensor(episode_idx, device=self.fg_inter.device).to(torch.int64).reshape(-1)
+            )
+            if episode_idx.shape[0] != class_idx.shape[0]:
+                raise ValueError(
+                    f"episode_idx must be (B,) with B = {class_idx.shape[0]}, got {tuple(episode_idx.shape)}"
+                )
+            self.ep_index.append(episode_idx)
+            self.ep_class.append(class_idx)
+            self.ep_inter.append(inter)
+            self.ep_union.append(union)
 
     def update_from_logits(
         self,
@@ -105,10 +136,11 @@ class FewShotIoU(Metric):
         label_ori: Tensor,
         ori_hw: Tensor | Sequence[tuple[int, int]],
         class_idx: Tensor,
+        episode_idx: Tensor | None = None,
     ) -> None:
         """Evaluate logits (B, 2, h, w) at each query's original size (see ``predict_at_original_size``)."""
         pred, target = predict_at_original_size(logits, label_ori, ori_hw, self.ignore_index)
-        self.update(pred, target, class_idx)
+        self.update(pred, target, class_idx, episode_idx)
 
     def compute(self) -> dict[str, Tensor]:
         """Return ``miou``, ``fbiou`` (float32 scalars), ``class_iou`` (C,) and ``n_episodes``.
@@ -125,11 +157,33 @@ class FewShotIoU(Metric):
             )
         class_iou = _safe_ratio(self.fg_inter, self.fg_union)
         fb_iou = _safe_ratio(self.fb_inter, self.fb_union)
-        return {
+        result = {
             "miou": class_iou.mean().float(),
             "fbiou": fb_iou.mean().float(),
             "class_iou": class_iou.float(),
             "n_episodes": self.n_episodes.clone(),
+        }
+        if self.keep_episodes:
+            result["episodes"] = self._episodes()
+        return result
+
+    def _episodes(self) -> dict[str, Tensor]:
+        """Each episode's ``index``, ``class_idx``, ``inter`` and ``union`` ((N, 2): bg, fg), by episode index."""
+        if isinstance(self.ep_index, list) and not self.ep_index:
+            empty = torch.zeros(0, dtype=torch.int64, device=self.fg_inter.device)
+            return {
+                "index": empty,
+                "class_idx": empty,
+                "inter": empty.reshape(0, 2),
+                "union": empty.reshape(0, 2),
+            }
+        index = dim_zero_cat(self.ep_index)
+        order = torch.argsort(index, stable=True)
+        return {
+            "index": index[order],
+            "class_idx": dim_zero_cat(self.ep_class)[order],
+            "inter": dim_zero_cat(self.ep_inter).reshape(-1, 2)[order],
+            "union": dim_zero_cat(self.ep_union).reshape(-1, 2)[order],
         }
 
 

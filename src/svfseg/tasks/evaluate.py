@@ -34,6 +34,7 @@ from svfseg.data.lists.held_out import DEFAULT_SELECTION
 from svfseg.lightning.checkpoint_record import CheckpointRecord
 from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
 from svfseg.lightning.module import FewShotSegModule
+from svfseg.metrics.episode_file import EPISODES_FILE, episodes_record, write_episodes_json
 from svfseg.precision import apply_matmul_precision
 from svfseg.run_dir import is_global_rank_zero, save_hydra_record
 from svfseg.run_spec import RunSpec, check_identity
@@ -217,12 +218,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     show_progress = trainer_cfg.get("enable_progress_bar", True)
     trainer = pl.Trainer(callbacks=[RichProgressBar()] if show_progress else [], **trainer_cfg)
     per_seed: dict[int, dict[str, Any]] = {}
+    tables: dict[int, str] = {}  # each seed's episode table digest (episodes.json pairs runs by it)
     seeds = [int(s) for s in run.dataset.eval_seeds]
     for seed in seeds:
         seed_cfg = run.copy()
         seed_cfg.dataset.eval_seeds = [seed]
         datamodule = build_datamodule(TrainRun.from_config(seed_cfg, eval_spec, training=False))
         trainer.test(module, datamodule=datamodule, verbose=False)
+        tables[seed] = datamodule.val_table(seed).digest()
         per_seed[seed] = {
             k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in module.test_results.items()
         }
@@ -251,6 +254,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         out = Path(str(cfg.paths.output_dir))
         out.mkdir(parents=True, exist_ok=True)
         write_metrics_json(out / "metrics.json", record)
+        write_episodes_json(
+            out / EPISODES_FILE, episodes_record(per_seed, tables, eval_spec.fold.novel_classes)
+        )
         print_metrics(record, title=f"{ckpt.name}: {run.dataset.name} fold {run.fold}, {run.shot}-shot")
         log.info("wrote %s", out / "metrics.json")
     return record

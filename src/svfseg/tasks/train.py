@@ -14,6 +14,7 @@ from svfseg.config_checks import ConfigError
 from svfseg.data.lists.held_out import DEFAULT_SELECTION
 from svfseg.lightning.checkpointing import LastCheckpoint
 from svfseg.lightning.warm_start import apply_head
+from svfseg.metrics.episode_file import EPISODES_FILE, episodes_record, write_episodes_json
 from svfseg.precision import apply_matmul_precision
 from svfseg.redaction import redact_secrets
 from svfseg.run_dir import RESULT_FILES, RunDirError, claim_run_dir
@@ -91,6 +92,13 @@ def _train(run: TrainRun) -> dict[str, Any]:
             if trainer.is_global_zero:
                 path = run.out_dir / RESULT_FILES["meta"]  # what ckpt_path=auto looks for
                 write_metrics_json(path, results)
+                seed = int(dataset.eval_seeds[0])
+                episodes = episodes_record(
+                    {seed: module.test_results},
+                    {seed: loader.dataset.table.digest()},
+                    run.spec.fold.novel_classes,
+                )
+                write_episodes_json(run.out_dir / EPISODES_FILE, episodes)
                 print_metrics(
                     results, title=f"test episodes of {Path(best).name if best else 'final weights'}"
                 )
