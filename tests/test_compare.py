@@ -24,6 +24,7 @@ def _write(
         record["seeds"][str(s)] = {
             "table": table if s == 321 else f"t{s}",
             "index": list(range(60)),
+            "query": [f"JPEGImages/{k % 40:04d}.jpg" for k in range(60)],  # 40 images, 20 of them asked twice
             "class_idx": [k % 2 for k in range(60)],
             "fg_inter": inter.tolist(),
             "fg_union": union.tolist(),
@@ -45,7 +46,8 @@ def test_a_run_better_on_every_episode_is_reported_with_its_paired_interval(
     assert out[0].startswith(f"A: {a}  mIoU ") and out[1].startswith(f"B: {b}  mIoU ")
     assert out[2].startswith("A - B: +")
     assert (
-        "400 resamples of the same 120 episodes, seeds [5, 321]); A <= B in 0.0 % of the resamples" in out[2]
+        "(400 resamples of the same 40 query images; 120 episodes, seeds [5, 321]); A <= B in 0.0 % of them"
+        in out[2]
     )
 
 

@@ -2,8 +2,9 @@
 
 Reads the ``episodes.json`` that train.py and eval.py write beside ``metrics.json``, checks that both
 runs were tested on the same episode tables (per seed, by digest), and prints A - B in mIoU points with
-a paired bootstrap interval (:mod:`svfseg.metrics.bootstrap`). This measures the evaluation's noise
-only: the spread over training seeds is another one (``python -m svfseg.tables DIR --paired ROW``).
+a paired bootstrap interval over the query images (:mod:`svfseg.metrics.bootstrap`). This is the
+uncertainty from the sample of tested images only: the spread over training seeds is another one
+(``python -m svfseg.tables DIR --paired ROW``).
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def report(a: EpisodeFile, b: EpisodeFile, result: PairedDifference, seeds: list
             f"A: {a.path.parent}  mIoU {100 * result.miou_a:.2f}",
             f"B: {b.path.parent}  mIoU {100 * result.miou_b:.2f}",
             f"A - B: {100 * result.difference:+.2f} mIoU points; {100 * level:g} % paired bootstrap interval "
-            f"[{lo:+.2f}, {hi:+.2f}] ({result.resamples} resamples of the same {result.n_episodes} episodes, "
-            f"seeds {seeds}); A <= B in {100 * result.share_not_above:.1f} % of the resamples",
+            f"[{lo:+.2f}, {hi:+.2f}] ({result.resamples} resamples of the same {result.n_images} query images; "
+            f"{result.n_episodes} episodes, seeds {seeds}); A <= B in {100 * result.share_not_above:.1f} % of them",
         ]
     )
 

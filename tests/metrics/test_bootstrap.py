@@ -14,9 +14,9 @@ from svfseg.metrics.bootstrap import (
     bootstrap_interval,
     observed_miou,
     paired_difference,
-    resampled_miou,
+    weighted_miou,
 )
-from svfseg.metrics.episode_file import episodes_record, seed_episodes
+from svfseg.metrics.episode_file import TableInfo, episodes_record, seed_episodes, with_intervals
 from tests.metrics.test_metrics import random_episodes, ref_intersection_union
 
 
@@ -69,37 +69,44 @@ def test_keeping_episodes_needs_their_indices() -> None:
         FewShotIoU(1, keep_episodes=True).update(t, t, torch.tensor([0]))
 
 
-def _random_seed_episodes(n: int, classes: int, seed: int) -> SeedEpisodes:
+def _random_seed_episodes(n: int, classes: int, seed: int, images: int | None = None) -> SeedEpisodes:
     rng = np.random.default_rng(seed)
     union = rng.integers(0, 400, n)
     union[rng.random(n) < 0.1] = 0  # some episodes without foreground anywhere
     inter = (union * rng.random(n)).astype(np.int64)
-    return SeedEpisodes(rng.integers(0, classes, n), inter, union)
+    query = None if images is None else tuple(f"img{int(i)}" for i in rng.integers(0, images, n))
+    return SeedEpisodes(rng.integers(0, classes, n), inter, union, query)
 
 
-def test_a_resample_mean_iou_is_the_class_sums_of_its_episodes() -> None:
+def test_a_weighted_miou_is_the_class_sums_of_its_episodes_counted_by_weight() -> None:
     ep = _random_seed_episodes(40, 5, seed=0)
-    idx = np.random.default_rng(3).integers(0, 40, size=(6, 40))
-    got = resampled_miou(ep, 5, idx)
-    for r in range(6):  # a plain loop over the resample's episodes, repeats counted each time
+    weights = np.random.default_rng(3).integers(0, 4, size=(6, 40)).astype(float)
+    got = weighted_miou(weights, ep, 5)
+    for r in range(6):  # a plain loop: episode i added weights[r, i] times
         inter, union = np.zeros(5), np.zeros(5)
-        for i in idx[r]:
-            inter[ep.class_idx[i]] += ep.fg_inter[i]
-            union[ep.class_idx[i]] += ep.fg_union[i]
+        for i in range(40):
+            for _ in range(int(weights[r, i])):
+                inter[ep.class_idx[i]] += ep.fg_inter[i]
+                union[ep.class_idx[i]] += ep.fg_union[i]
         want = np.mean([inter[c] / union[c] if union[c] > 0 else 0.0 for c in range(5)])
         assert got[r] == pytest.approx(want, abs=1e-12)
 
 
-def test_the_observed_miou_is_the_metrics_miou() -> None:
+def test_the_observed_miou_is_the_metrics_miou_and_the_file_holds_the_queries() -> None:
     episodes = random_episodes(23, num_classes=3, seed=7)
     metric = FewShotIoU(3, keep_episodes=True)
     _feed_indexed(metric, episodes, list(range(23)), batch=5)
     values = _compute(metric)
-    assert observed_miou(seed_episodes(values), 3) == pytest.approx(float(values["miou"]), abs=1e-6)
-    record = episodes_record({321: values}, {321: "digest"}, [6, 7, 8])
-    assert record["classes"] == [6, 7, 8] and record["seeds"]["321"]["table"] == "digest"
-    assert sum(record["seeds"]["321"]["fg_union"]) == int(metric.fg_union.sum())
-    assert observed_miou(seed_episodes(record["seeds"]["321"]), 3) == observed_miou(seed_episodes(values), 3)
+    queries = [f"JPEGImages/{k % 9:04d}.jpg" for k in range(23)]
+    record = episodes_record({321: values}, {321: TableInfo("digest", queries)}, [6, 7, 8])
+    one = record["seeds"]["321"]
+    assert record["classes"] == [6, 7, 8] and one["table"] == "digest" and one["query"] == queries
+    assert one["index"] == list(range(23)) and sum(one["fg_union"]) == int(metric.fg_union.sum())
+    assert observed_miou(seed_episodes(one), 3) == pytest.approx(float(values["miou"]), abs=1e-6)
+    metrics = {"per_seed": {"321": {}}}
+    with_intervals(metrics, record)
+    lo, hi = metrics["miou_ci95"]
+    assert metrics["per_seed"]["321"]["miou_ci95"] == [lo, hi] and lo <= float(values["miou"]) <= hi
 
 
 def test_the_interval_is_reproducible_and_holds_the_observed_value() -> None:
@@ -113,20 +120,38 @@ def test_the_interval_is_reproducible_and_holds_the_observed_value() -> None:
     assert bootstrap_interval([same], 1, resamples=200) == (0.25, 0.25)
 
 
+def test_episodes_of_one_image_are_resampled_together() -> None:
+    """The same 40 episodes asked twice each (two seeds over one image list): resampling images keeps the
+    interval of one pass, where resampling the 80 episodes as if independent would shrink it by ~1.4."""
+    one = _random_seed_episodes(40, 3, seed=4, images=None)
+    once = SeedEpisodes(one.class_idx, one.fg_inter, one.fg_union, tuple(f"img{i}" for i in range(40)))
+    lo1, hi1 = bootstrap_interval([once], 3, resamples=2000)
+    lo2, hi2 = bootstrap_interval([once, once], 3, resamples=2000)  # every image in both seeds
+    assert (lo2, hi2) == (lo1, hi1)  # each draw weighs an image in both seeds alike: the same resamples
+    doubled = SeedEpisodes(
+        np.tile(one.class_idx, 2), np.tile(one.fg_inter, 2), np.tile(one.fg_union, 2), once.query * 2
+    )
+    lo3, hi3 = bootstrap_interval([doubled], 3, resamples=2000)  # one table asking each image twice
+    assert (lo3, hi3) == pytest.approx((lo1, hi1))  # each image counted twice: every resample the same
+    independent = SeedEpisodes(doubled.class_idx, doubled.fg_inter, doubled.fg_union)  # no query names
+    lo4, hi4 = bootstrap_interval([independent], 3, resamples=2000)
+    assert (hi4 - lo4) < 0.85 * (hi1 - lo1)
+
+
 def test_paired_difference_cancels_what_two_runs_share() -> None:
-    a = [_random_seed_episodes(300, 5, seed=s) for s in (1, 2)]
+    a = [_random_seed_episodes(300, 5, seed=s, images=120) for s in (1, 2)]
     self_pair = paired_difference(a, a, 5, resamples=300)
     assert (
         self_pair.difference == 0.0 and self_pair.interval == (0.0, 0.0) and self_pair.share_not_above == 1.0
     )
     # B loses 3 foreground pixels of intersection on every episode that has some: A is better on every draw
-    b = [SeedEpisodes(s.class_idx, np.maximum(s.fg_inter - 3, 0), s.fg_union) for s in a]
+    b = [SeedEpisodes(s.class_idx, np.maximum(s.fg_inter - 3, 0), s.fg_union, s.query) for s in a]
     result = paired_difference(a, b, 5, resamples=300)
     assert result.difference > 0 and result.interval[0] > 0 and result.share_not_above == 0.0
-    assert result.n_episodes == 600
+    assert result.n_episodes == 600 and result.n_images == len({q for s in a for q in s.queries()})
     # the paired interval is far narrower than A's own interval
     lo, hi = bootstrap_interval(a, 5, resamples=300)
     assert result.interval[1] - result.interval[0] < (hi - lo) / 5
-    other = [SeedEpisodes(np.roll(s.class_idx, 1), s.fg_inter, s.fg_union) for s in a]
-    with pytest.raises(ValueError, match="different classes: not the same episodes"):
+    other = [SeedEpisodes(np.roll(s.class_idx, 1), s.fg_inter, s.fg_union, s.query) for s in a]
+    with pytest.raises(ValueError, match="not the same episodes"):
         paired_difference(a, other, 5, resamples=300)

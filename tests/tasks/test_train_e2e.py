@@ -69,6 +69,7 @@ def _check_episode_files(tmp_path: Path, record: dict, n_episodes: int) -> None:
     assert trained == evaluated and list(trained["seeds"]) == ["321"]
     seed = trained["seeds"]["321"]
     assert seed["index"] == list(range(n_episodes)) and len(seed["table"]) > 0
+    assert all(q.startswith("JPEGImages/") for q in seed["query"]) and len(seed["query"]) == n_episodes
     for k, c in enumerate(trained["classes"]):
         inter = sum(i for i, ci in zip(seed["fg_inter"], seed["class_idx"], strict=True) if ci == k)
         union = sum(u for u, ci in zip(seed["fg_union"], seed["class_idx"], strict=True) if ci == k)

@@ -42,6 +42,7 @@ from svfseg.data.samplers import DOMAIN_EVAL_TABLE, DOMAIN_TRAIN_SAMPLE, Episode
 from svfseg.data.transforms import EvalTransform, TrainTransform, Transformed, pad_square
 from svfseg.files import atomic_write
 from svfseg.labels import IGNORE_INDEX
+from svfseg.metrics.episode_file import TableInfo
 
 Pair = tuple[str, str]
 TABLE_FORMAT = 1
@@ -337,6 +338,11 @@ def build_eval_episodes(
         class_ids.append(c)
         supports.append(s)
     return EpisodeTable(pools.classes, shot, int(seed), tuple(queries), tuple(class_ids), tuple(supports))
+
+
+def table_info(table: EpisodeTable) -> TableInfo:
+    """What ``episodes.json`` keeps of a table: its digest and each episode's query image path."""
+    return TableInfo(table.digest(), [query[0] for query in table.queries])
 
 
 class EvalEpisodes(Dataset):

@@ -1,71 +1,95 @@
-"""How much of an mIoU is the episode draw: bootstrap intervals over episodes, and paired differences.
+"""How much of an mIoU is the sample of tested images: bootstrap intervals, and paired differences.
 
-FSS numbers are class-wise sums over a fixed draw of episodes, and another draw moves them by about a
-point (hence BAM's five seeds). Resampling the episodes with replacement, and recomputing the class sums
-and the mIoU for each resample, says how far the draw alone moves a number. Two checkpoints evaluated
-on the same episode tables can be compared *paired*: every resample takes the same episodes for both,
-so what the episodes share cancels and the interval of the difference is much narrower than the two
-intervals suggest.
+An FSS number is a class-wise sum over the episodes of a fixed table, and the episodes are not
+independent: each seed's queries are permutations of one image list, so a 1,000-episode table over 400
+images asks about each image two or three times, and every seed asks about the same images. The
+bootstrap therefore resamples *query images* with replacement (each drawn image brings all of its
+episodes, in every seed) and recomputes the class sums and the mIoU: the interval says how far the
+number would move on another sample of as many images like these. (Resampling single episodes would
+treat the repeats as new evidence and give intervals too narrow.)
 
-Per seed, an episode record holds ``class_idx`` (the class's position in the evaluation class list) and
-the foreground intersection and union in pixels. Several seeds are resampled each within its own table
-and their mIoUs averaged, as ``metrics.json`` averages the seeds.
+Two checkpoints tested on the same episode tables are compared *paired*: every resample weighs the same
+images for both, so what the images share (an easy or a hard image) cancels, and the interval of the
+difference is much narrower than the two intervals suggest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 DEFAULT_RESAMPLES = 2000
-_CHUNK = 250  # resamples at a time: (chunk x episodes) index arrays stay a few MB
+_CHUNK = 200  # resamples at a time: (chunk x episodes) weight arrays stay a few MB
 
 
 @dataclass(frozen=True)
 class SeedEpisodes:
-    """The foreground counts of one table's episodes (numpy int64 arrays of one length)."""
+    """One table's episodes: class index, foreground intersection and union (pixels), and query image.
+
+    ``query`` names each episode's query image; episodes of one image are resampled together. Without
+    it every episode is its own image.
+    """
 
     class_idx: np.ndarray
     fg_inter: np.ndarray
     fg_union: np.ndarray
+    query: tuple[str, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
         n = len(self.class_idx)
-        if len(self.fg_inter) != n or len(self.fg_union) != n or n == 0:
-            raise ValueError(
-                f"episode records need equal, non-zero lengths, got {n}, {len(self.fg_inter)}, {len(self.fg_union)}"
-            )
+        lengths = {n, len(self.fg_inter), len(self.fg_union)} | (
+            {len(self.query)} if self.query is not None else set()
+        )
+        if len(lengths) != 1 or n == 0:
+            raise ValueError(f"an episode record needs equal, non-zero lengths, got {sorted(lengths)}")
+
+    def queries(self) -> tuple[str, ...]:
+        return self.query if self.query is not None else tuple(f"#{i}" for i in range(len(self.class_idx)))
 
 
-def resampled_miou(episodes: SeedEpisodes, num_classes: int, idx: np.ndarray) -> np.ndarray:
-    """The mIoU of each row of ``idx`` (R, N): episode indices of one resample; IoU 0 where a union is 0."""
-    r = idx.shape[0]
-    cell = (np.arange(r)[:, None] * num_classes + episodes.class_idx[idx]).ravel()
-    size = r * num_classes
-    inter = np.bincount(cell, weights=episodes.fg_inter[idx].ravel(), minlength=size).reshape(r, num_classes)
-    union = np.bincount(cell, weights=episodes.fg_union[idx].ravel(), minlength=size).reshape(r, num_classes)
+def _class_sums(
+    weights: np.ndarray, episodes: SeedEpisodes, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(R, C) intersection and union sums when episode i counts ``weights[:, i]`` times."""
+    onehot = np.zeros((len(episodes.class_idx), num_classes))
+    onehot[np.arange(len(episodes.class_idx)), episodes.class_idx] = 1.0
+    return (weights * episodes.fg_inter) @ onehot, (weights * episodes.fg_union) @ onehot
+
+
+def weighted_miou(weights: np.ndarray, episodes: SeedEpisodes, num_classes: int) -> np.ndarray:
+    """The mIoU of each row of ``weights`` (R, N): how often each episode counts; IoU 0 where a union is 0."""
+    inter, union = _class_sums(weights, episodes, num_classes)
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).mean(axis=1)
 
 
 def observed_miou(episodes: SeedEpisodes, num_classes: int) -> float:
-    """The mIoU of all episodes (the number ``metrics.json`` reports for this seed)."""
-    return float(resampled_miou(episodes, num_classes, np.arange(len(episodes.class_idx))[None, :])[0])
+    """The mIoU of all episodes once each (the number ``metrics.json`` reports for this seed)."""
+    return float(weighted_miou(np.ones((1, len(episodes.class_idx))), episodes, num_classes)[0])
+
+
+def _image_index(runs: Sequence[Sequence[SeedEpisodes]]) -> tuple[int, list[np.ndarray]]:
+    """The images of the first run's tables, and each seed's episode -> image position."""
+    names = sorted({q for seed in runs[0] for q in seed.queries()})
+    position = {q: i for i, q in enumerate(names)}
+    return len(names), [np.array([position[q] for q in seed.queries()]) for seed in runs[0]]
 
 
 def _resampled_means(
     runs: Sequence[Sequence[SeedEpisodes]], num_classes: int, resamples: int, seed: int
 ) -> np.ndarray:
-    """(runs, resamples): each run's mean over seeds of the resampled mIoU, with shared episode draws."""
+    """(runs, resamples): each run's mean over seeds of the mIoU, the same image draws for every run."""
+    n_images, image_of = _image_index(runs)
     rng = np.random.default_rng(seed)
     out = np.zeros((len(runs), resamples))
     for start in range(0, resamples, _CHUNK):
         r = min(_CHUNK, resamples - start)
-        for s, first in enumerate(runs[0]):
-            idx = rng.integers(0, len(first.class_idx), size=(r, len(first.class_idx)))
+        drawn = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=r).astype(np.float64)
+        for s, images in enumerate(image_of):
+            weights = drawn[:, images]  # an episode counts as often as its query image was drawn
             for k, run in enumerate(runs):
-                out[k, start : start + r] += resampled_miou(run[s], num_classes, idx) / len(runs[0])
+                out[k, start : start + r] += weighted_miou(weights, run[s], num_classes) / len(image_of)
     return out
 
 
@@ -82,7 +106,7 @@ def bootstrap_interval(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile interval of the mean-over-seeds mIoU under resampling each seed's episodes."""
+    """Percentile interval of the mean-over-seeds mIoU when the query images are resampled."""
     return _interval(_resampled_means([seeds], num_classes, resamples, seed)[0], level)
 
 
@@ -96,6 +120,7 @@ class PairedDifference:
     interval: tuple[float, float]
     share_not_above: float
     n_episodes: int
+    n_images: int
     resamples: int
 
 
@@ -108,13 +133,13 @@ def paired_difference(
     seed: int = 0,
     level: float = 0.95,
 ) -> PairedDifference:
-    """A - B on the same episodes: every resample draws the same episodes of each seed for both."""
+    """A - B on the same episodes: every resample weighs the same query images for both."""
     if len(a) != len(b) or not a:
         raise ValueError(f"paired runs need the same seeds, got {len(a)} and {len(b)} episode tables")
     for s, (x, y) in enumerate(zip(a, b, strict=True)):
-        if not np.array_equal(x.class_idx, y.class_idx):
+        if not np.array_equal(x.class_idx, y.class_idx) or x.queries() != y.queries():
             raise ValueError(
-                f"seed #{s}: the two runs' episodes ask for different classes: not the same episodes"
+                f"seed #{s}: the two runs' episodes ask other classes or images: not the same episodes"
             )
     means = _resampled_means([a, b], num_classes, resamples, seed)
     diff = means[0] - means[1]
@@ -127,5 +152,6 @@ def paired_difference(
         interval=_interval(diff, level),
         share_not_above=float(np.mean(diff <= 0)),
         n_episodes=sum(len(x.class_idx) for x in a),
+        n_images=_image_index([a])[0],
         resamples=resamples,
     )

@@ -30,11 +30,18 @@ from svfseg.config_checks import (
     positive_count,
 )
 from svfseg.data.cross_dataset import evaluation_fold
+from svfseg.data.episodes import table_info
 from svfseg.data.lists.held_out import DEFAULT_SELECTION
 from svfseg.lightning.checkpoint_record import CheckpointRecord
 from svfseg.lightning.checkpointing import load_checkpoint_dict, resolve_checkpoint
 from svfseg.lightning.module import FewShotSegModule
-from svfseg.metrics.episode_file import EPISODES_FILE, episodes_record, write_episodes_json
+from svfseg.metrics.episode_file import (
+    EPISODES_FILE,
+    TableInfo,
+    episodes_record,
+    with_intervals,
+    write_episodes_json,
+)
 from svfseg.precision import apply_matmul_precision
 from svfseg.run_dir import is_global_rank_zero, save_hydra_record
 from svfseg.run_spec import RunSpec, check_identity
@@ -218,14 +225,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     show_progress = trainer_cfg.get("enable_progress_bar", True)
     trainer = pl.Trainer(callbacks=[RichProgressBar()] if show_progress else [], **trainer_cfg)
     per_seed: dict[int, dict[str, Any]] = {}
-    tables: dict[int, str] = {}  # each seed's episode table digest (episodes.json pairs runs by it)
+    tables: dict[int, TableInfo] = {}  # each seed's table digest and queries (episodes.json)
     seeds = [int(s) for s in run.dataset.eval_seeds]
     for seed in seeds:
         seed_cfg = run.copy()
         seed_cfg.dataset.eval_seeds = [seed]
         datamodule = build_datamodule(TrainRun.from_config(seed_cfg, eval_spec, training=False))
         trainer.test(module, datamodule=datamodule, verbose=False)
-        tables[seed] = datamodule.val_table(seed).digest()
+        tables[seed] = table_info(datamodule.val_table(seed))
         per_seed[seed] = {
             k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in module.test_results.items()
         }
@@ -240,6 +247,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         trainable=trainable_counts(module.param_groups),  # the strategy re-applied from the checkpoint
     )
     record["selection"] = selection
+    episodes = episodes_record(per_seed, tables, eval_spec.fold.novel_classes)
+    record = with_intervals(record, episodes)  # miou_ci95: the bootstrap over query images
     if protocol is not None:
         record["evaluation"] = {
             "protocol": protocol,
@@ -254,9 +263,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         out = Path(str(cfg.paths.output_dir))
         out.mkdir(parents=True, exist_ok=True)
         write_metrics_json(out / "metrics.json", record)
-        write_episodes_json(
-            out / EPISODES_FILE, episodes_record(per_seed, tables, eval_spec.fold.novel_classes)
-        )
+        write_episodes_json(out / EPISODES_FILE, episodes)
         print_metrics(record, title=f"{ckpt.name}: {run.dataset.name} fold {run.fold}, {run.shot}-shot")
         log.info("wrote %s", out / "metrics.json")
     return record

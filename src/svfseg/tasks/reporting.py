@@ -17,8 +17,6 @@ from rich.table import Table
 from svfseg.data.fold import FoldSpec
 from svfseg.data.lists.held_out import DEFAULT_SELECTION
 from svfseg.files import atomic_write_text
-from svfseg.metrics.bootstrap import bootstrap_interval
-from svfseg.metrics.episode_file import seed_episodes
 from svfseg.run_spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -108,13 +106,9 @@ def metrics_record(
     ``fold``: the classes evaluated (default: the run's fold; another one for a cross-dataset evaluation).
     ``trainable``: :func:`trainable_counts` of the run's strategy, recorded when given.
     """
-    raw = values if all(isinstance(k, int) for k in values) else {int(seeds[0]): values}
+    per_seed = values if all(isinstance(k, int) for k in values) else {int(seeds[0]): values}
     fold = fold if fold is not None else RunSpec.from_config(cfg).fold
-    per_seed = {int(s): _floats(v, fold.novel_classes) for s, v in raw.items()}  # type: ignore[union-attr]
-    n_classes = len(fold.novel_classes)
-    if all("episodes" in v for v in raw.values()):  # how far the episode draw alone moves each number
-        for s, v in raw.items():
-            per_seed[int(s)]["miou_ci95"] = list(bootstrap_interval([seed_episodes(v)], n_classes))  # type: ignore[arg-type]
+    per_seed = {int(s): _floats(v, fold.novel_classes) for s, v in per_seed.items()}  # type: ignore[union-attr]
     summary = seeds_summary(per_seed)
     record: dict[str, Any] = {
         "miou": summary["miou_mean"],
@@ -132,11 +126,6 @@ def metrics_record(
         "run": run_meta(cfg),
         "config": config,
     }
-    if all("episodes" in v for v in raw.values()):
-        # 95 % percentile interval of the mean-over-seeds mIoU when each seed's episodes are resampled
-        record["miou_ci95"] = list(
-            bootstrap_interval([seed_episodes(v) for v in raw.values()], n_classes)  # type: ignore[arg-type]
-        )
     if trainable is not None:
         record["trainable"] = trainable
     return record

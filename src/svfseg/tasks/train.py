@@ -11,10 +11,11 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from svfseg.config_checks import ConfigError
+from svfseg.data.episodes import table_info
 from svfseg.data.lists.held_out import DEFAULT_SELECTION
 from svfseg.lightning.checkpointing import LastCheckpoint
 from svfseg.lightning.warm_start import apply_head
-from svfseg.metrics.episode_file import EPISODES_FILE, episodes_record, write_episodes_json
+from svfseg.metrics.episode_file import EPISODES_FILE, episodes_record, with_intervals, write_episodes_json
 from svfseg.precision import apply_matmul_precision
 from svfseg.redaction import redact_secrets
 from svfseg.run_dir import RESULT_FILES, RunDirError, claim_run_dir
@@ -80,24 +81,26 @@ def _train(run: TrainRun) -> dict[str, Any]:
             # The first eval seed's fixed episodes (eval.py reports every seed).
             loader = datamodule.eval_dataloader(int(dataset.eval_seeds[0]))
             test = trainer.test(module, dataloaders=loader, ckpt_path=best, weights_only=True)
+            seed = int(dataset.eval_seeds[0])
+            # Every episode's counts (episodes.json) and the bootstrap interval they give (miou_ci95).
+            episodes = episodes_record(
+                {seed: module.test_results},
+                {seed: table_info(loader.dataset.table)},
+                run.spec.fold.novel_classes,
+            )
             results = metrics_record(
                 module.test_results,
                 cfg=run.config,
                 checkpoint=best,
                 n_episodes=int(dataset.n_episodes),
-                seeds=list(dataset.eval_seeds)[:1],
+                seeds=[seed],
                 config=module.run_config,  # resolved and redacted, as in eval.py's record
                 trainable=trainable_counts(module.param_groups),
             )
+            results = with_intervals(results, episodes)
             if trainer.is_global_zero:
                 path = run.out_dir / RESULT_FILES["meta"]  # what ckpt_path=auto looks for
                 write_metrics_json(path, results)
-                seed = int(dataset.eval_seeds[0])
-                episodes = episodes_record(
-                    {seed: module.test_results},
-                    {seed: loader.dataset.table.digest()},
-                    run.spec.fold.novel_classes,
-                )
                 write_episodes_json(run.out_dir / EPISODES_FILE, episodes)
                 print_metrics(
                     results, title=f"test episodes of {Path(best).name if best else 'final weights'}"
