@@ -81,6 +81,7 @@ HASH_EXCLUDED = (
 
 # Keys added after runs were recorded: at these values they are left out of the hash, so a run recorded
 # before the key existed keeps its folder and its resume (a run that sets another value is another run).
+# Each value is what runs before the key did, spelled out: it must not follow a later change of default.
 HASH_DEFAULTS = {"dataset.selection": "test_episodes"}
 
 
@@ -96,12 +97,8 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
 
 
 def _drop(tree: dict[str, Any], dotted: str) -> None:
-    *parents, leaf = dotted.split(".")
-    node: Any = tree
-    for key in parents:
-        node = node.get(key) if isinstance(node, dict) else None
-        if node is None:
-            return
+    parent, _, leaf = dotted.rpartition(".")
+    node = _get(tree, parent) if parent else tree
     if isinstance(node, dict):
         node.pop(leaf, None)
 

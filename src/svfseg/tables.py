@@ -32,6 +32,7 @@ import yaml
 from omegaconf import OmegaConf
 from scipy import stats
 
+from svfseg.data.lists.held_out import DEFAULT_SELECTION
 from svfseg.data.splits import NUM_FOLDS
 from svfseg.files import atomic_write, atomic_write_text
 from svfseg.run_dir import RECORD_FILE, RESULT_FILES
@@ -57,9 +58,8 @@ class RunResult:
     n_episodes: int = 0
     mtime: float = 0.0
     trainable: int | None = None  # trainable backbone parameters, when the record holds them
-    selection: str = (
-        "test_episodes"  # which episodes chose the checkpoint (records before the key: the paper's)
-    )
+    # which episodes chose the checkpoint (records from before the key: the paper's protocol)
+    selection: str = DEFAULT_SELECTION
 
 
 def default_row_label(meta: dict[str, Any]) -> str:
@@ -92,7 +92,7 @@ def load_runs(sweep_dir: Path) -> list[RunResult]:
                     n_episodes=int(data.get("n_episodes") or 0),
                     mtime=path.stat().st_mtime,
                     trainable=_trainable(data.get("trainable")),
-                    selection=str(data.get("selection") or "test_episodes"),
+                    selection=str(data.get("selection") or DEFAULT_SELECTION),
                 )
             )
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as err:

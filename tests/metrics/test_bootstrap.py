@@ -136,6 +136,9 @@ def test_episodes_of_one_image_are_resampled_together() -> None:
     independent = SeedEpisodes(doubled.class_idx, doubled.fg_inter, doubled.fg_union)  # no query names
     lo4, hi4 = bootstrap_interval([independent], 3, resamples=2000)
     assert (hi4 - lo4) < 0.85 * (hi1 - lo1)
+    # without names, the episodes of two seeds are different images too (not episode i of each seed)
+    lo5, hi5 = bootstrap_interval([one, one], 3, resamples=2000)
+    assert (hi5 - lo5) < 0.85 * (hi1 - lo1)
 
 
 def test_paired_difference_cancels_what_two_runs_share() -> None:
@@ -148,7 +151,7 @@ def test_paired_difference_cancels_what_two_runs_share() -> None:
     b = [SeedEpisodes(s.class_idx, np.maximum(s.fg_inter - 3, 0), s.fg_union, s.query) for s in a]
     result = paired_difference(a, b, 5, resamples=300)
     assert result.difference > 0 and result.interval[0] > 0 and result.share_not_above == 0.0
-    assert result.n_episodes == 600 and result.n_images == len({q for s in a for q in s.queries()})
+    assert result.n_episodes == 600 and result.n_images == len({q for s in a for q in s.query or ()})
     # the paired interval is far narrower than A's own interval
     lo, hi = bootstrap_interval(a, 5, resamples=300)
     assert result.interval[1] - result.interval[0] < (hi - lo) / 5

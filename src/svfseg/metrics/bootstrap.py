@@ -45,9 +45,6 @@ class SeedEpisodes:
         if len(lengths) != 1 or n == 0:
             raise ValueError(f"an episode record needs equal, non-zero lengths, got {sorted(lengths)}")
 
-    def queries(self) -> tuple[str, ...]:
-        return self.query if self.query is not None else tuple(f"#{i}" for i in range(len(self.class_idx)))
-
 
 def _class_sums(
     weights: np.ndarray, episodes: SeedEpisodes, num_classes: int
@@ -69,11 +66,20 @@ def observed_miou(episodes: SeedEpisodes, num_classes: int) -> float:
     return float(weighted_miou(np.ones((1, len(episodes.class_idx))), episodes, num_classes)[0])
 
 
+def _queries(seeds: Sequence[SeedEpisodes]) -> list[tuple[str, ...]]:
+    """Each seed's query names; an episode without one is an image of its own (named by seed and position)."""
+    return [
+        seed.query if seed.query is not None else tuple(f"#{s}:{i}" for i in range(len(seed.class_idx)))
+        for s, seed in enumerate(seeds)
+    ]
+
+
 def _image_index(runs: Sequence[Sequence[SeedEpisodes]]) -> tuple[int, list[np.ndarray]]:
     """The images of the first run's tables, and each seed's episode -> image position."""
-    names = sorted({q for seed in runs[0] for q in seed.queries()})
+    queries = _queries(runs[0])
+    names = sorted({q for seed in queries for q in seed})
     position = {q: i for i, q in enumerate(names)}
-    return len(names), [np.array([position[q] for q in seed.queries()]) for seed in runs[0]]
+    return len(names), [np.array([position[q] for q in seed]) for seed in queries]
 
 
 def _resampled_means(
@@ -137,7 +143,7 @@ def paired_difference(
     if len(a) != len(b) or not a:
         raise ValueError(f"paired runs need the same seeds, got {len(a)} and {len(b)} episode tables")
     for s, (x, y) in enumerate(zip(a, b, strict=True)):
-        if not np.array_equal(x.class_idx, y.class_idx) or x.queries() != y.queries():
+        if not np.array_equal(x.class_idx, y.class_idx) or x.query != y.query:
             raise ValueError(
                 f"seed #{s}: the two runs' episodes ask other classes or images: not the same episodes"
             )

@@ -191,7 +191,9 @@ def _evaluation_spec(cfg: DictConfig, run: DictConfig) -> tuple[RunSpec, str | N
         run.dataset.name = str(target)
         run.dataset.source_lists = None
         run.dataset.cache_dir = None
-        run.dataset.selection = "test_episodes"  # no image of the target chose the checkpoint: test them all
+        run.dataset.selection = (
+            DEFAULT_SELECTION  # no image of the target chose the checkpoint: test them all
+        )
         run.fold = fold.fold
     return RunSpec(
         fold=fold, method=trained.method, backbone=trained.backbone, finetune=trained.finetune

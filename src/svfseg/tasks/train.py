@@ -79,9 +79,9 @@ def _train(run: TrainRun) -> dict[str, Any]:
         if run.config.get("test_after_fit", True) and not trainer.fast_dev_run:
             best = _tested_checkpoint(trainer, str(dataset.get("selection", DEFAULT_SELECTION)))
             # The first eval seed's fixed episodes (eval.py reports every seed).
-            loader = datamodule.eval_dataloader(int(dataset.eval_seeds[0]))
-            test = trainer.test(module, dataloaders=loader, ckpt_path=best, weights_only=True)
             seed = int(dataset.eval_seeds[0])
+            loader = datamodule.eval_dataloader(seed)
+            test = trainer.test(module, dataloaders=loader, ckpt_path=best, weights_only=True)
             # Every episode's counts (episodes.json) and the bootstrap interval they give (miou_ci95).
             episodes = episodes_record(
                 {seed: module.test_results},
