@@ -1,7 +1,7 @@
 """Gather the ``metrics.json`` of a sweep into the paper's table form.
 
     python -m svfseg.tables SWEEP_DIR [--layout table1] [--metric miou] [--out OUT_PREFIX] [--per-class]
-                                      [--paired ROW]
+                                      [--paired ROW] [--image-intervals]
 
 Each run directory holds a ``metrics.json`` (written by train.py and eval.py) with ``miou``, ``fbiou``,
 ``fold``, ``shot`` and a ``row`` label (set by the experiment file, e.g. "baseline + SVF"; derived from
@@ -9,7 +9,9 @@ method / backbone / finetune otherwise). Rows are settings, columns are folds 0-
 ``delta`` is the difference of the mean from the layout's baseline row (the first row unless named).
 Output: Markdown on stdout, plus ``OUT_PREFIX.md`` / ``OUT_PREFIX.csv`` when ``--out`` is given.
 ``--per-class`` adds one table per (shot, fold): settings x that fold's evaluation classes, by name.
-``--paired ROW`` adds two tables (:func:`paired_report`): mean and sample std over training seeds per
+``--image-intervals`` adds each row's mean column with a 95 % bootstrap interval over the test images and
+its paired difference from the baseline row (:mod:`svfseg.table_intervals`, from every run's
+``episodes.json``). ``--paired ROW`` adds two tables (:func:`paired_report`): mean and sample std over training seeds per
 (row, shot, fold), and every row's difference from ``ROW`` taken pair by pair (the same fold, shot and
 training seed) with a 95 % t-interval over the pairs, each with the backbone's trainable parameter count
 that train.py and eval.py record in ``metrics.json`` (``trainable.backbone``).
@@ -36,6 +38,7 @@ from svfseg.data.lists.held_out import DEFAULT_SELECTION
 from svfseg.data.splits import NUM_FOLDS
 from svfseg.files import atomic_write, atomic_write_text
 from svfseg.run_dir import RECORD_FILE, RESULT_FILES
+from svfseg.table_intervals import image_intervals, intervals_markdown
 
 FOLDS = tuple(range(NUM_FOLDS))
 
@@ -461,6 +464,21 @@ def paired_report(table: Table, reference: str, *, metric: str = "miou") -> str:
     return "\n".join(lines)
 
 
+def run_folders(table: Table) -> dict[tuple[str, int, int], list[Path]]:
+    """Each cell's run folders, in training-seed order (the order of the cell's values)."""
+    out: dict[tuple[str, int, int], list[Path]] = {}
+    for run in sorted(table.runs, key=lambda r: (r.train_seed is None, r.train_seed or 0, str(r.path))):
+        out.setdefault((run.row, run.shot, run.fold), []).append(run.path.parent)
+    return out
+
+
+def image_interval_report(table: Table, *, resamples: int, level: float = 0.95) -> str:
+    items, notes = image_intervals(
+        run_folders(table), table.rows, table.baseline, resamples=resamples, level=level
+    )
+    return intervals_markdown(items, notes, table.baseline, resamples=resamples, level=level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m svfseg.tables", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
@@ -478,7 +496,20 @@ def main(argv: list[str] | None = None) -> int:
         help="add mean ± std per (row, fold) and every row's paired difference from ROW (same fold, shot and "
         "training seed) with a 95 %% t-interval, and the trainable backbone parameters",
     )
+    parser.add_argument(
+        "--image-intervals",
+        action="store_true",
+        help="add each row's mean with a 95 %% bootstrap interval over the test images and its paired "
+        "difference from the baseline row (reads every run's episodes.json)",
+    )
+    parser.add_argument(
+        "--resamples", type=int, default=2000, help="bootstrap resamples of --image-intervals"
+    )
     args = parser.parse_args(argv)
+    if args.image_intervals and args.metric != "miou":
+        parser.error("--image-intervals resamples the mIoU: leave out --metric fbiou")
+    if args.resamples < 100:
+        parser.error("--resamples must be >= 100")
     try:
         runs = load_runs(args.sweep_dir)
         table = build_table(runs, metric=args.metric, layout=args.layout, baseline=args.baseline)
@@ -493,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             md += "".join(f"\n\n{title}\n\n{body}" for title, body in tables)
         if paired is not None:
             md += "\n\n" + paired
+        if args.image_intervals:
+            md += "\n\n" + image_interval_report(table, resamples=args.resamples)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

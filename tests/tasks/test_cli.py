@@ -130,6 +130,18 @@ def test_multirun_sweep_gathers_into_the_paper_table(sweep: Path) -> None:
         svf_line = next(line for line in lines if line.startswith(f"| {ROWS['svf']} |"))
         assert svf_line.endswith(f"| {table[ROWS['svf']]['1-shot delta']} |")
 
+    # the intervals of the mean column, from the episodes.json files train.py wrote beside each metrics.json
+    from svfseg.table_intervals import image_intervals
+    from svfseg.tables import build_table, load_runs, run_folders
+
+    tabled = build_table(load_runs(sweep / "sweep"), layout="table1", baseline=ROWS["freeze"])
+    items, notes = image_intervals(run_folders(tabled), tabled.rows, ROWS["freeze"], resamples=200)
+    assert notes == [] and {it.row for it in items} == set(ROWS.values())
+    for it in items:  # the episodes' class sums give the table's own mean
+        assert it.mean == pytest.approx(tabled.mean(it.row, 1), abs=1e-4)
+    (svf,) = [it for it in items if it.delta is not None]
+    assert svf.delta == pytest.approx(tabled.mean(svf.row, 1) - tabled.mean(ROWS["freeze"], 1), abs=2e-4)
+
 
 # ----------------------------------------------------------------------------------------- BAM, eval.py
 @pytest.fixture(scope="module")

@@ -82,8 +82,24 @@ def _image_index(runs: Sequence[Sequence[SeedEpisodes]]) -> tuple[int, list[np.n
     return len(names), [np.array([position[q] for q in seed]) for seed in queries]
 
 
+def check_same_episodes(runs: Sequence[Sequence[SeedEpisodes]], names: Sequence[str]) -> None:
+    """Runs resampled together must ask the same class about the same image in every episode of every seed;
+    ``names`` says which run is which in the error."""
+    first = runs[0]
+    for name, run in zip(names[1:], runs[1:], strict=True):
+        if len(run) != len(first):
+            raise ValueError(
+                f"{names[0]} and {name} were tested on {len(first)} and {len(run)} episode tables: not the same seeds"
+            )
+        for s, (x, y) in enumerate(zip(first, run, strict=True)):
+            if not np.array_equal(x.class_idx, y.class_idx) or x.query != y.query:
+                raise ValueError(
+                    f"seed #{s}: {names[0]} and {name} ask other classes or images: not the same episodes"
+                )
+
+
 def _resampled_means(
-    runs: Sequence[Sequence[SeedEpisodes]], num_classes: int, resamples: int, seed: int
+    runs: Sequence[Sequence[SeedEpisodes]], num_classes: int, resamples: int, seed: int | Sequence[int]
 ) -> np.ndarray:
     """(runs, resamples): each run's mean over seeds of the mIoU, the same image draws for every run."""
     n_images, image_of = _image_index(runs)
@@ -99,7 +115,8 @@ def _resampled_means(
     return out
 
 
-def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The two-sided percentile interval of resampled values."""
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -113,7 +130,7 @@ def bootstrap_interval(
     level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile interval of the mean-over-seeds mIoU when the query images are resampled."""
-    return _interval(_resampled_means([seeds], num_classes, resamples, seed)[0], level)
+    return percentile_interval(_resampled_means([seeds], num_classes, resamples, seed)[0], level)
 
 
 @dataclass(frozen=True)
@@ -142,11 +159,7 @@ def paired_difference(
     """A - B on the same episodes: every resample weighs the same query images for both."""
     if len(a) != len(b) or not a:
         raise ValueError(f"paired runs need the same seeds, got {len(a)} and {len(b)} episode tables")
-    for s, (x, y) in enumerate(zip(a, b, strict=True)):
-        if not np.array_equal(x.class_idx, y.class_idx) or x.query != y.query:
-            raise ValueError(
-                f"seed #{s}: the two runs' episodes ask other classes or images: not the same episodes"
-            )
+    check_same_episodes([a, b], ["the first run", "the second run"])
     means = _resampled_means([a, b], num_classes, resamples, seed)
     diff = means[0] - means[1]
     miou_a = float(np.mean([observed_miou(x, num_classes) for x in a]))
@@ -155,9 +168,38 @@ def paired_difference(
         miou_a=miou_a,
         miou_b=miou_b,
         difference=miou_a - miou_b,
-        interval=_interval(diff, level),
+        interval=percentile_interval(diff, level),
         share_not_above=float(np.mean(diff <= 0)),
         n_episodes=sum(len(x.class_idx) for x in a),
         n_images=_image_index([a])[0],
         resamples=resamples,
     )
+
+
+@dataclass(frozen=True)
+class FoldRuns:
+    """One fold of a table: its evaluation class count and, per row, the row's runs (one per training seed),
+    each a list of per-seed episode tables. Every run of a fold was tested on the same tables."""
+
+    num_classes: int
+    rows: Sequence[Sequence[Sequence[SeedEpisodes]]]
+
+
+def fold_mean_resamples(
+    folds: Sequence[FoldRuns], *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> np.ndarray:
+    """(rows, resamples): each row's mean over folds of its mean over training seeds, as a paper table's
+    mean column is, with each fold's query images resampled: the same draws for every row and training
+    seed of a fold (rows are paired), independent draws for the folds (each fold tests its own images)."""
+    n_rows = {len(f.rows) for f in folds}
+    if len(n_rows) != 1 or not folds or any(not row for f in folds for row in f.rows):
+        raise ValueError("every fold needs the same rows, each with at least one run")
+    out = np.zeros((n_rows.pop(), resamples))
+    for k, fold in enumerate(folds):
+        runs = [run for row in fold.rows for run in row]
+        means = _resampled_means(runs, fold.num_classes, resamples, [seed, k])
+        start = 0
+        for r, row in enumerate(fold.rows):
+            out[r] += means[start : start + len(row)].mean(axis=0) / len(folds)
+            start += len(row)
+    return out
