@@ -13,7 +13,11 @@ import torch
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 # One thread per xdist worker by default; an explicit OMP_NUM_THREADS (e.g. 2 for a single process) wins.
-torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or 1)))
+# Set in the environment too, so that every command a test starts (a benchmark, train.py) inherits it: a
+# child with torch's default of one thread per core, beside the other worker, oversubscribes the cores,
+# and its OpenMP threads wait on each other (the GPU check's CPU smoke run: 8 s alone, 59 s in the suite).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"] or 1)))
 
 
 @pytest.fixture(autouse=True)
