@@ -32,7 +32,7 @@ DESIGN = json.loads(
 )
 FOLD = 0
 SIZE = 129
-STEPS = 150
+STEPS = 75
 EPOCHS = 3
 
 
