@@ -294,11 +294,10 @@ def test_eval_cli_exits_with_status_2_and_one_line_per_bad_option(
 
 # ------------------------------------------------------------------------------- processes
 @pytest.mark.slow
-@pytest.mark.parametrize("params", ["s", "lora"])
-def test_two_gloo_processes_give_the_metrics_of_one(
-    ckpts: dict[str, Path], tmp_path: Path, params: str
-) -> None:
-    args = [f"tta.steps={STEPS}", f"tta.params={params}", "tta.lr=0.5"]
+def test_two_gloo_processes_give_the_metrics_of_one(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    # LoRA: the adapters are inserted into each rank's working copy at test time, the path with more to go
+    # wrong across processes than tuning the singular values in place (one process covers both above)
+    args = [f"tta.steps={STEPS}", "tta.params=lora", "tta.lr=0.5"]
     one = _eval(ckpts["svf"], tmp_path / "one", ["trainer.accelerator=cpu", "trainer.devices=1", *args])
     two = _eval(ckpts["svf"], tmp_path / "two", [*DDP, *args])
     assert one["n_episodes"] == two["n_episodes"]

@@ -306,11 +306,10 @@ REQUEUED = ([], {"SLURM_RESTART_COUNT": "1", "SLURM_JOB_ID": "4242"})
     [
         # epoch 0, 5 of 8 steps done, last.ckpt at step 4
         (5, 4, {"epoch": 0, "consumed": 4 * BATCH}, signal.SIGKILL, LAST),
-        # epoch 1, after epoch 0's best.ckpt
-        (11, 10, {"epoch": 1, "consumed": 2 * BATCH}, signal.SIGKILL, LAST),
         # epoch 1, last.ckpt from the end of epoch 0 (after validation)
         (9, 8, {"epoch": 1, "consumed": 0}, signal.SIGKILL, LAST),
-        # Ctrl-C in epoch 1: Lightning shuts down, svfseg releases the run's lock, the resume keeps the curve
+        # Ctrl-C in epoch 1, mid-epoch after epoch 0's best.ckpt: Lightning shuts down, svfseg releases the
+        # run's lock, the resume keeps the curve (a SIGKILL at this step resumes from the same checkpoint)
         (11, 10, {"epoch": 1, "consumed": 2 * BATCH}, signal.SIGINT, AUTO),
         # a job killed at its time limit and requeued by SLURM: the same command resumes
         (7, 6, {"epoch": 0, "consumed": 6 * BATCH}, signal.SIGKILL, REQUEUED),
@@ -318,7 +317,7 @@ REQUEUED = ([], {"SLURM_RESTART_COUNT": "1", "SLURM_JOB_ID": "4242"})
         # CSV log holds each step once
         (2, 0, None, signal.SIGKILL, AUTO),
     ],
-    ids=["epoch0-last", "epoch1-last", "epoch-end-last", "sigint-auto", "slurm-requeue", "no-ckpt-auto"],
+    ids=["epoch0-last", "epoch-end-last", "sigint-auto", "slurm-requeue", "no-ckpt-auto"],
 )
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(
     synthetic_pascal,
