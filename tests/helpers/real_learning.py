@@ -32,7 +32,7 @@ DESIGN = json.loads(
 )
 FOLD = 0
 SIZE = 129
-STEPS = 75
+STEPS = 150
 EPOCHS = 3
 
 

@@ -1,16 +1,14 @@
 """SVF from ImageNet EfficientNet-Lite0 learns on real CCP photos, on any CPU and thread count.
 
 The Clothing Co-Parsing release (1,004 photos, converted
-by the project's converter from ``$SVFSEG_CCP_SRC``), fold 0, 1-shot, the 129 px working copy, 75 SGD steps
+by the project's converter from ``$SVFSEG_CCP_SRC``), fold 0, 1-shot, the 129 px working copy, 150 SGD steps
 (lr 0.1) of the baseline with ``finetune=svf`` (backbone at the head's lr). What is asserted is what such a short run can
 show on real photos: the loss falls and the singular values move. The model still predicts background
 everywhere at this budget: the training-class episode mIoU was 0.0 after every epoch of all 10 spread
 runs, so no mIoU is asserted (docs/real-data.md reports that, measured).
 
 Margins: ``benchmarks/learning_spread_real.py`` over seeds 0-4 x 1 and 2 threads (10 runs); MEASURED
-below is its output. Each threshold is the mean minus 3x the largest deviation from the mean. The run
-was 150 steps until 2026-12-08; the loss falls within its first ~40 steps and then levels off, so half the
-steps (half the suite's longest test) keep what is asserted (150 steps: loss drop 0.1347 +- 0.0288).
+below is its output. Each threshold is the mean minus 3x the largest deviation from the mean.
 """
 
 from __future__ import annotations
@@ -24,14 +22,14 @@ from svfseg.weights.sources import source
 from tests.helpers.data import env_folder
 from tests.helpers.real_learning import SKIP, SRC_ENV, STEPS, convert_subset, run_real_learning
 
-# benchmarks/learning_spread_real.py, 2-core AMD EPYC (AVX-512), torch 2.14.1, 2026-12-08, seeds 0-4 x 1 and 2
+# benchmarks/learning_spread_real.py, 2-core AMD EPYC (AVX-512), torch 2.14.1, 2026-12-06, seeds 0-4 x 1 and 2
 # threads (10 runs): (mean, lowest, largest deviation from the mean).
 MEASURED = {
-    "loss_drop": (0.1206, 0.0826, 0.0379),  # mean loss of the first 20 steps minus that of the last 20
-    "max_s_change": (0.1257, 0.1137, 0.0197),  # largest |s / s0 - 1| over the SVF layers
+    "loss_drop": (0.1347, 0.1059, 0.0288),  # mean loss of the first 20 steps minus that of the last 20
+    "max_s_change": (0.1533, 0.1325, 0.0208),  # largest |s / s0 - 1| over the SVF layers
 }
-LOSS_DROP = 0.006  # 0.1206 - 3 x 0.0379 = 0.0069
-S_MOVED = 0.066  # 0.1257 - 3 x 0.0197 = 0.0666
+LOSS_DROP = 0.048  # 0.1347 - 3 x 0.0288
+S_MOVED = 0.09  # 0.1533 - 3 x 0.0208
 
 
 @pytest.fixture(scope="module")
