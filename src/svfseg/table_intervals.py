@@ -11,7 +11,7 @@ of tested images only; the spread over training seeds is ``--paired``'s.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,11 +104,8 @@ def image_intervals(
             item = RowInterval(row, shot, observed[k], percentile_interval(means[k], level))
             if base is not None and k != base:
                 diff = means[k] - means[base]
-                item = RowInterval(
-                    row,
-                    shot,
-                    observed[k],
-                    item.interval,
+                item = replace(
+                    item,
                     delta=observed[k] - observed[base],
                     delta_interval=percentile_interval(diff, level),
                     share_not_above=float(np.mean(diff <= 0)),
