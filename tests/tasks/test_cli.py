@@ -24,6 +24,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from svfseg.table_intervals import image_intervals
+from svfseg.tables import build_table, load_runs, run_folders
 from tests.helpers.cli import REPO, run_cli, tiny_overrides
 
 FOLDS = (0, 1, 2, 3)
@@ -131,9 +133,6 @@ def test_multirun_sweep_gathers_into_the_paper_table(sweep: Path) -> None:
         assert svf_line.endswith(f"| {table[ROWS['svf']]['1-shot delta']} |")
 
     # the intervals of the mean column, from the episodes.json files train.py wrote beside each metrics.json
-    from svfseg.table_intervals import image_intervals
-    from svfseg.tables import build_table, load_runs, run_folders
-
     tabled = build_table(load_runs(sweep / "sweep"), layout="table1", baseline=ROWS["freeze"])
     items, notes = image_intervals(run_folders(tabled), tabled.rows, ROWS["freeze"], resamples=200)
     assert notes == [] and {it.row for it in items} == set(ROWS.values())
